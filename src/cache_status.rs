@@ -1,0 +1,93 @@
+//! The `Cache-Status` response header (RFC 9211): how this cache handled the request.
+
+/// Why the request went forward to the origin (RFC 9211 §2.2 `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fwd {
+    /// Nothing stored for the URI.
+    UriMiss,
+    /// The URI is stored, but not the variant this request selects.
+    VaryMiss,
+    /// Stored, but stale.
+    Stale,
+    /// The request asked not to be served from cache (`no-cache`).
+    Request,
+    /// The method is not cached.
+    Method,
+    /// The cache chose not to handle the request (upgrade, `no-store`).
+    Bypass,
+    /// A lookup was not possible (store error): RFC 9211's plain "miss", with a `detail`.
+    Miss,
+}
+
+impl Fwd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Stale => "stale",
+            Fwd::Request => "request",
+            Fwd::Method => "method",
+            Fwd::Bypass => "bypass",
+            Fwd::Miss => "miss",
+        }
+    }
+}
+
+/// `<name>; hit; ttl=<remaining freshness>`.
+pub fn hit(name: &str, ttl_s: u64) -> String {
+    format!("{name}; hit; ttl={ttl_s}")
+}
+
+/// `<name>; fwd=<why>[; fwd-status=<status>][; stored][; detail=<detail>]`.
+pub fn forwarded(
+    name: &str,
+    fwd: Fwd,
+    fwd_status: Option<u16>,
+    stored: bool,
+    detail: Option<&str>,
+) -> String {
+    let mut s = format!("{name}; fwd={}", fwd.as_str());
+    if let Some(status) = fwd_status {
+        s.push_str(&format!("; fwd-status={status}"));
+    }
+    if stored {
+        s.push_str("; stored");
+    }
+    if let Some(d) = detail {
+        s.push_str("; detail=");
+        s.push_str(d);
+    }
+    s
+}
+
+/// Caches closer to the client add their member last (RFC 9211 §2).
+pub fn append(existing: Option<&str>, ours: &str) -> String {
+    match existing.map(str::trim).filter(|e| !e.is_empty()) {
+        Some(e) => format!("{e}, {ours}"),
+        None => ours.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(hit("c", 30), "c; hit; ttl=30");
+        assert_eq!(
+            forwarded("c", Fwd::UriMiss, Some(200), true, None),
+            "c; fwd=uri-miss; fwd-status=200; stored"
+        );
+        assert_eq!(
+            forwarded("c", Fwd::Miss, None, false, Some("store-timeout")),
+            "c; fwd=miss; detail=store-timeout"
+        );
+        assert_eq!(
+            append(Some("origin-cache; hit"), "c; hit"),
+            "origin-cache; hit, c; hit"
+        );
+        assert_eq!(append(Some(" "), "c; hit"), "c; hit");
+        assert_eq!(append(None, "c; hit"), "c; hit");
+    }
+}

@@ -1,0 +1,445 @@
+//! Plugin JSON -> validated [`Config`].
+//!
+//! Every field has a default, unknown fields are refused, and every error names the field
+//! (`store.timeout_ms: must be at least 1`), because the only place an operator sees it is one
+//! line of Envoy's log.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// The filter's settings, validated. Built once per plugin configuration and shared by every
+/// request of the VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub store: StoreConfig,
+    /// Readable prefix of every Redis key (`<namespace>:<sha256>`): lets operators tell
+    /// deployments apart and keeps them from ever sharing entries.
+    pub namespace: String,
+    /// Lifetime (seconds) given to a cacheable response that carries no freshness information.
+    /// 0 means such responses are not stored.
+    pub default_ttl_s: u64,
+    /// Upper bound on any lifetime, whatever the origin says.
+    pub max_ttl_s: u64,
+    /// Largest body recorded; a longer response still streams to the client but is not stored.
+    pub max_body_bytes: usize,
+    /// Methods answered from the cache (GET, HEAD; HEAD is served from the GET entry).
+    pub methods: Vec<Method>,
+    /// Response statuses that may be stored.
+    pub statuses: Vec<u16>,
+    pub key: KeyConfig,
+    pub set_cookie: SetCookiePolicy,
+    /// The cache's name in `Cache-Status` (RFC 9211).
+    pub cache_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Envoy cluster of the Webdis gateway.
+    pub cluster: String,
+    /// `:authority` sent on store callouts.
+    pub authority: String,
+    /// Deadline of a lookup: the most a request can be held back by a slow store.
+    pub timeout_ms: u64,
+    /// Deadline of a write (they can carry megabytes, and nobody waits on them).
+    pub publish_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyConfig {
+    /// Query parameters left out of the key (`utm_*` ends with `*`: a prefix).
+    pub query_ignore: Vec<String>,
+    /// Sort query parameters by name so `?a=1&b=2` and `?b=2&a=1` share an entry.
+    pub query_sort: bool,
+    /// Request headers (lower-cased) whose values always join the key.
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Method {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+        }
+    }
+}
+
+/// What to do with a response that sets a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum SetCookiePolicy {
+    /// Don't store it: the cookie is usually meant for one client.
+    #[default]
+    #[serde(rename = "no-store")]
+    NoStore,
+    /// Store the response without its `Set-Cookie` headers (the client that caused the fetch
+    /// still gets them).
+    #[serde(rename = "strip")]
+    Strip,
+}
+
+/// A refused configuration: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The statuses RFC 9110 §15.1 calls cacheable by default (heuristically cacheable).
+pub const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+// The raw, serde-facing shape. Kept apart from `Config` so validated types never hold
+// unchecked values.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    store: RawStore,
+    namespace: String,
+    default_ttl_s: u64,
+    max_ttl_s: u64,
+    max_body_bytes: u64,
+    methods: Vec<Method>,
+    statuses: Vec<u16>,
+    key: RawKey,
+    set_cookie: SetCookiePolicy,
+    cache_name: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            store: RawStore::default(),
+            namespace: "default".into(),
+            default_ttl_s: 0,
+            max_ttl_s: 86_400,
+            max_body_bytes: 16 * 1024 * 1024,
+            methods: vec![Method::Get, Method::Head],
+            statuses: DEFAULT_STATUSES.to_vec(),
+            key: RawKey::default(),
+            set_cookie: SetCookiePolicy::NoStore,
+            cache_name: "fleet-cache".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    cluster: String,
+    authority: String,
+    timeout_ms: u64,
+    publish_timeout_ms: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            cluster: "fleet_cache_store".into(),
+            authority: "webdis".into(),
+            timeout_ms: 100,
+            publish_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawKey {
+    query_ignore: Vec<String>,
+    query_sort: bool,
+    headers: Vec<String>,
+}
+
+/// The longest lookup deadline accepted: past it, "fail-open with bounded latency" is no
+/// longer a meaningful promise.
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+impl Config {
+    /// Parses and validates the plugin configuration. Empty input means all defaults.
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if json.iter().all(u8::is_ascii_whitespace) {
+            RawConfig::default()
+        } else {
+            // serde accepts a struct written as an array; a config is an object, nothing else.
+            if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(err("", "the configuration must be a JSON object"));
+            }
+            let value: serde_json::Value =
+                serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
+            for section in ["store", "key"] {
+                if value.get(section).is_some_and(|v| !v.is_object()) {
+                    return Err(err(section, "must be a JSON object"));
+                }
+            }
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                // Unknown fields are reported by serde in the message; the path then names
+                // the enclosing object, which is still the right place to look.
+                ConfigError {
+                    field: if path == "." { String::new() } else { path },
+                    reason: inner.to_string(),
+                }
+            })?
+        };
+        raw.validate()
+    }
+}
+
+fn err(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let s = &self.store;
+        if s.cluster.is_empty() {
+            return Err(err("store.cluster", "must not be empty"));
+        }
+        if s.authority.is_empty() {
+            return Err(err("store.authority", "must not be empty"));
+        }
+        for (field, v) in [
+            ("store.timeout_ms", s.timeout_ms),
+            ("store.publish_timeout_ms", s.publish_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(err(field, "must be at least 1"));
+            }
+            if v > MAX_TIMEOUT_MS {
+                return Err(err(field, format!("must be at most {MAX_TIMEOUT_MS}")));
+            }
+        }
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(err(
+                "namespace",
+                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if self.max_ttl_s == 0 {
+            return Err(err("max_ttl_s", "must be at least 1"));
+        }
+        if self.default_ttl_s > self.max_ttl_s {
+            return Err(err("default_ttl_s", "must not exceed max_ttl_s"));
+        }
+        // Redis' PX takes milliseconds in a signed 64-bit integer; a decade is plenty.
+        if self.max_ttl_s > 10 * 365 * 86_400 {
+            return Err(err("max_ttl_s", "must be at most ten years"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(err("max_body_bytes", "must be at least 1"));
+        }
+        // Redis refuses values past 512 MiB; stay well inside a worker's memory.
+        if self.max_body_bytes > 256 * 1024 * 1024 {
+            return Err(err("max_body_bytes", "must be at most 268435456 (256 MiB)"));
+        }
+        if self.methods.is_empty() {
+            return Err(err("methods", "must name at least one of GET, HEAD"));
+        }
+        if self.statuses.is_empty() {
+            return Err(err("statuses", "must name at least one status"));
+        }
+        if let Some(bad) = self.statuses.iter().find(|s| !(200..=599).contains(*s)) {
+            return Err(err(
+                "statuses",
+                format!("{bad} is not a final status (200-599)"),
+            ));
+        }
+        if let Some(bad) = self.statuses.iter().find(|s| **s == 206 || **s == 304) {
+            return Err(err(
+                "statuses",
+                format!("{bad} is a partial or validation answer, not a storable whole response"),
+            ));
+        }
+        for (i, p) in self.key.query_ignore.iter().enumerate() {
+            if p.is_empty() || p == "*" {
+                return Err(err(
+                    &format!("key.query_ignore[{i}]"),
+                    "must name a parameter or a prefix ending in *",
+                ));
+            }
+        }
+        let mut headers = Vec::with_capacity(self.key.headers.len());
+        for (i, h) in self.key.headers.iter().enumerate() {
+            if !is_header_name(h) {
+                return Err(err(
+                    &format!("key.headers[{i}]"),
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+            let lower = h.to_ascii_lowercase();
+            if lower.starts_with(':') || lower == "cookie" || lower == "authorization" {
+                // Keying on credentials would store one entry per user: a private cache in a
+                // shared store. Refuse rather than fill Redis with it.
+                return Err(err(
+                    &format!("key.headers[{i}]"),
+                    format!("{h:?} carries credentials; keying on it makes a per-user cache"),
+                ));
+            }
+            if !headers.contains(&lower) {
+                headers.push(lower);
+            }
+        }
+        headers.sort();
+        if self.cache_name.is_empty() || !is_header_name(&self.cache_name) {
+            return Err(err(
+                "cache_name",
+                "must be a token (letters, digits, - _ . and the like)",
+            ));
+        }
+        Ok(Config {
+            store: StoreConfig {
+                cluster: self.store.cluster,
+                authority: self.store.authority,
+                timeout_ms: self.store.timeout_ms,
+                publish_timeout_ms: self.store.publish_timeout_ms,
+            },
+            namespace: self.namespace,
+            default_ttl_s: self.default_ttl_s,
+            max_ttl_s: self.max_ttl_s,
+            max_body_bytes: self.max_body_bytes as usize,
+            methods: self.methods,
+            statuses: self.statuses,
+            key: KeyConfig {
+                query_ignore: self.key.query_ignore,
+                query_sort: self.key.query_sort,
+                headers,
+            },
+            set_cookie: self.set_cookie,
+            cache_name: self.cache_name,
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        RawConfig::default()
+            .validate()
+            .expect("the defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.store.timeout_ms, 100);
+        assert_eq!(c.methods, vec![Method::Get, Method::Head]);
+        assert_eq!(parse("{}").unwrap(), c);
+    }
+
+    #[test]
+    fn full_config_is_read() {
+        let c = parse(
+            r#"{"store":{"cluster":"s","authority":"a","timeout_ms":50,"publish_timeout_ms":900},
+                "namespace":"shop","default_ttl_s":5,"max_ttl_s":60,"max_body_bytes":1024,
+                "methods":["GET"],"statuses":[200],"set_cookie":"strip","cache_name":"edge",
+                "key":{"query_ignore":["utm_*"],"query_sort":true,"headers":["X-Tenant"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.store.cluster, "s");
+        assert_eq!(c.store.timeout_ms, 50);
+        assert_eq!(c.key.headers, vec!["x-tenant".to_string()]);
+        assert!(c.key.query_sort);
+        assert_eq!(c.set_cookie, SetCookiePolicy::Strip);
+        assert_eq!(c.cache_name, "edge");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = parse(r#"{"store":{"timeout":5}}"#).unwrap_err();
+        assert!(e.to_string().contains("timeout"), "{e}");
+        assert!(e.to_string().contains("store"), "{e}");
+        let e = parse(r#"{"bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = parse(r#"{"store":{"timeout_ms":"fast"}}"#).unwrap_err();
+        assert_eq!(e.field, "store.timeout_ms");
+        let e = parse(r#"{"methods":["POST"]}"#).unwrap_err();
+        assert!(e.field.starts_with("methods"), "{e}");
+        let e = parse(r#"{"set_cookie":"keep"}"#).unwrap_err();
+        assert_eq!(e.field, "set_cookie");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_field() {
+        let cases = [
+            (r#"{"store":{"timeout_ms":0}}"#, "store.timeout_ms"),
+            (
+                r#"{"store":{"publish_timeout_ms":0}}"#,
+                "store.publish_timeout_ms",
+            ),
+            (r#"{"store":{"timeout_ms":600000}}"#, "store.timeout_ms"),
+            (r#"{"store":{"cluster":""}}"#, "store.cluster"),
+            (r#"{"namespace":"a b"}"#, "namespace"),
+            (r#"{"namespace":""}"#, "namespace"),
+            (r#"{"max_ttl_s":0}"#, "max_ttl_s"),
+            (r#"{"default_ttl_s":100,"max_ttl_s":10}"#, "default_ttl_s"),
+            (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+            (r#"{"methods":[]}"#, "methods"),
+            (r#"{"statuses":[99]}"#, "statuses"),
+            (r#"{"statuses":[206]}"#, "statuses"),
+            (r#"{"key":{"headers":["bad header"]}}"#, "key.headers[0]"),
+            (r#"{"key":{"headers":["Authorization"]}}"#, "key.headers[0]"),
+            (r#"{"key":{"query_ignore":["*"]}}"#, "key.query_ignore[0]"),
+            (r#"{"cache_name":"a;b"}"#, "cache_name"),
+        ];
+        for (json, field) in cases {
+            let e = parse(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+            assert!(e.to_string().starts_with(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_refused() {
+        assert!(parse("{").is_err());
+        assert!(parse("[]").is_err());
+        assert_eq!(parse(r#"{"store":[]}"#).unwrap_err().field, "store");
+        assert_eq!(parse(r#"{"key":"x"}"#).unwrap_err().field, "key");
+    }
+}

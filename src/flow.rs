@@ -1,0 +1,526 @@
+//! The per-request state machine: lookup -> hit | miss (record, publish) | bypass.
+//!
+//! Pure: it never calls the host. The adapter (`host/stream.rs`) feeds it host events with the
+//! time (`now_ms`, unix ms) and carries out what each `handle_*` returns. Counters come out as
+//! [`Event`]s drained with [`Flow::take_events`].
+
+use crate::cache_status::{self, Fwd};
+use crate::config::{Config, Method};
+use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, VariantsMeta};
+use crate::http::{RequestHead, ResponseHead};
+use crate::key::{CacheKey, Vary};
+use crate::policy::{self, BypassReason, Exchange, NotStored, RequestPolicy, Storable};
+use crate::store::{StoreError, VariantWrite, Write};
+use std::rc::Rc;
+
+/// Something worth counting happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A store lookup was sent (one per round trip).
+    Lookup,
+    Hit,
+    Miss,
+    /// The request was not the cache's business (method, upgrade, `no-store`, `no-cache`).
+    Bypass,
+    StoreError(StoreError),
+    /// A stored value failed validation (and will be overwritten by the next fetch).
+    CorruptEntry(EntryError),
+    /// A stored value carried another key's material: a collision or a foreign write.
+    KeyMismatch,
+    /// A response was seen and not stored, and why.
+    NotStored(NotStored),
+    /// The body outgrew `max_body_bytes`: the recording was dropped, the response streamed on.
+    RecordingTooLarge,
+    /// The response ended without completing (reset, trailers, client gone): nothing published.
+    RecordingAborted,
+}
+
+/// What to do after the request headers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestStep {
+    /// Read this key from the store and hold the request until the answer.
+    Lookup(String),
+    /// Let the request go on (no lookup).
+    Continue,
+}
+
+/// What to do after a store answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LookupStep<'b> {
+    /// Read this key too (the variant selected by Vary) and keep holding the request.
+    Lookup(String),
+    /// Answer from the cache.
+    Respond(Reply<'b>),
+    /// Release the request to the origin.
+    Continue,
+}
+
+/// A local reply built from an entry; the body borrows from the store's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply<'b> {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: &'b [u8],
+}
+
+/// What to do after the response headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponseStep {
+    /// The `Cache-Status` value to set on the response.
+    pub cache_status: Option<String>,
+    /// A complete recording to publish (a response with no body).
+    pub publish: Option<Write>,
+}
+
+/// Where a response comes from, as far as storing it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The origin answered.
+    Origin,
+    /// Envoy answered itself (no route, upstream connect failure, timeout): never stored.
+    Envoy,
+    /// The origin answered with a header the host can't hand back verbatim (not UTF-8).
+    Unreplayable,
+}
+
+enum State {
+    /// Before the request headers.
+    Start,
+    /// Waiting for the store's answer for the primary key; the request is held.
+    AwaitPrimary(Lookup),
+    /// The primary key held a variants record; waiting for the variant's entry.
+    AwaitVariant(Lookup, CacheKey),
+    /// Answered from the cache; our local reply passes back through the response callbacks
+    /// and must be left alone.
+    ServingHit,
+    /// Sent to the origin; whether to record is decided on the response headers.
+    Forwarded(Forward),
+    /// Copying the response as it streams past.
+    Recording(Box<Recording>),
+    /// Nothing more to do for this stream.
+    Done,
+}
+
+struct Lookup {
+    req: RequestHead,
+    method: Method,
+    primary: CacheKey,
+}
+
+struct Forward {
+    req: RequestHead,
+    /// `None` when the response must not be recorded (bypass, HEAD).
+    primary: Option<CacheKey>,
+    fwd: Fwd,
+    detail: Option<&'static str>,
+    request_ms: u64,
+}
+
+struct Recording {
+    primary: CacheKey,
+    variant: Option<(CacheKey, Vec<String>)>,
+    writer: EntryWriter,
+    meta: ResponseMeta,
+    ttl_ms: u64,
+    /// Content-Length, if the origin sent one: a body of another length is not published.
+    expected_len: Option<u64>,
+}
+
+pub struct Flow {
+    cfg: Rc<Config>,
+    state: State,
+    events: Vec<Event>,
+}
+
+impl Flow {
+    pub fn new(cfg: Rc<Config>) -> Flow {
+        Flow {
+            cfg,
+            state: State::Start,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// True while response body chunks are wanted (the adapter skips copying them otherwise).
+    pub fn wants_body(&self) -> bool {
+        matches!(self.state, State::Recording(_))
+    }
+
+    /// True when the response being sent is our own local reply.
+    pub fn is_serving_hit(&self) -> bool {
+        matches!(self.state, State::ServingHit)
+    }
+
+    pub fn handle_request_headers(&mut self, now_ms: u64, req: RequestHead) -> RequestStep {
+        match policy::request_policy(&self.cfg, &req) {
+            RequestPolicy::Lookup(method) => {
+                let primary = CacheKey::primary(&self.cfg, &req);
+                let key = primary.redis_key.clone();
+                self.events.push(Event::Lookup);
+                self.state = State::AwaitPrimary(Lookup {
+                    req,
+                    method,
+                    primary,
+                });
+                RequestStep::Lookup(key)
+            }
+            RequestPolicy::Refresh => {
+                self.events.push(Event::Bypass);
+                let primary = Some(CacheKey::primary(&self.cfg, &req));
+                self.state = State::Forwarded(Forward {
+                    req,
+                    primary,
+                    fwd: Fwd::Request,
+                    detail: None,
+                    request_ms: now_ms,
+                });
+                RequestStep::Continue
+            }
+            RequestPolicy::Bypass(reason) => {
+                self.events.push(Event::Bypass);
+                let fwd = match reason {
+                    BypassReason::Method => Fwd::Method,
+                    BypassReason::NoStore | BypassReason::Upgrade => Fwd::Bypass,
+                };
+                self.state = State::Forwarded(Forward {
+                    req,
+                    primary: None,
+                    fwd,
+                    detail: None,
+                    request_ms: now_ms,
+                });
+                RequestStep::Continue
+            }
+        }
+    }
+
+    /// The store's answer to the last `Lookup`: a value, `None` for a missing key, or an error.
+    pub fn handle_store_reply<'b>(
+        &mut self,
+        now_ms: u64,
+        reply: Result<Option<&'b [u8]>, StoreError>,
+    ) -> LookupStep<'b> {
+        let (lookup, variant) = match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitPrimary(l) => (l, None),
+            State::AwaitVariant(l, v) => (l, Some(v)),
+            other => {
+                // A late or unexpected answer: nothing waits for it.
+                self.state = other;
+                return LookupStep::Continue;
+            }
+        };
+        let value = match reply {
+            Ok(v) => v,
+            Err(e) => {
+                self.events.push(Event::StoreError(e));
+                return self.forward(now_ms, lookup, Fwd::Miss, Some(e.as_str()));
+            }
+        };
+        let miss = if variant.is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
+        let Some(value) = value else {
+            self.events.push(Event::Miss);
+            return self.forward(now_ms, lookup, miss, None);
+        };
+        let decoded = match entry::decode(value) {
+            Ok(d) => d,
+            Err(e) => {
+                self.events.push(Event::CorruptEntry(e));
+                self.events.push(Event::Miss);
+                return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
+            }
+        };
+        let expected = variant.as_ref().unwrap_or(&lookup.primary);
+        match decoded {
+            Decoded::Variants(v) if variant.is_none() => {
+                if v.key_material != lookup.primary.material || v.headers.is_empty() {
+                    self.events.push(Event::KeyMismatch);
+                    self.events.push(Event::Miss);
+                    return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
+                }
+                let vkey = lookup
+                    .primary
+                    .variant(&self.cfg.namespace, &v.headers, &lookup.req);
+                let key = vkey.redis_key.clone();
+                self.events.push(Event::Lookup);
+                self.state = State::AwaitVariant(lookup, vkey);
+                LookupStep::Lookup(key)
+            }
+            Decoded::Response { meta, body } if meta.key_material == expected.material => {
+                self.serve(now_ms, lookup, meta, body)
+            }
+            _ => {
+                self.events.push(Event::KeyMismatch);
+                self.events.push(Event::Miss);
+                self.forward(now_ms, lookup, miss, Some("invalid-entry"))
+            }
+        }
+    }
+
+    fn serve<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        meta: ResponseMeta,
+        body: &'b [u8],
+    ) -> LookupStep<'b> {
+        let age = policy::current_age_s(meta.stored_at_ms, meta.initial_age_s, now_ms);
+        if age >= meta.lifetime_s {
+            self.events.push(Event::Miss);
+            return self.forward(now_ms, lookup, Fwd::Stale, None);
+        }
+        self.events.push(Event::Hit);
+        let mut headers = meta.headers;
+        let upstream_status = take_header(&mut headers, "cache-status");
+        let ours = cache_status::hit(&self.cfg.cache_name, meta.lifetime_s - age);
+        headers.push((
+            "cache-status".into(),
+            cache_status::append(upstream_status.as_deref(), &ours),
+        ));
+        headers.push(("age".into(), age.to_string()));
+        headers.push(("date".into(), policy::format_http_date(now_ms)));
+        self.state = State::ServingHit;
+        // For HEAD, Envoy's local reply sends the headers with the body's content-length and
+        // no body, which is exactly a HEAD answer: the same reply serves both methods.
+        LookupStep::Respond(Reply {
+            status: meta.status,
+            headers,
+            body,
+        })
+    }
+
+    fn forward<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        fwd: Fwd,
+        detail: Option<&'static str>,
+    ) -> LookupStep<'b> {
+        // A HEAD response has no body to record; only GETs fill the cache.
+        let primary = (lookup.method == Method::Get).then_some(lookup.primary);
+        self.state = State::Forwarded(Forward {
+            req: lookup.req,
+            primary,
+            fwd,
+            detail,
+            request_ms: now_ms,
+        });
+        LookupStep::Continue
+    }
+
+    /// The response's headers, and where they come from.
+    pub fn handle_response_headers(
+        &mut self,
+        now_ms: u64,
+        resp: &ResponseHead,
+        end_of_stream: bool,
+        source: Source,
+    ) -> ResponseStep {
+        let fwd = match std::mem::replace(&mut self.state, State::Done) {
+            State::Forwarded(f) => f,
+            State::ServingHit => {
+                self.state = State::ServingHit;
+                return ResponseStep::default();
+            }
+            // The request never reached a lookup decision (an Envoy local reply before the
+            // request headers were complete, or one sent while a lookup was pending).
+            _ => return ResponseStep::default(),
+        };
+        let mut recording = None;
+        if let Some(primary) = fwd.primary {
+            let decision = match source {
+                Source::Origin => self.storability(&fwd.req, resp, fwd.request_ms, now_ms),
+                Source::Envoy => Err(NotStored::NotFromOrigin),
+                Source::Unreplayable => Err(NotStored::BadHeader),
+            };
+            match decision {
+                Ok(s) => recording = Some(self.start_recording(now_ms, primary, &fwd.req, resp, s)),
+                Err(why) => self.events.push(Event::NotStored(why)),
+            }
+        }
+        let status = cache_status::forwarded(
+            &self.cfg.cache_name,
+            fwd.fwd,
+            Some(resp.status),
+            recording.is_some(),
+            fwd.detail,
+        );
+        let cache_status = Some(cache_status::append(resp.header("cache-status"), &status));
+        let mut step = ResponseStep {
+            cache_status,
+            publish: None,
+        };
+        if let Some(rec) = recording {
+            self.state = State::Recording(Box::new(rec));
+            if end_of_stream {
+                step.publish = self.complete();
+            }
+        }
+        step
+    }
+
+    fn storability(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        request_ms: u64,
+        now_ms: u64,
+    ) -> Result<Storable, NotStored> {
+        let s = policy::storability(
+            &self.cfg,
+            req,
+            resp,
+            Exchange {
+                request_ms,
+                response_ms: now_ms,
+            },
+        )?;
+        let too_long = resp
+            .header("content-length")
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .is_some_and(|l| l > self.cfg.max_body_bytes as u64);
+        if too_long {
+            // Known too big before the first byte: don't even start.
+            return Err(NotStored::TooLarge);
+        }
+        Ok(s)
+    }
+
+    fn start_recording(
+        &self,
+        now_ms: u64,
+        primary: CacheKey,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        s: Storable,
+    ) -> Recording {
+        let variant = match &s.vary {
+            Vary::Headers(names) => Some((
+                primary.variant(&self.cfg.namespace, names, req),
+                names.clone(),
+            )),
+            Vary::None | Vary::Any => None,
+        };
+        let key_material = match &variant {
+            Some((v, _)) => v.material.clone(),
+            None => primary.material.clone(),
+        };
+        Recording {
+            expected_len: resp
+                .header("content-length")
+                .and_then(|l| l.trim().parse().ok()),
+            ttl_ms: s.remaining_ms(),
+            meta: ResponseMeta {
+                status: resp.status,
+                headers: policy::stored_headers(resp, s.strip_set_cookie),
+                chunks: Vec::new(),
+                stored_at_ms: now_ms,
+                lifetime_s: s.lifetime_s,
+                initial_age_s: s.initial_age_s,
+                key_material,
+                body_len: 0,
+                body_crc32: 0,
+            },
+            primary,
+            variant,
+            writer: EntryWriter::new(),
+        }
+    }
+
+    /// A chunk of the response body, as the host delivered it. Returns the write to publish
+    /// once the response completed whole.
+    pub fn handle_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Write> {
+        let State::Recording(rec) = &mut self.state else {
+            return None;
+        };
+        if rec.writer.body_len() + chunk.len() > self.cfg.max_body_bytes {
+            self.events.push(Event::RecordingTooLarge);
+            self.state = State::Done;
+            return None;
+        }
+        rec.writer.push_chunk(chunk);
+        if end_of_stream { self.complete() } else { None }
+    }
+
+    /// Response trailers: we don't store them, so a response that has them can't be replayed
+    /// whole and is not published.
+    pub fn handle_response_trailers(&mut self) {
+        if let State::Recording(_) = self.state {
+            self.events.push(Event::RecordingAborted);
+            self.state = State::Done;
+        }
+    }
+
+    /// The stream is over (Envoy's `on_log`). A recording still open here never completed: the
+    /// origin reset, or the client went away. Nothing is published.
+    pub fn handle_stream_end(&mut self) {
+        if let State::Recording(_) = self.state {
+            self.events.push(Event::RecordingAborted);
+        }
+        self.state = State::Done;
+    }
+
+    fn complete(&mut self) -> Option<Write> {
+        let State::Recording(rec) = std::mem::replace(&mut self.state, State::Done) else {
+            return None;
+        };
+        let rec = *rec;
+        if rec
+            .expected_len
+            .is_some_and(|l| l != rec.writer.body_len() as u64)
+        {
+            self.events.push(Event::RecordingAborted);
+            return None;
+        }
+        let entry = rec.writer.finish_response(rec.meta);
+        let (key, variant) = match rec.variant {
+            None => (rec.primary.redis_key, None),
+            Some((vkey, headers)) => {
+                let record = entry::encode_variants(VariantsMeta {
+                    headers,
+                    key_material: rec.primary.material,
+                });
+                (
+                    rec.primary.redis_key,
+                    Some(VariantWrite {
+                        key: vkey.redis_key,
+                        record,
+                    }),
+                )
+            }
+        };
+        Some(Write {
+            key,
+            variant,
+            ttl_ms: rec.ttl_ms,
+            entry,
+        })
+    }
+}
+
+/// Removes every line of a header and returns them joined.
+fn take_header(headers: &mut Vec<(String, String)>, name: &str) -> Option<String> {
+    let mut found: Option<String> = None;
+    headers.retain(|(n, v)| {
+        if n == name {
+            match &mut found {
+                Some(f) => {
+                    f.push_str(", ");
+                    f.push_str(v);
+                }
+                None => found = Some(v.clone()),
+            }
+            false
+        } else {
+            true
+        }
+    });
+    found
+}

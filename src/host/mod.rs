@@ -1,0 +1,68 @@
+//! The proxy-wasm adapter: translates host callbacks into core events and core decisions into
+//! host calls. No cache logic lives here.
+
+pub mod root;
+pub mod stream;
+
+use crate::config::Config;
+use crate::metrics::Counter;
+use crate::publish::PublishQueue;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a VM's root context shares with its streams.
+pub struct Shared {
+    pub config: Rc<Config>,
+    pub metrics: Metrics,
+    pub queue: RefCell<PublishQueue>,
+}
+
+/// Host metric ids, indexed by [`Counter::index`].
+pub struct Metrics {
+    ids: Vec<Option<u32>>,
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        let ids = Counter::ALL
+            .iter()
+            .map(|c| hostcalls::define_metric(MetricType::Counter, c.name()).ok())
+            .collect();
+        Metrics { ids }
+    }
+
+    pub fn add(&self, counter: Counter, n: u64) {
+        if let Some(Some(id)) = self.ids.get(counter.index()) {
+            let _ = hostcalls::increment_metric(*id, n as i64);
+        }
+    }
+}
+
+/// Ticks drive the publish queue while it has work; idle VMs don't tick.
+pub const PUBLISH_TICK: Duration = Duration::from_millis(1);
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Host header pairs with byte values -> strings; `None` if any value is not UTF-8 (the host
+/// API replays only strings, so such a message is passed through but never stored).
+pub fn utf8_pairs(pairs: Vec<(String, Vec<u8>)>) -> (Vec<(String, String)>, bool) {
+    let mut all_utf8 = true;
+    let out = pairs
+        .into_iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8(v).unwrap_or_else(|e| {
+                all_utf8 = false;
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            });
+            (n, v)
+        })
+        .collect();
+    (out, all_utf8)
+}

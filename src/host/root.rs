@@ -1,0 +1,140 @@
+//! The root context: parses the plugin config, defines metrics, creates a stream per request,
+//! and owns the publish queue (writes must outlive their streams so their answers are seen).
+
+use super::stream::CacheStream;
+use super::{Metrics, PUBLISH_TICK, Shared};
+use crate::config::Config;
+use crate::metrics::Counter;
+use crate::publish::{Outcome, PublishQueue};
+use crate::store::webdis;
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct CacheRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for CacheRoot {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let result = webdis::parse_put(status, &body);
+        let outcome = shared.queue.borrow_mut().answered(token, result.is_ok());
+        match outcome {
+            Outcome::Published(bytes) => {
+                shared.metrics.add(Counter::Published, 1);
+                shared.metrics.add(Counter::BytesStored, bytes as u64);
+            }
+            Outcome::Retrying => {
+                shared.metrics.add(Counter::PublishRetries, 1);
+                warn!("fleet-cache: publish failed ({result:?}), retrying once");
+            }
+            Outcome::Failed => {
+                shared.metrics.add(Counter::PublishFailures, 1);
+                warn!("fleet-cache: publish failed ({result:?}), dropped");
+            }
+        }
+        self.drain(&shared);
+    }
+}
+
+impl RootContext for CacheRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        // Follow the host's log level so debug lines are not even formatted when unused.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&raw) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("fleet-cache: invalid plugin configuration: {e}");
+                return false;
+            }
+        };
+        // The queue may hold a few full recordings beyond what is in flight.
+        let max_queue = (4 * config.max_body_bytes).max(64 * 1024 * 1024);
+        info!(
+            "fleet-cache: configured (namespace {}, store cluster {}, timeout {} ms)",
+            config.namespace, config.store.cluster, config.store.timeout_ms
+        );
+        self.shared = Some(Rc::new(Shared {
+            config: Rc::new(config),
+            metrics: Metrics::define(),
+            queue: RefCell::new(PublishQueue::new(max_queue)),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = self.shared.clone() {
+            self.drain(&shared);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(CacheStream::new(shared)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl CacheRoot {
+    /// Sends what the queue allows; stops ticking when nothing is left to send.
+    fn drain(&self, shared: &Shared) {
+        let cfg = &shared.config;
+        loop {
+            let Some(job) = shared.queue.borrow_mut().next() else {
+                break;
+            };
+            let callout = webdis::put(&job.write);
+            let sent = self.dispatch_http_call(
+                &cfg.store.cluster,
+                vec![
+                    (":method", callout.method),
+                    (":path", &callout.path),
+                    (":authority", &cfg.store.authority),
+                ],
+                Some(&job.write.entry),
+                vec![],
+                Duration::from_millis(cfg.store.publish_timeout_ms),
+            );
+            match sent {
+                Ok(token) => shared.queue.borrow_mut().sent(token, job),
+                Err(e) => {
+                    let outcome = shared.queue.borrow_mut().not_sent(job);
+                    if outcome == Outcome::Failed {
+                        shared.metrics.add(Counter::PublishFailures, 1);
+                        warn!("fleet-cache: publish not dispatched ({e:?}), dropped");
+                        continue;
+                    }
+                    shared.metrics.add(Counter::PublishRetries, 1);
+                    // Retry on the next tick rather than spin now.
+                    break;
+                }
+            }
+        }
+        let period = if shared.queue.borrow().has_pending() {
+            PUBLISH_TICK
+        } else {
+            Duration::ZERO
+        };
+        let _ = hostcalls::set_tick_period(period);
+    }
+}

@@ -1,0 +1,221 @@
+//! One request's context: feeds the flow and carries out its steps. The lookup callout is
+//! dispatched from here (its answer must come back to this request); writes go to the root's
+//! queue.
+
+use super::{PUBLISH_TICK, Shared, unix_ms, utf8_pairs};
+use crate::flow::{Flow, LookupStep, RequestStep, Source};
+use crate::http::{RequestHead, ResponseHead};
+use crate::metrics::{self, Counter};
+use crate::store::{StoreError, Write, webdis};
+use log::debug;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub struct CacheStream {
+    shared: Rc<Shared>,
+    flow: Flow,
+    /// False when the request was passed through without the flow (a header the host
+    /// can't hand back as text): every later callback is then a no-op.
+    active: bool,
+}
+
+impl CacheStream {
+    pub fn new(shared: Rc<Shared>) -> CacheStream {
+        let flow = Flow::new(shared.config.clone());
+        CacheStream {
+            shared,
+            flow,
+            active: false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        unix_ms(self.get_current_time())
+    }
+
+    fn count_events(&mut self) {
+        for event in self.flow.take_events() {
+            for c in metrics::counters_for(event) {
+                self.shared.metrics.add(*c, 1);
+            }
+        }
+    }
+
+    /// Sends a lookup; returns false when it could not even be dispatched.
+    fn dispatch_lookup(&self, key: &str) -> bool {
+        let cfg = &self.shared.config;
+        let callout = webdis::get(key);
+        self.dispatch_http_call(
+            &cfg.store.cluster,
+            vec![
+                (":method", callout.method),
+                (":path", &callout.path),
+                (":authority", &cfg.store.authority),
+            ],
+            None,
+            vec![],
+            Duration::from_millis(cfg.store.timeout_ms),
+        )
+        .is_ok()
+    }
+
+    /// Carries out a lookup step. Returns true when the request stays paused.
+    fn proceed(&mut self, step: LookupStep<'_>) -> bool {
+        match step {
+            LookupStep::Lookup(key) => {
+                if self.dispatch_lookup(&key) {
+                    return true;
+                }
+                let now = self.now_ms();
+                let next = self.flow.handle_store_reply(now, Err(StoreError::Dispatch));
+                self.proceed(next)
+            }
+            LookupStep::Respond(reply) => {
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                self.send_http_response(reply.status as u32, headers, Some(reply.body));
+                true
+            }
+            LookupStep::Continue => false,
+        }
+    }
+
+    fn publish(&self, write: Write) {
+        let pushed = self.shared.queue.borrow_mut().push(write);
+        match pushed {
+            // Wake the root: it sends the write from its own context on the next tick.
+            Ok(()) => {
+                let _ = hostcalls::set_tick_period(PUBLISH_TICK);
+            }
+            Err(_) => self.shared.metrics.add(Counter::PublishDropped, 1),
+        }
+    }
+}
+
+impl Context for CacheStream {
+    fn on_http_call_response(&mut self, _token: u32, _: usize, body_size: usize, _: usize) {
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let reply = webdis::parse_get(status, &body);
+        if let Err(e) = reply {
+            debug!("fleet-cache: lookup failed: {e:?} (status {status:?})");
+        }
+        let now = self.now_ms();
+        let step = self.flow.handle_store_reply(now, reply);
+        let paused = self.proceed(step);
+        self.count_events();
+        if !paused {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for CacheStream {
+    fn on_http_request_headers(&mut self, _: usize, _end_of_stream: bool) -> Action {
+        let (pairs, all_utf8) = utf8_pairs(self.get_http_request_headers_bytes());
+        if !all_utf8 {
+            return Action::Continue;
+        }
+        self.active = true;
+        let now = self.now_ms();
+        let step = self
+            .flow
+            .handle_request_headers(now, RequestHead::from_pairs(pairs));
+        let action = match step {
+            RequestStep::Lookup(key) => {
+                if self.dispatch_lookup(&key) {
+                    Action::Pause
+                } else {
+                    let next = self.flow.handle_store_reply(now, Err(StoreError::Dispatch));
+                    if self.proceed(next) {
+                        Action::Pause
+                    } else {
+                        Action::Continue
+                    }
+                }
+            }
+            RequestStep::Continue => Action::Continue,
+        };
+        self.count_events();
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if !self.active || self.flow.is_serving_hit() {
+            return Action::Continue;
+        }
+        let (pairs, all_utf8) = utf8_pairs(self.get_http_response_headers_bytes());
+        let mut resp = ResponseHead::default();
+        for (name, value) in pairs {
+            if name == ":status" {
+                resp.status = value.parse().unwrap_or(0);
+            } else if !name.starts_with(':') {
+                resp.headers.push((name, value));
+            }
+        }
+        let via_upstream = self
+            .get_property(vec!["response", "code_details"])
+            .is_some_and(|d| d == b"via_upstream");
+        let source = match (via_upstream, all_utf8) {
+            (false, _) => Source::Envoy,
+            (true, false) => Source::Unreplayable,
+            (true, true) => Source::Origin,
+        };
+        let now = self.now_ms();
+        let step = self
+            .flow
+            .handle_response_headers(now, &resp, end_of_stream, source);
+        if let Some(cs) = step.cache_status {
+            self.set_http_response_header("cache-status", Some(&cs));
+        }
+        if let Some(write) = step.publish {
+            self.publish(write);
+        }
+        self.count_events();
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.active || !self.flow.wants_body() {
+            return Action::Continue;
+        }
+        // Continue (never Pause): the chunk goes on to the client at once and the buffer holds
+        // only the new bytes (PLATFORM.md).
+        let chunk = if body_size > 0 {
+            self.get_http_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if let Some(write) = self.flow.handle_response_body(&chunk, end_of_stream) {
+            self.publish(write);
+        }
+        self.count_events();
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        if self.active {
+            self.flow.handle_response_trailers();
+            self.count_events();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.active {
+            self.flow.handle_stream_end();
+            self.count_events();
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Request and response heads: the parts of a message the cache decides on, copied once from
+//! the host.
+
+/// A request's head: pseudo-headers split out, other headers with lower-cased names (as HTTP/2
+/// and Envoy give them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestHead {
+    pub method: String,
+    pub scheme: String,
+    pub authority: String,
+    /// Path and query, as sent (`/a/b?x=1`).
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// Builds a head from the host's header list, where pseudo-headers come first.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> RequestHead {
+        let mut head = RequestHead::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                ":method" => head.method = value,
+                ":scheme" => head.scheme = value,
+                ":authority" => head.authority = value,
+                ":path" => head.path = value,
+                n if n.starts_with(':') => {}
+                _ => head.headers.push((name, value)),
+            }
+        }
+        head
+    }
+
+    /// All values of a header, in order (several lines of one name are one list, RFC 9110 §5.3).
+    pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.values(name).next()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+/// A response's head as the origin sent it (or as stored), header names lower-cased.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.values(name).next()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}

@@ -1,0 +1,375 @@
+//! Request -> cache key.
+//!
+//! The key material is everything that selects a response: namespace, scheme, authority,
+//! path, normalised query, configured headers and, for a response that varies, the normalised
+//! values of the headers it varies on. The material is hashed (SHA-256) into the Redis key, so
+//! no request byte reaches a store command; the material itself is kept in the entry to detect
+//! a collision or a foreign value on read.
+
+use crate::config::{Config, KeyConfig};
+use crate::http::RequestHead;
+use sha2::{Digest, Sha256};
+
+/// The key of a resource before Vary is known: what the first lookup reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    /// Unambiguous (length-prefixed) encoding of the request parts that select the entry.
+    pub material: Vec<u8>,
+    /// `<namespace>:<hex sha256 of material>`: the Redis key.
+    pub redis_key: String,
+}
+
+impl CacheKey {
+    fn from_material(namespace: &str, material: Vec<u8>) -> CacheKey {
+        let digest = Sha256::digest(&material);
+        let mut redis_key = String::with_capacity(namespace.len() + 1 + 64);
+        redis_key.push_str(namespace);
+        redis_key.push(':');
+        push_hex(&mut redis_key, &digest);
+        CacheKey {
+            material,
+            redis_key,
+        }
+    }
+
+    /// The primary key of a request: without Vary.
+    pub fn primary(cfg: &Config, req: &RequestHead) -> CacheKey {
+        let mut m = Material::default();
+        m.field(b"fleet-cache/1");
+        m.field(cfg.namespace.as_bytes());
+        let scheme = if req.scheme.is_empty() {
+            "http"
+        } else {
+            req.scheme.as_str()
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        m.field(scheme.as_bytes());
+        m.field(normalize_authority(&req.authority, &scheme).as_bytes());
+        let (path, query) = match req.path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (req.path.as_str(), None),
+        };
+        m.field(path.as_bytes());
+        m.field(normalize_query(query, &cfg.key).as_bytes());
+        for name in &cfg.key.headers {
+            m.field(name.as_bytes());
+            m.field(normalize_header_value(name, req.values(name)).as_bytes());
+        }
+        CacheKey::from_material(&cfg.namespace, m.0)
+    }
+
+    /// The key of one variant: the primary key plus the normalised values of the request
+    /// headers the response varies on. `names` are lower-cased and sorted.
+    pub fn variant(&self, namespace: &str, names: &[String], req: &RequestHead) -> CacheKey {
+        let mut m = Material(self.material.clone());
+        m.field(b"vary");
+        for name in names {
+            m.field(name.as_bytes());
+            // An absent header and an empty one are different requests.
+            if req.has(name) {
+                m.field(normalize_header_value(name, req.values(name)).as_bytes());
+            } else {
+                m.field(b"\xff absent");
+            }
+        }
+        CacheKey::from_material(namespace, m.0)
+    }
+}
+
+/// Length-prefixed fields, so `("ab","c")` and `("a","bc")` never encode alike.
+#[derive(Default)]
+struct Material(Vec<u8>);
+
+impl Material {
+    fn field(&mut self, bytes: &[u8]) {
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+}
+
+/// Lower-cases the host and drops the scheme's default port: `Example.COM:80` over http is
+/// `example.com`.
+pub fn normalize_authority(authority: &str, scheme: &str) -> String {
+    let lower = authority.trim().to_ascii_lowercase();
+    let default_port = match scheme {
+        "https" => ":443",
+        _ => ":80",
+    };
+    match lower.strip_suffix(default_port) {
+        // Not `[::1]` alone: only strip a port that follows a host.
+        Some(host) if !host.is_empty() => host.to_string(),
+        _ => lower,
+    }
+}
+
+/// Drops ignored parameters and, when configured, sorts the rest by name (a stable sort keeps
+/// repeated parameters in their order). Parameters are compared as sent, without decoding.
+pub fn normalize_query(query: Option<&str>, cfg: &KeyConfig) -> String {
+    let Some(query) = query else {
+        return String::new();
+    };
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(n, _)| n);
+            !cfg.query_ignore
+                .iter()
+                .any(|ig| match ig.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == ig,
+                })
+        })
+        .collect();
+    if cfg.query_sort {
+        params.sort_by_key(|p| p.split_once('=').map_or(*p, |(n, _)| n));
+    }
+    params.join("&")
+}
+
+/// Headers whose value is a comma-separated list of case-insensitive tokens in which order
+/// carries no meaning (preference is given by `q`), so `a, B` and `b,a` select one variant.
+const UNORDERED_LISTS: [&str; 5] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "te",
+];
+
+/// Normalises the values of a header for keying: several lines become one list, optional
+/// whitespace goes, and for the known unordered list headers, case and order go too.
+pub fn normalize_header_value<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> String {
+    let mut items: Vec<String> = Vec::new();
+    let unordered = UNORDERED_LISTS.contains(&name);
+    for v in values {
+        if unordered {
+            items.extend(
+                v.split(',')
+                    .map(|i| {
+                        i.split(';')
+                            .map(|p| p.trim())
+                            .collect::<Vec<_>>()
+                            .join(";")
+                            .to_ascii_lowercase()
+                    })
+                    .filter(|i| !i.is_empty()),
+            );
+        } else {
+            items.push(v.split_ascii_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    if unordered {
+        items.sort();
+        items.dedup();
+    }
+    items.join(",")
+}
+
+/// What a response's `Vary` says about its variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vary {
+    /// No Vary: one response for every request of the resource.
+    None,
+    /// Varies on these request headers (lower-cased, sorted, deduplicated).
+    Headers(Vec<String>),
+    /// `Vary: *`: never served from a cache.
+    Any,
+}
+
+impl Vary {
+    pub fn parse<'a>(values: impl Iterator<Item = &'a str>) -> Vary {
+        let mut names: Vec<String> = Vec::new();
+        for v in values {
+            for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if name == "*" {
+                    return Vary::Any;
+                }
+                names.push(name.to_ascii_lowercase());
+            }
+        }
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            Vary::None
+        } else {
+            Vary::Headers(names)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHead {
+        RequestHead {
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: "example.com".into(),
+            path: path.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn key(cfg: &Config, r: &RequestHead) -> String {
+        CacheKey::primary(cfg, r).redis_key
+    }
+
+    #[test]
+    fn key_is_namespace_plus_sha256() {
+        let k = key(&Config::default(), &req("/a", &[]));
+        assert!(k.starts_with("default:"));
+        assert_eq!(k.len(), "default:".len() + 64);
+        assert!(k["default:".len()..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn authority_case_and_default_port_do_not_matter() {
+        let cfg = Config::default();
+        let mut a = req("/a", &[]);
+        let base = key(&cfg, &a);
+        a.authority = "EXAMPLE.com:80".into();
+        assert_eq!(key(&cfg, &a), base);
+        a.authority = "example.com:8080".into();
+        assert_ne!(key(&cfg, &a), base);
+        a.authority = "example.com:443".into();
+        a.scheme = "https".into();
+        let https = key(&cfg, &a);
+        assert_ne!(https, base, "scheme is part of the key");
+        a.authority = "example.com".into();
+        assert_eq!(key(&cfg, &a), https);
+    }
+
+    #[test]
+    fn path_query_and_namespace_separate_entries() {
+        let cfg = Config::default();
+        let base = key(&cfg, &req("/a?x=1", &[]));
+        assert_ne!(key(&cfg, &req("/a?x=2", &[])), base);
+        assert_ne!(key(&cfg, &req("/a", &[])), base);
+        assert_ne!(key(&cfg, &req("/a?", &[])), key(&cfg, &req("/a?x", &[])));
+        let other = Config {
+            namespace: "other".into(),
+            ..Config::default()
+        };
+        assert_ne!(
+            key(&other, &req("/a?x=1", &[]))["other:".len()..],
+            base["default:".len()..]
+        );
+    }
+
+    #[test]
+    fn fields_cannot_run_into_each_other() {
+        let cfg = Config::default();
+        let mut a = req("/b", &[]);
+        a.authority = "exa".into();
+        let mut b = req("/b", &[]);
+        b.authority = "ex".into();
+        b.path = "a/b".into();
+        assert_ne!(key(&cfg, &a), key(&cfg, &b));
+    }
+
+    #[test]
+    fn query_ignore_and_sort() {
+        let mut cfg = Config::default();
+        cfg.key.query_ignore = vec!["utm_*".into(), "fbclid".into()];
+        let plain = key(&cfg, &req("/a?b=2&a=1", &[]));
+        assert_eq!(
+            key(&cfg, &req("/a?b=2&utm_source=x&a=1&fbclid=9", &[])),
+            plain
+        );
+        assert_ne!(key(&cfg, &req("/a?a=1&b=2", &[])), plain, "order kept");
+        cfg.key.query_sort = true;
+        assert_eq!(
+            key(&cfg, &req("/a?a=1&b=2", &[])),
+            key(&cfg, &req("/a?b=2&a=1", &[]))
+        );
+        // Repeated parameters keep their relative order.
+        assert_eq!(
+            normalize_query(Some("b=1&a=2&a=1"), &cfg.key),
+            "a=2&a=1&b=1"
+        );
+    }
+
+    #[test]
+    fn configured_headers_join_the_key() {
+        let mut cfg = Config::default();
+        cfg.key.headers = vec!["x-tenant".into()];
+        let a = key(&cfg, &req("/a", &[("x-tenant", "blue")]));
+        let b = key(&cfg, &req("/a", &[("x-tenant", "green")]));
+        let none = key(&cfg, &req("/a", &[]));
+        assert_ne!(a, b);
+        assert_ne!(a, none);
+    }
+
+    #[test]
+    fn variants_differ_by_varied_header_and_normalise() {
+        let cfg = Config::default();
+        let names = vec!["accept".to_string()];
+        let variant = |h: &[(&str, &str)]| {
+            let r = req("/a", h);
+            CacheKey::primary(&cfg, &r)
+                .variant("default", &names, &r)
+                .redis_key
+        };
+        let a = variant(&[("accept", "a")]);
+        assert_ne!(a, variant(&[("accept", "b")]));
+        assert_ne!(a, variant(&[]));
+        assert_ne!(variant(&[("accept", "")]), variant(&[]));
+        assert_eq!(
+            variant(&[("accept", "text/html, Application/JSON")]),
+            variant(&[("accept", "application/json,text/html")])
+        );
+        assert_eq!(
+            variant(&[("accept", "text/html"), ("accept", "application/json")]),
+            variant(&[("accept", "application/json, text/html")])
+        );
+        assert_ne!(
+            a,
+            CacheKey::primary(&cfg, &req("/a", &[("accept", "a")])).redis_key
+        );
+    }
+
+    #[test]
+    fn unknown_headers_keep_case_but_not_whitespace() {
+        assert_eq!(
+            normalize_header_value("x-a", ["  Foo   Bar "].into_iter()),
+            "Foo Bar"
+        );
+        assert_eq!(
+            normalize_header_value("accept-encoding", ["gzip, BR ,, deflate"].into_iter()),
+            "br,deflate,gzip"
+        );
+        assert_eq!(
+            normalize_header_value("accept", ["text/html ; q=0.5"].into_iter()),
+            "text/html;q=0.5"
+        );
+    }
+
+    #[test]
+    fn vary_parsing() {
+        assert_eq!(Vary::parse([].into_iter()), Vary::None);
+        assert_eq!(Vary::parse([" , "].into_iter()), Vary::None);
+        assert_eq!(
+            Vary::parse(["Accept-Encoding, accept", "X-A"].into_iter()),
+            Vary::Headers(vec![
+                "accept".into(),
+                "accept-encoding".into(),
+                "x-a".into()
+            ])
+        );
+        assert_eq!(Vary::parse(["accept, *"].into_iter()), Vary::Any);
+    }
+}

@@ -1,0 +1,101 @@
+//! Counters, defined once by name. Envoy shows them as `fleet_cache_<name>` at `/stats` and
+//! `/stats/prometheus`.
+
+use crate::flow::Event;
+use crate::store::StoreError;
+
+/// Every counter the filter keeps. The order is the order of [`Counter::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Lookups,
+    Hits,
+    Misses,
+    Bypasses,
+    StoreErrors,
+    StoreTimeouts,
+    CorruptEntries,
+    NotStored,
+    RecordingsTooLarge,
+    RecordingsAborted,
+    Published,
+    PublishFailures,
+    PublishRetries,
+    PublishDropped,
+    BytesStored,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 15] = [
+        Counter::Lookups,
+        Counter::Hits,
+        Counter::Misses,
+        Counter::Bypasses,
+        Counter::StoreErrors,
+        Counter::StoreTimeouts,
+        Counter::CorruptEntries,
+        Counter::NotStored,
+        Counter::RecordingsTooLarge,
+        Counter::RecordingsAborted,
+        Counter::Published,
+        Counter::PublishFailures,
+        Counter::PublishRetries,
+        Counter::PublishDropped,
+        Counter::BytesStored,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Lookups => "fleet_cache_lookups",
+            Counter::Hits => "fleet_cache_hits",
+            Counter::Misses => "fleet_cache_misses",
+            Counter::Bypasses => "fleet_cache_bypasses",
+            Counter::StoreErrors => "fleet_cache_store_errors",
+            Counter::StoreTimeouts => "fleet_cache_store_timeouts",
+            Counter::CorruptEntries => "fleet_cache_corrupt_entries",
+            Counter::NotStored => "fleet_cache_not_stored",
+            Counter::RecordingsTooLarge => "fleet_cache_recordings_too_large",
+            Counter::RecordingsAborted => "fleet_cache_recordings_aborted",
+            Counter::Published => "fleet_cache_published",
+            Counter::PublishFailures => "fleet_cache_publish_failures",
+            Counter::PublishRetries => "fleet_cache_publish_retries",
+            Counter::PublishDropped => "fleet_cache_publish_dropped",
+            Counter::BytesStored => "fleet_cache_bytes_stored",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The counters a flow event moves (a store timeout is also a store error).
+pub fn counters_for(event: Event) -> &'static [Counter] {
+    match event {
+        Event::Lookup => &[Counter::Lookups],
+        Event::Hit => &[Counter::Hits],
+        Event::Miss => &[Counter::Misses],
+        Event::Bypass => &[Counter::Bypasses],
+        Event::StoreError(StoreError::Timeout) => &[Counter::StoreErrors, Counter::StoreTimeouts],
+        Event::StoreError(_) => &[Counter::StoreErrors],
+        Event::CorruptEntry(_) | Event::KeyMismatch => &[Counter::CorruptEntries],
+        Event::NotStored(_) => &[Counter::NotStored],
+        Event::RecordingTooLarge => &[Counter::RecordingsTooLarge],
+        Event::RecordingAborted => &[Counter::RecordingsAborted],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+}

@@ -1,0 +1,186 @@
+//! The publish queue: finished recordings waiting to be written to the store, owned by the
+//! root context so a write outlives its stream and its answer is seen (retry once, count).
+//!
+//! Pure bookkeeping; the root context sends what [`PublishQueue::next`] gives and reports each
+//! answer to [`PublishQueue::answered`].
+
+use crate::store::Write;
+use std::collections::{HashMap, VecDeque};
+
+/// Writes per VM in flight at once: enough to keep the store busy, few enough that a burst of
+/// misses does not open a connection storm.
+pub const MAX_IN_FLIGHT: usize = 16;
+
+#[derive(Debug)]
+pub struct Job {
+    pub write: Write,
+    /// 0 for the first try, 1 for the retry.
+    pub attempt: u8,
+}
+
+/// What an answer means for its job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored: this many bytes.
+    Published(usize),
+    /// Failed once; queued again.
+    Retrying,
+    /// Failed twice (or unknown token): given up.
+    Failed,
+}
+
+#[derive(Debug)]
+pub struct PublishQueue {
+    pending: VecDeque<Job>,
+    in_flight: HashMap<u32, Job>,
+    /// Bytes held by pending and in-flight jobs.
+    held_bytes: usize,
+    /// Bound on `held_bytes`: a store slower than the miss rate must not grow the VM without
+    /// limit; past it new recordings are dropped (and counted).
+    max_bytes: usize,
+}
+
+impl PublishQueue {
+    pub fn new(max_bytes: usize) -> PublishQueue {
+        PublishQueue {
+            pending: VecDeque::new(),
+            in_flight: HashMap::new(),
+            held_bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Queues a write; gives it back when the queue is full.
+    pub fn push(&mut self, write: Write) -> Result<(), Write> {
+        let size = write.entry.len();
+        if self.held_bytes + size > self.max_bytes {
+            return Err(write);
+        }
+        self.held_bytes += size;
+        self.pending.push_back(Job { write, attempt: 0 });
+        Ok(())
+    }
+
+    /// The next job to send, if the in-flight limit allows.
+    pub fn next(&mut self) -> Option<Job> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        self.pending.pop_front()
+    }
+
+    /// A job was sent; its answer will come with `token`.
+    pub fn sent(&mut self, token: u32, job: Job) {
+        self.in_flight.insert(token, job);
+    }
+
+    /// A job could not even be sent (dispatch refused): same as a failed answer.
+    pub fn not_sent(&mut self, job: Job) -> Outcome {
+        self.settle(job, false)
+    }
+
+    pub fn answered(&mut self, token: u32, ok: bool) -> Outcome {
+        match self.in_flight.remove(&token) {
+            Some(job) => self.settle(job, ok),
+            None => Outcome::Failed,
+        }
+    }
+
+    fn settle(&mut self, mut job: Job, ok: bool) -> Outcome {
+        let size = job.write.entry.len();
+        if ok {
+            self.held_bytes -= size;
+            Outcome::Published(size)
+        } else if job.attempt == 0 {
+            job.attempt = 1;
+            // The retry goes first: it is the oldest write, and a newer write of the same key
+            // queued behind it must still land last.
+            self.pending.push_front(job);
+            Outcome::Retrying
+        } else {
+            self.held_bytes -= size;
+            Outcome::Failed
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.in_flight.is_empty()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str, size: usize) -> Write {
+        Write {
+            key: key.into(),
+            variant: None,
+            ttl_ms: 1000,
+            entry: vec![0; size],
+        }
+    }
+
+    #[test]
+    fn publishes_then_idles() {
+        let mut q = PublishQueue::new(100);
+        q.push(write("a", 10)).unwrap();
+        let job = q.next().unwrap();
+        q.sent(7, job);
+        assert!(!q.is_idle());
+        assert_eq!(q.answered(7, true), Outcome::Published(10));
+        assert!(q.is_idle());
+    }
+
+    #[test]
+    fn retries_once_first_in_line_then_gives_up() {
+        let mut q = PublishQueue::new(100);
+        q.push(write("a", 10)).unwrap();
+        q.push(write("b", 10)).unwrap();
+        let a = q.next().unwrap();
+        q.sent(1, a);
+        assert_eq!(q.answered(1, false), Outcome::Retrying);
+        let again = q.next().unwrap();
+        assert_eq!(again.write.key, "a");
+        assert_eq!(again.attempt, 1);
+        assert_eq!(q.not_sent(again), Outcome::Failed);
+        assert_eq!(q.next().unwrap().write.key, "b");
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let mut q = PublishQueue::new(25);
+        q.push(write("a", 10)).unwrap();
+        q.push(write("b", 10)).unwrap();
+        assert!(q.push(write("c", 10)).is_err());
+        let a = q.next().unwrap();
+        q.sent(1, a);
+        assert_eq!(q.answered(1, true), Outcome::Published(10));
+        q.push(write("c", 10)).unwrap();
+    }
+
+    #[test]
+    fn in_flight_is_limited() {
+        let mut q = PublishQueue::new(usize::MAX);
+        for i in 0..MAX_IN_FLIGHT + 1 {
+            q.push(write(&i.to_string(), 1)).unwrap();
+        }
+        for t in 0..MAX_IN_FLIGHT {
+            let j = q.next().unwrap();
+            q.sent(t as u32, j);
+        }
+        assert!(q.next().is_none());
+        q.answered(0, true);
+        assert!(q.next().is_some());
+    }
+
+    #[test]
+    fn unknown_token_is_a_failure() {
+        let mut q = PublishQueue::new(10);
+        assert_eq!(q.answered(99, true), Outcome::Failed);
+    }
+}

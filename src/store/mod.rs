@@ -1,0 +1,54 @@
+//! The store: what the cache asks of it and what can go wrong, independent of transport.
+//! `webdis` gives these commands their HTTP form for Webdis in front of Redis.
+
+pub mod webdis;
+
+/// Why the store did not answer a command usefully. Every one of these is a fail-open: the
+/// request goes on to the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The callout could not be dispatched (unknown cluster, host refused).
+    Dispatch,
+    /// No answer within the deadline.
+    Timeout,
+    /// Store or Redis down (503 from Envoy or Webdis).
+    Unavailable,
+    /// Some other HTTP status.
+    Status(u16),
+    /// An answer that isn't the protocol.
+    Garbage,
+}
+
+impl StoreError {
+    /// The `detail` of `Cache-Status` and the reason in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreError::Dispatch => "store-dispatch-failed",
+            StoreError::Timeout => "store-timeout",
+            StoreError::Unavailable => "store-unavailable",
+            StoreError::Status(_) => "store-error",
+            StoreError::Garbage => "store-garbage",
+        }
+    }
+}
+
+/// A finished recording on its way to the store: one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The resource's primary key: the entry's key, or for a varying response the key of its
+    /// variants record.
+    pub key: String,
+    pub variant: Option<VariantWrite>,
+    /// Time to live in the store, ms.
+    pub ttl_ms: u64,
+    /// The encoded entry (`entry.rs`).
+    pub entry: Vec<u8>,
+}
+
+/// For a response that varies: the variant's own key, and the variants record for the
+/// primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantWrite {
+    pub key: String,
+    pub record: Vec<u8>,
+}
