@@ -524,3 +524,7 @@ fn take_header(headers: &mut Vec<(String, String)>, name: &str) -> Option<String
     });
     found
 }
+
+#[cfg(test)]
+#[path = "flow_tests.rs"]
+mod tests;

@@ -353,11 +353,12 @@ pub fn stored_headers(resp: &ResponseHead, strip_set_cookie: bool) -> Vec<(Strin
         .iter()
         .filter(|(name, _)| {
             let n = name.to_ascii_lowercase();
-            !NOT_REPLAYED.contains(&n.as_str())
-                && !n.starts_with(':')
-                && !n.starts_with("x-envoy-")
-                && !connection_listed.contains(&n)
-                && !(strip_set_cookie && n == "set-cookie")
+            let dropped = NOT_REPLAYED.contains(&n.as_str())
+                || n.starts_with(':')
+                || n.starts_with("x-envoy-")
+                || connection_listed.contains(&n)
+                || (strip_set_cookie && n == "set-cookie");
+            !dropped
         })
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
         .collect()

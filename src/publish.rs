@@ -1,7 +1,7 @@
 //! The publish queue: finished recordings waiting to be written to the store, owned by the
 //! root context so a write outlives its stream and its answer is seen (retry once, count).
 //!
-//! Pure bookkeeping; the root context sends what [`PublishQueue::next`] gives and reports each
+//! Pure bookkeeping; the root context sends what [`PublishQueue::next_to_send`] gives and reports each
 //! answer to [`PublishQueue::answered`].
 
 use crate::store::Write;
@@ -62,7 +62,7 @@ impl PublishQueue {
     }
 
     /// The next job to send, if the in-flight limit allows.
-    pub fn next(&mut self) -> Option<Job> {
+    pub fn next_to_send(&mut self) -> Option<Job> {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
@@ -129,7 +129,7 @@ mod tests {
     fn publishes_then_idles() {
         let mut q = PublishQueue::new(100);
         q.push(write("a", 10)).unwrap();
-        let job = q.next().unwrap();
+        let job = q.next_to_send().unwrap();
         q.sent(7, job);
         assert!(!q.is_idle());
         assert_eq!(q.answered(7, true), Outcome::Published(10));
@@ -141,14 +141,14 @@ mod tests {
         let mut q = PublishQueue::new(100);
         q.push(write("a", 10)).unwrap();
         q.push(write("b", 10)).unwrap();
-        let a = q.next().unwrap();
+        let a = q.next_to_send().unwrap();
         q.sent(1, a);
         assert_eq!(q.answered(1, false), Outcome::Retrying);
-        let again = q.next().unwrap();
+        let again = q.next_to_send().unwrap();
         assert_eq!(again.write.key, "a");
         assert_eq!(again.attempt, 1);
         assert_eq!(q.not_sent(again), Outcome::Failed);
-        assert_eq!(q.next().unwrap().write.key, "b");
+        assert_eq!(q.next_to_send().unwrap().write.key, "b");
     }
 
     #[test]
@@ -157,7 +157,7 @@ mod tests {
         q.push(write("a", 10)).unwrap();
         q.push(write("b", 10)).unwrap();
         assert!(q.push(write("c", 10)).is_err());
-        let a = q.next().unwrap();
+        let a = q.next_to_send().unwrap();
         q.sent(1, a);
         assert_eq!(q.answered(1, true), Outcome::Published(10));
         q.push(write("c", 10)).unwrap();
@@ -170,12 +170,12 @@ mod tests {
             q.push(write(&i.to_string(), 1)).unwrap();
         }
         for t in 0..MAX_IN_FLIGHT {
-            let j = q.next().unwrap();
+            let j = q.next_to_send().unwrap();
             q.sent(t as u32, j);
         }
-        assert!(q.next().is_none());
+        assert!(q.next_to_send().is_none());
         q.answered(0, true);
-        assert!(q.next().is_some());
+        assert!(q.next_to_send().is_some());
     }
 
     #[test]

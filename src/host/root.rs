@@ -100,7 +100,7 @@ impl CacheRoot {
     fn drain(&self, shared: &Shared) {
         let cfg = &shared.config;
         loop {
-            let Some(job) = shared.queue.borrow_mut().next() else {
+            let Some(job) = shared.queue.borrow_mut().next_to_send() else {
                 break;
             };
             let callout = webdis::put(&job.write);

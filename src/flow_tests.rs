@@ -1,0 +1,639 @@
+//! The flow driven through whole exchanges against a simulated store (a map that applies
+//! writes the way the Webdis scripts do) and a clock that jumps.
+
+use super::*;
+use crate::config::SetCookiePolicy;
+use std::collections::HashMap;
+
+const T0: u64 = 1_700_000_000_000;
+
+/// The store as the flow sees it: keys -> (value, expiry ms).
+#[derive(Default)]
+struct SimStore {
+    values: HashMap<String, (Vec<u8>, u64)>,
+}
+
+impl SimStore {
+    fn get(&self, key: &str, now: u64) -> Option<&[u8]> {
+        self.values
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.as_slice())
+    }
+
+    /// Same effect as `SET_ONE` / `SET_VARIANT` in store/webdis.rs.
+    fn apply(&mut self, w: Write, now: u64) {
+        match w.variant {
+            None => {
+                self.values.insert(w.key, (w.entry, now + w.ttl_ms));
+            }
+            Some(v) => {
+                let old = self.values.get(&w.key).map_or(0, |(_, e)| *e);
+                let exp = (now + w.ttl_ms).max(old);
+                self.values.insert(w.key, (v.record, exp));
+                self.values.insert(v.key, (w.entry, now + w.ttl_ms));
+            }
+        }
+    }
+}
+
+struct Harness {
+    cfg: Rc<Config>,
+    store: SimStore,
+    now: u64,
+}
+
+/// A reply served from the cache: status, headers, body.
+type Served = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// What a client saw for one request.
+#[derive(Debug)]
+struct Seen {
+    /// Store round trips the request waited for.
+    lookups: usize,
+    /// Served from the cache: the reply.
+    hit: Option<Served>,
+    /// Forwarded: the Cache-Status set on the origin's response.
+    cache_status: Option<String>,
+    events: Vec<Event>,
+    published: bool,
+}
+
+impl Seen {
+    fn hit_header(&self, name: &str) -> Option<&str> {
+        self.hit
+            .as_ref()?
+            .1
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn body(&self) -> &[u8] {
+        &self.hit.as_ref().expect("a hit").2
+    }
+}
+
+/// The origin's answer in a test: status, headers, body chunks, and how it ends.
+struct Origin<'a> {
+    status: u16,
+    headers: &'a [(&'a str, &'a str)],
+    chunks: &'a [&'a [u8]],
+    end: End,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Complete,
+    Reset,
+    Trailers,
+}
+
+fn ok<'a>(headers: &'a [(&'a str, &'a str)], chunks: &'a [&'a [u8]]) -> Origin<'a> {
+    Origin {
+        status: 200,
+        headers,
+        chunks,
+        end: End::Complete,
+    }
+}
+
+fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
+    RequestHead {
+        method: method.into(),
+        scheme: "http".into(),
+        authority: "example.com".into(),
+        path: path.into(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+impl Harness {
+    fn new(cfg: Config) -> Harness {
+        Harness {
+            cfg: Rc::new(cfg),
+            store: SimStore::default(),
+            now: T0,
+        }
+    }
+
+    /// One request through the flow; `origin` answers if it is forwarded.
+    fn run(&mut self, r: RequestHead, origin: &Origin) -> Seen {
+        self.run_with(r, origin, Source::Origin, |s, k, now| {
+            Ok(s.get(k, now).map(<[u8]>::to_vec))
+        })
+    }
+
+    fn run_with(
+        &mut self,
+        r: RequestHead,
+        origin: &Origin,
+        source: Source,
+        store: impl Fn(&SimStore, &str, u64) -> Result<Option<Vec<u8>>, StoreError>,
+    ) -> Seen {
+        let mut flow = Flow::new(self.cfg.clone());
+        let mut seen = Seen {
+            lookups: 0,
+            hit: None,
+            cache_status: None,
+            events: vec![],
+            published: false,
+        };
+        let now = self.now;
+        let mut write = None;
+        let mut step = match flow.handle_request_headers(now, r) {
+            RequestStep::Lookup(k) => {
+                seen.lookups += 1;
+                Some(k)
+            }
+            RequestStep::Continue => None,
+        };
+        let mut forwarded = step.is_none();
+        while let Some(key) = step.take() {
+            let answer = store(&self.store, &key, now);
+            let reply = answer.as_ref().map(|v| v.as_deref()).map_err(|e| *e);
+            match flow.handle_store_reply(now, reply) {
+                LookupStep::Lookup(k) => {
+                    seen.lookups += 1;
+                    step = Some(k);
+                }
+                LookupStep::Respond(reply) => {
+                    seen.hit = Some((reply.status, reply.headers, reply.body.to_vec()));
+                    assert!(flow.is_serving_hit());
+                    // Our own local reply comes back through the response callbacks.
+                    let s = flow.handle_response_headers(
+                        now,
+                        &ResponseHead::default(),
+                        false,
+                        Source::Envoy,
+                    );
+                    assert_eq!(s, ResponseStep::default(), "local reply left alone");
+                    assert!(!flow.wants_body());
+                    assert_eq!(flow.handle_response_body(b"x", true), None);
+                }
+                LookupStep::Continue => forwarded = true,
+            }
+        }
+        if forwarded {
+            let resp = ResponseHead {
+                status: origin.status,
+                headers: origin
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let no_body = origin.chunks.is_empty() && origin.end == End::Complete;
+            let s = flow.handle_response_headers(now, &resp, no_body, source);
+            seen.cache_status = s.cache_status;
+            write = s.publish;
+            for (i, c) in origin.chunks.iter().enumerate() {
+                let last = i + 1 == origin.chunks.len() && origin.end == End::Complete;
+                if let Some(w) = flow.handle_response_body(c, last) {
+                    write = Some(w);
+                }
+            }
+            if origin.end == End::Trailers {
+                flow.handle_response_trailers();
+            }
+        }
+        flow.handle_stream_end();
+        seen.events = flow.take_events();
+        if let Some(w) = write {
+            seen.published = true;
+            self.store.apply(w, now);
+        }
+        seen
+    }
+}
+
+const CACHEABLE: &[(&str, &str)] = &[
+    ("cache-control", "max-age=60"),
+    ("content-type", "application/octet-stream"),
+];
+
+#[test]
+fn miss_records_and_the_next_request_is_a_byte_identical_hit() {
+    let mut h = Harness::new(Config::default());
+    let body: Vec<u8> = (0..=255u8).chain([0, 0, 0]).collect();
+    let chunks = [&body[..100], &body[100..]];
+    let o = ok(CACHEABLE, &chunks);
+    let miss = h.run(req("GET", "/a", &[]), &o);
+    assert!(miss.hit.is_none());
+    assert_eq!(miss.lookups, 1);
+    assert_eq!(
+        miss.cache_status.as_deref(),
+        Some("fleet-cache; fwd=uri-miss; fwd-status=200; stored")
+    );
+    assert!(miss.published);
+    assert!(miss.events.contains(&Event::Miss));
+
+    h.now += 5_000;
+    let hit = h.run(req("GET", "/a", &[]), &o);
+    assert_eq!(hit.lookups, 1, "one round trip for a non-varied resource");
+    assert_eq!(hit.body(), &body[..]);
+    assert_eq!(hit.hit.as_ref().unwrap().0, 200);
+    assert_eq!(hit.hit_header("age"), Some("5"));
+    assert_eq!(
+        hit.hit_header("cache-status"),
+        Some("fleet-cache; hit; ttl=55")
+    );
+    assert_eq!(
+        hit.hit_header("date"),
+        Some(policy::format_http_date(h.now).as_str())
+    );
+    assert_eq!(
+        hit.hit_header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert!(hit.events.contains(&Event::Hit));
+}
+
+#[test]
+fn hit_drops_per_fetch_and_hop_by_hop_headers() {
+    let mut h = Harness::new(Config::default());
+    let headers = [
+        ("cache-control", "max-age=60"),
+        ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+        ("x-envoy-upstream-service-time", "4"),
+        ("connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("content-length", "2"),
+        ("x-app", "kept"),
+    ];
+    h.run(req("GET", "/a", &[]), &ok(&headers, &[b"hi"]));
+    let hit = h.run(req("GET", "/a", &[]), &ok(&headers, &[b"hi"]));
+    let names: Vec<&str> = hit
+        .hit
+        .as_ref()
+        .unwrap()
+        .1
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["cache-control", "x-app", "cache-status", "age", "date"]
+    );
+}
+
+#[test]
+fn upstream_cache_status_is_kept_and_ours_appended() {
+    let mut h = Harness::new(Config::default());
+    let headers = [
+        ("cache-control", "max-age=60"),
+        ("cache-status", "origin-cache; hit"),
+    ];
+    let miss = h.run(req("GET", "/a", &[]), &ok(&headers, &[b"x"]));
+    assert_eq!(
+        miss.cache_status.as_deref(),
+        Some("origin-cache; hit, fleet-cache; fwd=uri-miss; fwd-status=200; stored")
+    );
+    let hit = h.run(req("GET", "/a", &[]), &ok(&headers, &[b"x"]));
+    assert_eq!(
+        hit.hit_header("cache-status"),
+        Some("origin-cache; hit, fleet-cache; hit; ttl=60")
+    );
+}
+
+#[test]
+fn head_is_served_from_the_get_entry_and_never_creates_one() {
+    let mut h = Harness::new(Config::default());
+    let o = ok(CACHEABLE, &[]);
+    let head_miss = h.run(req("HEAD", "/a", &[]), &o);
+    assert!(!head_miss.published, "a HEAD response is not a GET entry");
+    assert_eq!(
+        head_miss.cache_status.as_deref(),
+        Some("fleet-cache; fwd=uri-miss; fwd-status=200")
+    );
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"body"]));
+    let head_hit = h.run(req("HEAD", "/a", &[]), &o);
+    // The adapter hands the body to Envoy, whose local reply omits it for HEAD but keeps its
+    // length in content-length.
+    assert_eq!(head_hit.body(), b"body");
+}
+
+#[test]
+fn vary_variants_are_cached_apart_and_never_cross_served() {
+    let mut h = Harness::new(Config::default());
+    let headers = [("cache-control", "max-age=60"), ("vary", "Accept")];
+    let a = req("GET", "/v", &[("accept", "a")]);
+    let b = req("GET", "/v", &[("accept", "b")]);
+    assert!(h.run(a.clone(), &ok(&headers, &[b"for a"])).published);
+    let miss_b = h.run(b.clone(), &ok(&headers, &[b"for b"]));
+    assert_eq!(miss_b.lookups, 2, "variants record, then the variant");
+    assert!(miss_b.hit.is_none());
+    assert!(
+        miss_b
+            .cache_status
+            .as_deref()
+            .unwrap()
+            .contains("fwd=vary-miss")
+    );
+    let hit_a = h.run(a, &ok(&headers, &[b"wrong"]));
+    assert_eq!(hit_a.lookups, 2, "at most two round trips when varied");
+    assert_eq!(hit_a.body(), b"for a");
+    let hit_b = h.run(b, &ok(&headers, &[b"wrong"]));
+    assert_eq!(hit_b.body(), b"for b");
+    // Normalised: same list, other order and case.
+    let hit_a2 = h.run(
+        req("GET", "/v", &[("accept", " A ")]),
+        &ok(&headers, &[b"x"]),
+    );
+    assert_eq!(hit_a2.body(), b"for a");
+    // Absent header is its own variant.
+    let none = h.run(req("GET", "/v", &[]), &ok(&headers, &[b"none"]));
+    assert!(none.hit.is_none());
+}
+
+#[test]
+fn vary_star_is_not_stored() {
+    let mut h = Harness::new(Config::default());
+    let headers = [("cache-control", "max-age=60"), ("vary", "*")];
+    let s = h.run(req("GET", "/a", &[]), &ok(&headers, &[b"x"]));
+    assert!(!s.published);
+    assert!(s.events.contains(&Event::NotStored(NotStored::VaryAny)));
+    assert!(h.store.values.is_empty());
+}
+
+#[test]
+fn uncacheable_responses_are_not_stored() {
+    let cases: [(u16, &[(&str, &str)]); 5] = [
+        (200, &[("cache-control", "no-store, max-age=60")]),
+        (200, &[("cache-control", "private, max-age=60")]),
+        (
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+        ),
+        (500, &[("cache-control", "max-age=60")]),
+        (200, &[]),
+    ];
+    for (status, headers) in cases {
+        let mut h = Harness::new(Config::default());
+        let o = Origin {
+            status,
+            headers,
+            chunks: &[b"x"],
+            end: End::Complete,
+        };
+        let s = h.run(req("GET", "/a", &[]), &o);
+        assert!(!s.published, "{status} {headers:?}");
+        assert!(
+            !s.cache_status.as_deref().unwrap().contains("stored"),
+            "{headers:?}"
+        );
+        assert!(h.run(req("GET", "/a", &[]), &o).hit.is_none());
+    }
+}
+
+#[test]
+fn set_cookie_is_stripped_when_configured() {
+    let mut h = Harness::new(Config {
+        set_cookie: SetCookiePolicy::Strip,
+        ..Config::default()
+    });
+    let headers = [("cache-control", "max-age=60"), ("set-cookie", "s=1")];
+    assert!(
+        h.run(req("GET", "/a", &[]), &ok(&headers, &[b"x"]))
+            .published
+    );
+    let hit = h.run(req("GET", "/a", &[]), &ok(&headers, &[b"x"]));
+    assert_eq!(hit.hit_header("set-cookie"), None);
+}
+
+#[test]
+fn an_expired_entry_is_refetched() {
+    let mut h = Harness::new(Config::default());
+    let headers = [("cache-control", "max-age=2")];
+    h.run(req("GET", "/a", &[]), &ok(&headers, &[b"v1"]));
+    h.now += 1_000;
+    assert!(
+        h.run(req("GET", "/a", &[]), &ok(&headers, &[b"v2"]))
+            .hit
+            .is_some()
+    );
+    // Redis expires the key; the flow also checks freshness itself (the store's clock and
+    // ours may differ), so the stale entry is not served even if still present.
+    h.now += 1_500;
+    let s = h.run_with(
+        req("GET", "/a", &[]),
+        &ok(&headers, &[b"v2"]),
+        Source::Origin,
+        |s, k, _| Ok(s.values.get(k).map(|(v, _)| v.clone())),
+    );
+    assert!(s.hit.is_none());
+    assert!(s.cache_status.as_deref().unwrap().contains("fwd=stale"));
+    assert!(s.published);
+}
+
+#[test]
+fn store_errors_fail_open_and_still_record() {
+    for e in [
+        StoreError::Timeout,
+        StoreError::Unavailable,
+        StoreError::Garbage,
+        StoreError::Dispatch,
+        StoreError::Status(403),
+    ] {
+        let mut h = Harness::new(Config::default());
+        let s = h.run_with(
+            req("GET", "/a", &[]),
+            &ok(CACHEABLE, &[b"x"]),
+            Source::Origin,
+            |_, _, _| Err(e),
+        );
+        assert!(s.hit.is_none());
+        assert!(s.events.contains(&Event::StoreError(e)));
+        let cs = s.cache_status.unwrap();
+        assert!(cs.contains("fwd=miss") && cs.contains(e.as_str()), "{cs}");
+        assert!(s.published, "recorded anyway: the write may succeed");
+    }
+}
+
+#[test]
+fn a_corrupt_or_foreign_entry_is_a_miss_and_gets_overwritten() {
+    let mut h = Harness::new(Config::default());
+    let key = CacheKey::primary(&h.cfg, &req("GET", "/a", &[])).redis_key;
+    h.store
+        .values
+        .insert(key.clone(), (b"garbage\0\xff".to_vec(), u64::MAX));
+    let s = h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"good"]));
+    assert!(s.hit.is_none());
+    assert!(
+        s.events
+            .contains(&Event::CorruptEntry(EntryError::BadMagic))
+    );
+    assert!(s.cache_status.unwrap().contains("detail=invalid-entry"));
+    assert!(s.published);
+    let good = h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"x"]));
+    assert_eq!(good.body(), b"good");
+
+    // Truncated.
+    let v = h.store.values.get_mut(&key).unwrap();
+    v.0.truncate(v.0.len() - 3);
+    let s = h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"good"]));
+    assert!(s.hit.is_none());
+
+    // A valid entry of another key planted here.
+    h.run(req("GET", "/b", &[]), &ok(CACHEABLE, &[b"other"]));
+    let other_key = CacheKey::primary(&h.cfg, &req("GET", "/b", &[])).redis_key;
+    let other = h.store.values[&other_key].clone();
+    h.store.values.insert(key, other);
+    let s = h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"good"]));
+    assert!(s.hit.is_none(), "never serve another key's response");
+    assert!(s.events.contains(&Event::KeyMismatch));
+}
+
+#[test]
+fn oversized_bodies_stream_but_are_not_stored() {
+    let mut h = Harness::new(Config {
+        max_body_bytes: 10,
+        ..Config::default()
+    });
+    let s = h.run(
+        req("GET", "/a", &[]),
+        &ok(CACHEABLE, &[b"123456", b"789012"]),
+    );
+    assert!(!s.published);
+    assert!(s.events.contains(&Event::RecordingTooLarge));
+    // Known from Content-Length: not even started.
+    let headers = [("cache-control", "max-age=60"), ("content-length", "12")];
+    let s = h.run(
+        req("GET", "/b", &[]),
+        &ok(&headers, &[b"123456", b"789012"]),
+    );
+    assert!(!s.published);
+    assert!(!s.cache_status.unwrap().contains("stored"));
+    // Exactly at the limit is fine.
+    let s = h.run(req("GET", "/c", &[]), &ok(CACHEABLE, &[b"12345", b"67890"]));
+    assert!(s.published);
+}
+
+#[test]
+fn incomplete_responses_publish_nothing() {
+    for end in [End::Reset, End::Trailers] {
+        let mut h = Harness::new(Config::default());
+        let o = Origin {
+            status: 200,
+            headers: CACHEABLE,
+            chunks: &[b"part"],
+            end,
+        };
+        let s = h.run(req("GET", "/a", &[]), &o);
+        assert!(!s.published);
+        assert!(s.events.contains(&Event::RecordingAborted));
+        assert!(h.store.values.is_empty());
+    }
+    // Shorter than its Content-Length.
+    let mut h = Harness::new(Config::default());
+    let headers = [("cache-control", "max-age=60"), ("content-length", "10")];
+    assert!(
+        !h.run(req("GET", "/a", &[]), &ok(&headers, &[b"short"]))
+            .published
+    );
+}
+
+#[test]
+fn responses_made_by_envoy_are_not_stored() {
+    let mut h = Harness::new(Config {
+        default_ttl_s: 60,
+        ..Config::default()
+    });
+    let o = Origin {
+        status: 404,
+        headers: &[],
+        chunks: &[b"no route"],
+        end: End::Complete,
+    };
+    let s = h.run_with(req("GET", "/a", &[]), &o, Source::Envoy, |s, k, n| {
+        Ok(s.get(k, n).map(<[u8]>::to_vec))
+    });
+    assert!(!s.published);
+    assert!(
+        s.events
+            .contains(&Event::NotStored(NotStored::NotFromOrigin))
+    );
+}
+
+#[test]
+fn bodiless_response_completes_on_headers() {
+    let mut h = Harness::new(Config::default());
+    let o = Origin {
+        status: 204,
+        headers: &[("cache-control", "max-age=60")],
+        chunks: &[],
+        end: End::Complete,
+    };
+    assert!(h.run(req("GET", "/a", &[]), &o).published);
+    let hit = h.run(req("GET", "/a", &[]), &o);
+    assert_eq!(hit.hit.unwrap().0, 204);
+}
+
+#[test]
+fn bypasses_and_refreshes() {
+    let mut h = Harness::new(Config::default());
+    let post = h.run(req("POST", "/a", &[]), &ok(CACHEABLE, &[b"x"]));
+    assert_eq!(post.lookups, 0);
+    assert!(!post.published);
+    assert_eq!(
+        post.cache_status.as_deref(),
+        Some("fleet-cache; fwd=method; fwd-status=200")
+    );
+    let no_store = h.run(
+        req("GET", "/a", &[("cache-control", "no-store")]),
+        &ok(CACHEABLE, &[b"x"]),
+    );
+    assert!(!no_store.published);
+    assert!(no_store.cache_status.unwrap().contains("fwd=bypass"));
+
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"v1"]));
+    let refresh = h.run(
+        req("GET", "/a", &[("cache-control", "no-cache")]),
+        &ok(CACHEABLE, &[b"v2"]),
+    );
+    assert_eq!(refresh.lookups, 0, "no-cache goes to the origin");
+    assert!(refresh.cache_status.unwrap().contains("fwd=request"));
+    assert!(refresh.published, "and refreshes the entry");
+    assert_eq!(
+        h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[])).body(),
+        b"v2"
+    );
+}
+
+#[test]
+fn chunk_boundaries_are_recorded() {
+    let mut h = Harness::new(Config::default());
+    let mut flow = Flow::new(h.cfg.clone());
+    let RequestStep::Lookup(_) = flow.handle_request_headers(T0, req("GET", "/a", &[])) else {
+        panic!()
+    };
+    assert_eq!(flow.handle_store_reply(T0, Ok(None)), LookupStep::Continue);
+    let resp = ResponseHead {
+        status: 200,
+        headers: vec![("cache-control".into(), "max-age=60".into())],
+    };
+    flow.handle_response_headers(T0, &resp, false, Source::Origin);
+    assert!(flow.wants_body());
+    assert!(flow.handle_response_body(b"data: 1\n\n", false).is_none());
+    assert!(flow.handle_response_body(b"data: 2\n\n", false).is_none());
+    let w = flow.handle_response_body(b"", true).unwrap();
+    let entry::Decoded::Response { meta, body } = entry::decode(&w.entry).unwrap() else {
+        panic!()
+    };
+    assert_eq!(meta.chunks, vec![9, 9]);
+    assert_eq!(body, b"data: 1\n\ndata: 2\n\n");
+    h.store.apply(w, T0);
+}
+
+#[test]
+fn late_store_answers_are_ignored() {
+    let cfg = Rc::new(Config::default());
+    let mut flow = Flow::new(cfg);
+    assert_eq!(
+        flow.handle_store_reply(T0, Ok(Some(b"x"))),
+        LookupStep::Continue
+    );
+    assert!(flow.take_events().is_empty());
+}
