@@ -70,7 +70,7 @@ for k, v in {"LISTEN_PORT": "$LISTEN_PORT", "ADMIN_PORT": "$ADMIN_PORT",
 open(sys.argv[1], "w").write(t)
 PY
 start envoy "$ENVOY" -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 \
-  --log-level info --component-log-level wasm:info
+  --log-level info --component-log-level wasm:${WASM_LOG_LEVEL:-info}
 wait_for envoy "curl -sf http://127.0.0.1:$ADMIN_PORT/ready"
 
 URL=http://127.0.0.1:$LISTEN_PORT/hello

@@ -30,6 +30,13 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
+for comp in clippy rustfmt; do
+  if ! rustup component list --installed | grep -q "^$comp"; then
+    echo "setup: rustup component add $comp"
+    rustup component add "$comp"
+  fi
+done
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: python3 -m venv $VENV"
   python3 -m venv "$VENV"

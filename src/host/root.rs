@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::metrics::Counter;
 use crate::publish::{Outcome, PublishQueue};
 use crate::store::webdis;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -32,6 +32,7 @@ impl Context for CacheRoot {
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
         let result = webdis::parse_put(status, &body);
+        debug!("fleet-cache: publish answer {status:?}: {result:?}");
         let outcome = shared.queue.borrow_mut().answered(token, result.is_ok());
         match outcome {
             Outcome::Published(bytes) => {
@@ -104,6 +105,12 @@ impl CacheRoot {
                 break;
             };
             let callout = webdis::put(&job.write);
+            debug!(
+                "fleet-cache: publishing {} ({} bytes, attempt {})",
+                job.write.key,
+                job.write.entry.len(),
+                job.attempt
+            );
             let sent = self.dispatch_http_call(
                 &cfg.store.cluster,
                 vec![
