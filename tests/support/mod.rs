@@ -1,0 +1,14 @@
+//! Integration-test support: a scriptable origin ([`origin`]), a small HTTP client
+//! ([`client`]) and the per-test process stack ([`stack`]: Redis, Webdis, Envoys).
+//!
+//! Every file in tests/ that declares `mod support;` compiles this separately and uses only part
+//! of it, hence the allows.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod origin;
+pub mod stack;
+
+pub use client::{Resp, StreamResp};
+pub use origin::{Origin, Request, binary_body};
+pub use stack::{Stack, StackOptions};
