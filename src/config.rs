@@ -22,6 +22,9 @@ pub struct Config {
     pub max_ttl_s: u64,
     /// Largest body recorded; a longer response still streams to the client but is not stored.
     pub max_body_bytes: usize,
+    /// Bytes all the recordings of one worker may hold at once; past it new chunks drop their
+    /// recording (the response still streams).
+    pub max_recording_bytes: usize,
     /// Methods answered from the cache (GET, HEAD; HEAD is served from the GET entry).
     pub methods: Vec<Method>,
     /// Response statuses that may be stored.
@@ -116,6 +119,7 @@ struct RawConfig {
     default_ttl_s: u64,
     max_ttl_s: u64,
     max_body_bytes: u64,
+    max_recording_bytes: u64,
     methods: Vec<Method>,
     statuses: Vec<u16>,
     key: RawKey,
@@ -131,6 +135,7 @@ impl Default for RawConfig {
             default_ttl_s: 0,
             max_ttl_s: 86_400,
             max_body_bytes: 16 * 1024 * 1024,
+            max_recording_bytes: 256 * 1024 * 1024,
             methods: vec![Method::Get, Method::Head],
             statuses: DEFAULT_STATUSES.to_vec(),
             key: RawKey::default(),
@@ -266,6 +271,19 @@ impl RawConfig {
         if self.max_body_bytes > 256 * 1024 * 1024 {
             return Err(err("max_body_bytes", "must be at most 268435456 (256 MiB)"));
         }
+        if self.max_recording_bytes < self.max_body_bytes {
+            return Err(err(
+                "max_recording_bytes",
+                "must be at least max_body_bytes (one whole recording)",
+            ));
+        }
+        // A wasm32 VM addresses 4 GiB in all; leave room for everything else.
+        if self.max_recording_bytes > 2 * 1024 * 1024 * 1024 {
+            return Err(err(
+                "max_recording_bytes",
+                "must be at most 2147483648 (2 GiB)",
+            ));
+        }
         if self.methods.is_empty() {
             return Err(err("methods", "must name at least one of GET, HEAD"));
         }
@@ -331,6 +349,7 @@ impl RawConfig {
             default_ttl_s: self.default_ttl_s,
             max_ttl_s: self.max_ttl_s,
             max_body_bytes: self.max_body_bytes as usize,
+            max_recording_bytes: self.max_recording_bytes as usize,
             methods: self.methods,
             statuses: self.statuses,
             key: KeyConfig {
@@ -420,6 +439,7 @@ mod tests {
             (r#"{"max_ttl_s":0}"#, "max_ttl_s"),
             (r#"{"default_ttl_s":100,"max_ttl_s":10}"#, "default_ttl_s"),
             (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+            (r#"{"max_recording_bytes":1}"#, "max_recording_bytes"),
             (r#"{"methods":[]}"#, "methods"),
             (r#"{"statuses":[99]}"#, "statuses"),
             (r#"{"statuses":[206]}"#, "statuses"),

@@ -4,6 +4,7 @@
 //! time (`now_ms`, unix ms) and carries out what each `handle_*` returns. Counters come out as
 //! [`Event`]s drained with [`Flow::take_events`].
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::cache_status::{self, Fwd};
 use crate::config::{Config, Method};
 use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, VariantsMeta};
@@ -31,6 +32,8 @@ pub enum Event {
     NotStored(NotStored),
     /// The body outgrew `max_body_bytes`: the recording was dropped, the response streamed on.
     RecordingTooLarge,
+    /// The worker's recordings together reached `max_recording_bytes`: this one was dropped.
+    RecordingOverBudget,
     /// The response ended without completing (reset, trailers, client gone): nothing published.
     RecordingAborted,
 }
@@ -124,18 +127,23 @@ struct Recording {
     ttl_ms: u64,
     /// Content-Length, if the origin sent one: a body of another length is not published.
     expected_len: Option<u64>,
+    /// The body bytes held, counted against the worker's budget until the recording ends.
+    reservation: Reservation,
 }
 
 pub struct Flow {
     cfg: Rc<Config>,
+    budget: Rc<MemoryBudget>,
     state: State,
     events: Vec<Event>,
 }
 
 impl Flow {
-    pub fn new(cfg: Rc<Config>) -> Flow {
+    /// A flow for one request; `budget` is shared by every flow of the worker.
+    pub fn new(cfg: Rc<Config>, budget: Rc<MemoryBudget>) -> Flow {
         Flow {
             cfg,
+            budget,
             state: State::Start,
             events: Vec::new(),
         }
@@ -168,9 +176,10 @@ impl Flow {
                 });
                 RequestStep::Lookup(key)
             }
-            RequestPolicy::Refresh => {
+            RequestPolicy::Refresh(method) => {
                 self.events.push(Event::Bypass);
-                let primary = Some(CacheKey::primary(&self.cfg, &req));
+                // Only a GET response is a whole entry; a HEAD answer has no body to store.
+                let primary = (method == Method::Get).then(|| CacheKey::primary(&self.cfg, &req));
                 self.state = State::Forwarded(Forward {
                     req,
                     primary,
@@ -431,6 +440,7 @@ impl Flow {
             primary,
             variant,
             writer: EntryWriter::new(),
+            reservation: Reservation::new(self.budget.clone()),
         }
     }
 
@@ -445,6 +455,11 @@ impl Flow {
             self.state = State::Done;
             return None;
         }
+        if !rec.reservation.grow(chunk.len()) {
+            self.events.push(Event::RecordingOverBudget);
+            self.state = State::Done;
+            return None;
+        }
         rec.writer.push_chunk(chunk);
         if end_of_stream { self.complete() } else { None }
     }
@@ -452,6 +467,12 @@ impl Flow {
     /// Response trailers: we don't store them, so a response that has them can't be replayed
     /// whole and is not published.
     pub fn handle_response_trailers(&mut self) {
+        self.abort_recording();
+    }
+
+    /// The recording can't be completed whole (trailers, a body chunk the host could not
+    /// give): drop it; the response itself goes on.
+    pub fn abort_recording(&mut self) {
         if let State::Recording(_) = self.state {
             self.events.push(Event::RecordingAborted);
             self.state = State::Done;

@@ -39,6 +39,7 @@ impl SimStore {
 
 struct Harness {
     cfg: Rc<Config>,
+    budget: Rc<MemoryBudget>,
     store: SimStore,
     now: u64,
 }
@@ -114,6 +115,7 @@ impl Harness {
     fn new(cfg: Config) -> Harness {
         Harness {
             cfg: Rc::new(cfg),
+            budget: MemoryBudget::new(usize::MAX),
             store: SimStore::default(),
             now: T0,
         }
@@ -133,7 +135,7 @@ impl Harness {
         source: Source,
         store: impl Fn(&SimStore, &str, u64) -> Result<Option<Vec<u8>>, StoreError>,
     ) -> Seen {
-        let mut flow = Flow::new(self.cfg.clone());
+        let mut flow = Flow::new(self.cfg.clone(), self.budget.clone());
         let mut seen = Seen {
             lookups: 0,
             hit: None,
@@ -605,7 +607,7 @@ fn bypasses_and_refreshes() {
 #[test]
 fn chunk_boundaries_are_recorded() {
     let mut h = Harness::new(Config::default());
-    let mut flow = Flow::new(h.cfg.clone());
+    let mut flow = Flow::new(h.cfg.clone(), MemoryBudget::new(usize::MAX));
     let RequestStep::Lookup(_) = flow.handle_request_headers(T0, req("GET", "/a", &[])) else {
         panic!()
     };
@@ -630,10 +632,45 @@ fn chunk_boundaries_are_recorded() {
 #[test]
 fn late_store_answers_are_ignored() {
     let cfg = Rc::new(Config::default());
-    let mut flow = Flow::new(cfg);
+    let mut flow = Flow::new(cfg, MemoryBudget::new(usize::MAX));
     assert_eq!(
         flow.handle_store_reply(T0, Ok(Some(b"x"))),
         LookupStep::Continue
     );
     assert!(flow.take_events().is_empty());
+}
+
+#[test]
+fn head_with_no_cache_never_creates_a_get_entry() {
+    let mut h = Harness::new(Config::default());
+    for header in [("cache-control", "no-cache"), ("pragma", "no-cache")] {
+        let s = h.run(req("HEAD", "/a", &[header]), &ok(CACHEABLE, &[]));
+        assert!(!s.published, "{header:?}");
+        assert!(!s.cache_status.unwrap().contains("stored"));
+    }
+    assert!(h.store.values.is_empty());
+}
+
+#[test]
+fn recordings_share_a_worker_budget() {
+    let mut h = Harness::new(Config::default());
+    h.budget = MemoryBudget::new(8);
+    let mut first = Flow::new(h.cfg.clone(), h.budget.clone());
+    let mut second = Flow::new(h.cfg.clone(), h.budget.clone());
+    let resp = ResponseHead {
+        status: 200,
+        headers: vec![("cache-control".into(), "max-age=60".into())],
+    };
+    for f in [&mut first, &mut second] {
+        f.handle_request_headers(T0, req("GET", "/a", &[]));
+        f.handle_store_reply(T0, Ok(None));
+        f.handle_response_headers(T0, &resp, false, Source::Origin);
+    }
+    assert!(first.handle_response_body(b"12345", false).is_none());
+    assert_eq!(h.budget.used(), 5);
+    assert!(second.handle_response_body(b"12345", true).is_none());
+    assert!(second.take_events().contains(&Event::RecordingOverBudget));
+    assert!(first.handle_response_body(b"", true).is_some());
+    assert_eq!(h.budget.used(), 0, "given back when the recording ends");
+    first.handle_stream_end();
 }

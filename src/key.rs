@@ -53,7 +53,7 @@ impl CacheKey {
         m.field(normalize_query(query, &cfg.key).as_bytes());
         for name in &cfg.key.headers {
             m.field(name.as_bytes());
-            m.field(normalize_header_value(name, req.values(name)).as_bytes());
+            m.header(name, req);
         }
         CacheKey::from_material(&cfg.namespace, m.0)
     }
@@ -65,12 +65,7 @@ impl CacheKey {
         m.field(b"vary");
         for name in names {
             m.field(name.as_bytes());
-            // An absent header and an empty one are different requests.
-            if req.has(name) {
-                m.field(normalize_header_value(name, req.values(name)).as_bytes());
-            } else {
-                m.field(b"\xff absent");
-            }
+            m.header(name, req);
         }
         CacheKey::from_material(namespace, m.0)
     }
@@ -85,6 +80,16 @@ impl Material {
         self.0
             .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         self.0.extend_from_slice(bytes);
+    }
+
+    /// A request header's normalised value; an absent header and an empty one are different
+    /// requests (a marker byte no header value can contain tells them apart).
+    fn header(&mut self, name: &str, req: &RequestHead) {
+        if req.has(name) {
+            self.field(normalize_header_value(name, req.values(name)).as_bytes());
+        } else {
+            self.field(b"\xff absent");
+        }
     }
 }
 
@@ -136,9 +141,11 @@ pub fn normalize_query(query: Option<&str>, cfg: &KeyConfig) -> String {
     params.join("&")
 }
 
-/// Headers whose value is a comma-separated list of case-insensitive tokens in which order
-/// carries no meaning (preference is given by `q`), so `a, B` and `b,a` select one variant.
-const UNORDERED_LISTS: [&str; 5] = [
+/// Headers whose value is a comma-separated list of case-insensitive items, so `a ,B` and
+/// `a, b` select one variant. Their order is kept: at equal `q`, common negotiation code
+/// (Express' `negotiator`, Django) breaks ties by position, so `json, html` and `html, json`
+/// can get different responses.
+const CASE_INSENSITIVE_LISTS: [&str; 5] = [
     "accept",
     "accept-charset",
     "accept-encoding",
@@ -147,12 +154,12 @@ const UNORDERED_LISTS: [&str; 5] = [
 ];
 
 /// Normalises the values of a header for keying: several lines become one list, optional
-/// whitespace goes, and for the known unordered list headers, case and order go too.
+/// whitespace goes, and for the known case-insensitive list headers, case goes too.
 pub fn normalize_header_value<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> String {
     let mut items: Vec<String> = Vec::new();
-    let unordered = UNORDERED_LISTS.contains(&name);
+    let listed = CASE_INSENSITIVE_LISTS.contains(&name);
     for v in values {
-        if unordered {
+        if listed {
             items.extend(
                 v.split(',')
                     .map(|i| {
@@ -167,10 +174,6 @@ pub fn normalize_header_value<'a>(name: &str, values: impl Iterator<Item = &'a s
         } else {
             items.push(v.split_ascii_whitespace().collect::<Vec<_>>().join(" "));
         }
-    }
-    if unordered {
-        items.sort();
-        items.dedup();
     }
     items.join(",")
 }
@@ -310,8 +313,10 @@ mod tests {
         let a = key(&cfg, &req("/a", &[("x-tenant", "blue")]));
         let b = key(&cfg, &req("/a", &[("x-tenant", "green")]));
         let none = key(&cfg, &req("/a", &[]));
+        let empty = key(&cfg, &req("/a", &[("x-tenant", "")]));
         assert_ne!(a, b);
         assert_ne!(a, none);
+        assert_ne!(empty, none, "absent and empty differ");
     }
 
     #[test]
@@ -330,11 +335,16 @@ mod tests {
         assert_ne!(variant(&[("accept", "")]), variant(&[]));
         assert_eq!(
             variant(&[("accept", "text/html, Application/JSON")]),
-            variant(&[("accept", "application/json,text/html")])
+            variant(&[("accept", "text/html,application/json")])
+        );
+        // Order can decide the response at equal q: never merged.
+        assert_ne!(
+            variant(&[("accept", "text/html, application/json")]),
+            variant(&[("accept", "application/json, text/html")])
         );
         assert_eq!(
             variant(&[("accept", "text/html"), ("accept", "application/json")]),
-            variant(&[("accept", "application/json, text/html")])
+            variant(&[("accept", "text/html, application/json")])
         );
         assert_ne!(
             a,
@@ -350,7 +360,7 @@ mod tests {
         );
         assert_eq!(
             normalize_header_value("accept-encoding", ["gzip, BR ,, deflate"].into_iter()),
-            "br,deflate,gzip"
+            "gzip,br,deflate"
         );
         assert_eq!(
             normalize_header_value("accept", ["text/html ; q=0.5"].into_iter()),

@@ -4,6 +4,7 @@
 //! `entry`, `flow`, `store`); `host` is the thin proxy-wasm adapter that feeds it host events
 //! and carries out what it returns. See README.md, "How it works".
 
+pub mod budget;
 pub mod cache_status;
 pub mod config;
 pub mod entry;

@@ -17,6 +17,7 @@ pub enum Counter {
     NotStored,
     RecordingsTooLarge,
     RecordingsAborted,
+    RecordingsOverBudget,
     Published,
     PublishFailures,
     PublishRetries,
@@ -25,7 +26,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::Misses,
@@ -36,6 +37,7 @@ impl Counter {
         Counter::NotStored,
         Counter::RecordingsTooLarge,
         Counter::RecordingsAborted,
+        Counter::RecordingsOverBudget,
         Counter::Published,
         Counter::PublishFailures,
         Counter::PublishRetries,
@@ -55,6 +57,7 @@ impl Counter {
             Counter::NotStored => "fleet_cache_not_stored",
             Counter::RecordingsTooLarge => "fleet_cache_recordings_too_large",
             Counter::RecordingsAborted => "fleet_cache_recordings_aborted",
+            Counter::RecordingsOverBudget => "fleet_cache_recordings_over_budget",
             Counter::Published => "fleet_cache_published",
             Counter::PublishFailures => "fleet_cache_publish_failures",
             Counter::PublishRetries => "fleet_cache_publish_retries",
@@ -81,6 +84,7 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::NotStored(_) => &[Counter::NotStored],
         Event::RecordingTooLarge => &[Counter::RecordingsTooLarge],
         Event::RecordingAborted => &[Counter::RecordingsAborted],
+        Event::RecordingOverBudget => &[Counter::RecordingsOverBudget],
     }
 }
 

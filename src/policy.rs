@@ -122,7 +122,7 @@ pub enum RequestPolicy {
     /// Look the request up (GET or HEAD).
     Lookup(Method),
     /// Don't look up (the client asked for a fresh answer), but record the response.
-    Refresh,
+    Refresh(Method),
     /// Not the cache's business: pass it on, don't record.
     Bypass(BypassReason),
 }
@@ -161,7 +161,7 @@ pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
                 .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
         });
     if cc.no_cache || pragma_no_cache {
-        return RequestPolicy::Refresh;
+        return RequestPolicy::Refresh(method);
     }
     RequestPolicy::Lookup(method)
 }
@@ -245,7 +245,7 @@ pub fn storability(
     if vary == Vary::Any {
         return Err(NotStored::VaryAny);
     }
-    let lifetime_s = freshness_lifetime(cfg, &cc, resp).min(cfg.max_ttl_s);
+    let lifetime_s = freshness_lifetime(cfg, &cc, resp, ex.response_ms / 1000).min(cfg.max_ttl_s);
     let initial_age_s = corrected_initial_age(resp, ex);
     if lifetime_s <= initial_age_s {
         return Err(NotStored::NotFresh);
@@ -260,7 +260,12 @@ pub fn storability(
 
 /// RFC 9111 §4.2.1: `s-maxage`, else `max-age`, else `Expires - Date`, else the configured
 /// default.
-fn freshness_lifetime(cfg: &Config, cc: &CacheControl, resp: &ResponseHead) -> u64 {
+fn freshness_lifetime(
+    cfg: &Config,
+    cc: &CacheControl,
+    resp: &ResponseHead,
+    received_s: u64,
+) -> u64 {
     if let Some(s) = cc.s_maxage {
         return s;
     }
@@ -272,13 +277,12 @@ fn freshness_lifetime(cfg: &Config, cc: &CacheControl, resp: &ResponseHead) -> u
         let Some(expires) = http_date_s(expires) else {
             return 0;
         };
-        let date = resp.header("date").and_then(http_date_s);
-        return match date {
-            Some(date) => expires.saturating_sub(date),
-            // Without Date, RFC 9110 §6.6.1 lets the recipient use its receive time; we have
-            // none here, so be strict.
-            None => 0,
-        };
+        // Without a (valid) Date, RFC 9110 §6.6.1: the time the response was received.
+        let date = resp
+            .header("date")
+            .and_then(http_date_s)
+            .unwrap_or(received_s);
+        return expires.saturating_sub(date);
     }
     cfg.default_ttl_s
 }
@@ -464,6 +468,12 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_6_6_1_expires_without_date_counts_from_receipt() {
+        let expires = format_http_date(NOW + 30_000);
+        assert_eq!(store(&[("expires", &expires)]).unwrap().lifetime_s, 30);
+    }
+
+    #[test]
     fn default_ttl_applies_only_without_freshness_and_zero_means_no_store() {
         assert_eq!(store(&[]), Err(NotStored::NotFresh));
         let cfg = Config {
@@ -625,11 +635,11 @@ mod tests {
         );
         assert_eq!(
             request_policy(&cfg, &get(&[("cache-control", "no-cache")])),
-            RequestPolicy::Refresh
+            RequestPolicy::Refresh(Method::Get)
         );
         assert_eq!(
             request_policy(&cfg, &get(&[("pragma", "no-cache")])),
-            RequestPolicy::Refresh
+            RequestPolicy::Refresh(Method::Get)
         );
         assert_eq!(
             request_policy(

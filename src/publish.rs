@@ -107,8 +107,10 @@ impl PublishQueue {
         self.pending.is_empty() && self.in_flight.is_empty()
     }
 
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// True when a tick could send something: writes wait and the in-flight limit allows
+    /// more. (At the limit, each answer frees a place and sends the next itself.)
+    pub fn wants_tick(&self) -> bool {
+        !self.pending.is_empty() && self.in_flight.len() < MAX_IN_FLIGHT
     }
 }
 
@@ -174,7 +176,9 @@ mod tests {
             q.sent(t as u32, j);
         }
         assert!(q.next_to_send().is_none());
+        assert!(!q.wants_tick(), "answers drive the queue at the limit");
         q.answered(0, true);
+        assert!(q.wants_tick());
         assert!(q.next_to_send().is_some());
     }
 

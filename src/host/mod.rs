@@ -4,12 +4,13 @@
 pub mod root;
 pub mod stream;
 
+use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::metrics::Counter;
 use crate::publish::PublishQueue;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,28 @@ pub struct Shared {
     pub config: Rc<Config>,
     pub metrics: Metrics,
     pub queue: RefCell<PublishQueue>,
+    /// What the worker's recordings hold together.
+    pub budget: Rc<MemoryBudget>,
+    /// Whether the root's tick is armed. Re-arming resets Envoy's timer, so a stream of
+    /// publishes less than a tick apart must not keep pushing the tick back.
+    pub ticking: Cell<bool>,
+}
+
+impl Shared {
+    /// Arms the root's publish tick unless it already is. Callable from any context of the
+    /// VM: the host applies it to the root context.
+    pub fn wake_publisher(&self) {
+        if !self.ticking.replace(true) {
+            let _ = hostcalls::set_tick_period(PUBLISH_TICK);
+        }
+    }
+
+    /// Stops the tick (nothing pending).
+    pub fn idle_publisher(&self) {
+        if self.ticking.replace(false) {
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        }
+    }
 }
 
 /// Host metric ids, indexed by [`Counter::index`].

@@ -2,7 +2,8 @@
 //! and owns the publish queue (writes must outlive their streams so their answers are seen).
 
 use super::stream::CacheStream;
-use super::{Metrics, PUBLISH_TICK, Shared};
+use super::{Metrics, Shared};
+use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::metrics::Counter;
 use crate::publish::{Outcome, PublishQueue};
@@ -11,7 +12,7 @@ use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -73,9 +74,11 @@ impl RootContext for CacheRoot {
             config.namespace, config.store.cluster, config.store.timeout_ms
         );
         self.shared = Some(Rc::new(Shared {
-            config: Rc::new(config),
             metrics: Metrics::define(),
             queue: RefCell::new(PublishQueue::new(max_queue)),
+            budget: MemoryBudget::new(config.max_recording_bytes),
+            ticking: Cell::new(false),
+            config: Rc::new(config),
         }));
         true
     }
@@ -137,11 +140,10 @@ impl CacheRoot {
                 }
             }
         }
-        let period = if shared.queue.borrow().has_pending() {
-            PUBLISH_TICK
+        if shared.queue.borrow().wants_tick() {
+            shared.wake_publisher();
         } else {
-            Duration::ZERO
-        };
-        let _ = hostcalls::set_tick_period(period);
+            shared.idle_publisher();
+        }
     }
 }

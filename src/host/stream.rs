@@ -2,13 +2,12 @@
 //! dispatched from here (its answer must come back to this request); writes go to the root's
 //! queue.
 
-use super::{PUBLISH_TICK, Shared, unix_ms, utf8_pairs};
+use super::{Shared, unix_ms, utf8_pairs};
 use crate::flow::{Flow, LookupStep, RequestStep, Source};
 use crate::http::{RequestHead, ResponseHead};
 use crate::metrics::{self, Counter};
 use crate::store::{StoreError, Write, webdis};
 use log::debug;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -24,7 +23,7 @@ pub struct CacheStream {
 
 impl CacheStream {
     pub fn new(shared: Rc<Shared>) -> CacheStream {
-        let flow = Flow::new(shared.config.clone());
+        let flow = Flow::new(shared.config.clone(), shared.budget.clone());
         CacheStream {
             shared,
             flow,
@@ -90,9 +89,7 @@ impl CacheStream {
         let pushed = self.shared.queue.borrow_mut().push(write);
         match pushed {
             // Wake the root: it sends the write from its own context on the next tick.
-            Ok(()) => {
-                let _ = hostcalls::set_tick_period(PUBLISH_TICK);
-            }
+            Ok(()) => self.shared.wake_publisher(),
             Err(_) => self.shared.metrics.add(Counter::PublishDropped, 1),
         }
     }
@@ -192,8 +189,15 @@ impl HttpContext for CacheStream {
         // Continue (never Pause): the chunk goes on to the client at once and the buffer holds
         // only the new bytes (PLATFORM.md).
         let chunk = if body_size > 0 {
-            self.get_http_response_body(0, body_size)
-                .unwrap_or_default()
+            match self.get_http_response_body(0, body_size) {
+                Some(c) => c,
+                None => {
+                    // A hole in the recording would be a wrong body on every hit.
+                    self.flow.abort_recording();
+                    self.count_events();
+                    return Action::Continue;
+                }
+            }
         } else {
             Vec::new()
         };

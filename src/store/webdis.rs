@@ -127,13 +127,15 @@ pub fn parse_get(status: Option<u16>, body: &[u8]) -> Result<Option<&[u8]>, Stor
     }
     let len: usize = len.parse().map_err(|_| StoreError::Garbage)?;
     let start = nl + 2;
-    if rest.get(nl + 1) != Some(&b'\n') || rest.len() != start + len + 2 {
+    // Checked: a hostile length must not wrap around into a valid-looking slice.
+    let end = start.checked_add(len).ok_or(StoreError::Garbage)?;
+    if rest.get(nl + 1) != Some(&b'\n') || end.checked_add(2) != Some(rest.len()) {
         return Err(StoreError::Garbage);
     }
-    if &rest[start + len..] != b"\r\n" {
-        return Err(StoreError::Garbage);
+    match (rest.get(start..end), rest.get(end..)) {
+        (Some(value), Some(b"\r\n")) => Ok(Some(value)),
+        _ => Err(StoreError::Garbage),
     }
-    Ok(Some(&rest[start..start + len]))
 }
 
 /// Parses the answer to [`put`]: the scripts return the integer 1.
@@ -204,6 +206,9 @@ mod tests {
             b"$-1\r\nextra",
             b"{\"GET\":\"x\"}",
             b"$3\r\nabc",
+            b"$18446744073709551614\r\n",
+            b"$4294967294\r\n",
+            b"$99999999999999999999999\r\n",
         ] {
             assert_eq!(
                 parse_get(Some(200), garbage),
