@@ -226,7 +226,16 @@ impl Flow {
             Ok(v) => v,
             Err(e) => {
                 self.events.push(Event::StoreError(e));
-                return self.forward(now_ms, lookup, Fwd::Miss, Some(e.as_str()));
+                let mut step = self.forward(now_ms, lookup, Fwd::Miss, Some(e.as_str()));
+                if !e.may_accept_writes() {
+                    // Recording for a store that just refused a read only adds two failing
+                    // writes (and their retries) per miss during an outage.
+                    if let State::Forwarded(f) = &mut self.state {
+                        f.primary = None;
+                    }
+                    step = LookupStep::Continue;
+                }
+                return step;
             }
         };
         let miss = if variant.is_some() {

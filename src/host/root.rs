@@ -19,6 +19,9 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct CacheRoot {
     shared: Option<Rc<Shared>>,
+    /// Whether the last write failed: warnings are logged when writes start and stop
+    /// failing, not once per write (an outage would flood the log; metrics count each one).
+    publish_failing: bool,
 }
 
 impl Context for CacheRoot {
@@ -39,14 +42,23 @@ impl Context for CacheRoot {
             Outcome::Published(bytes) => {
                 shared.metrics.add(Counter::Published, 1);
                 shared.metrics.add(Counter::BytesStored, bytes as u64);
+                if std::mem::take(&mut self.publish_failing) {
+                    info!("fleet-cache: writes to the store succeed again");
+                }
             }
             Outcome::Retrying => {
                 shared.metrics.add(Counter::PublishRetries, 1);
-                warn!("fleet-cache: publish failed ({result:?}), retrying once");
+                debug!("fleet-cache: publish failed ({result:?}), retrying once");
             }
             Outcome::Failed => {
                 shared.metrics.add(Counter::PublishFailures, 1);
-                warn!("fleet-cache: publish failed ({result:?}), dropped");
+                debug!("fleet-cache: publish failed ({result:?}), dropped");
+                if !std::mem::replace(&mut self.publish_failing, true) {
+                    warn!(
+                        "fleet-cache: writes to the store fail ({result:?}); counting them in \
+                         fleet_cache_publish_failures until one succeeds"
+                    );
+                }
             }
         }
         self.drain(&shared);
@@ -131,7 +143,7 @@ impl CacheRoot {
                     let outcome = shared.queue.borrow_mut().not_sent(job);
                     if outcome == Outcome::Failed {
                         shared.metrics.add(Counter::PublishFailures, 1);
-                        warn!("fleet-cache: publish not dispatched ({e:?}), dropped");
+                        debug!("fleet-cache: publish not dispatched ({e:?}), dropped");
                         continue;
                     }
                     shared.metrics.add(Counter::PublishRetries, 1);

@@ -20,6 +20,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether a write is worth trying after a lookup failed this way: a slow store may take
+    /// it; one that is down, refusing or answering nonsense will not.
+    pub fn may_accept_writes(self) -> bool {
+        matches!(self, StoreError::Timeout)
+    }
+
     /// The `detail` of `Cache-Status` and the reason in logs.
     pub fn as_str(self) -> &'static str {
         match self {
