@@ -263,6 +263,19 @@ fn webdis_acl_and_binary_values() {
         );
     }
 
+    // EVAL is allowed, but Redis' ACL (envoy/redis.conf) keeps scripts to what the filter
+    // needs: a script can't flush or enumerate the store.
+    st.redis_cli(&["SET", "canary", "1"]);
+    for script in ["return%20redis.call('FLUSHALL')", "return%20redis.call('KEYS','*')"] {
+        let r = st.webdis_request("GET", &format!("/EVAL/{script}/0.raw"), &[]);
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("ERR"),
+            "{script}: {:?}",
+            r.text()
+        );
+    }
+    assert_eq!(st.redis_cli(&["GET", "canary"]), "1");
+
     // Redis stop/start behind Webdis, and CLIENT PAUSE.
     st.stop_redis();
     assert_eq!(st.webdis_request("GET", "/GET/x.raw", &[]).status, 503);

@@ -35,6 +35,10 @@ pub const WASM_PATH: &str = concat!(
     "/target/wasm32-wasip1/release/fleet_cache.wasm"
 );
 
+/// The Redis admin user the tests' redis-cli logs in as (loopback, per-test Redis only).
+const TEST_ADMIN_USER: &str = "test-admin";
+const TEST_ADMIN_PASSWORD: &str = "test-admin-password";
+
 const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const WEBDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const ENVOY_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -470,7 +474,12 @@ impl Stack {
             .arg("--dir")
             .arg(&self.path)
             .arg("--pidfile")
-            .arg(self.path.join("redis.pid"));
+            .arg(self.path.join("redis.pid"))
+            // envoy/redis.conf limits the default user (the one Webdis logs in as) to what the
+            // filter needs; the tests' own redis-cli inspects and sabotages as an admin.
+            .args(["--user", TEST_ADMIN_USER, "on"])
+            .arg(format!(">{TEST_ADMIN_PASSWORD}"))
+            .args(["~*", "&*", "+@all"]);
         let mut child = spawn(&mut cmd, &log);
         let port = self.redis_port;
         let w = wait_until(&mut child, REDIS_READY_TIMEOUT, || redis_ping(port));
@@ -857,6 +866,8 @@ impl Stack {
         Command::new("redis-cli")
             .arg("-p")
             .arg(self.redis_port.to_string())
+            .args(["--user", TEST_ADMIN_USER, "--pass", TEST_ADMIN_PASSWORD])
+            .arg("--no-auth-warning")
             .args(args)
             .stdin(Stdio::null())
             .output()
