@@ -266,7 +266,10 @@ fn webdis_acl_and_binary_values() {
     // EVAL is allowed, but Redis' ACL (envoy/redis.conf) keeps scripts to what the filter
     // needs: a script can't flush or enumerate the store.
     st.redis_cli(&["SET", "canary", "1"]);
-    for script in ["return%20redis.call('FLUSHALL')", "return%20redis.call('KEYS','*')"] {
+    for script in [
+        "return%20redis.call('FLUSHALL')",
+        "return%20redis.call('KEYS','*')",
+    ] {
         let r = st.webdis_request("GET", &format!("/EVAL/{script}/0.raw"), &[]);
         assert!(
             String::from_utf8_lossy(&r.body).contains("ERR"),
