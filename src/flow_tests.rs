@@ -99,16 +99,7 @@ fn ok<'a>(headers: &'a [(&'a str, &'a str)], chunks: &'a [&'a [u8]]) -> Origin<'
 }
 
 fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
-    RequestHead {
-        method: method.into(),
-        scheme: "http".into(),
-        authority: "example.com".into(),
-        path: path.into(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-    }
+    RequestHead::for_test(method, path, headers)
 }
 
 impl Harness {

@@ -48,6 +48,38 @@ impl RequestHead {
     }
 }
 
+#[cfg(test)]
+impl RequestHead {
+    /// A request to `http://example.com<path>` for tests.
+    pub fn for_test(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
+        RequestHead {
+            method: method.into(),
+            scheme: "http".into(),
+            authority: "example.com".into(),
+            path: path.into(),
+            headers: pairs(headers),
+        }
+    }
+}
+
+#[cfg(test)]
+impl ResponseHead {
+    pub fn for_test(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        ResponseHead {
+            status,
+            headers: pairs(headers),
+        }
+    }
+}
+
+#[cfg(test)]
+fn pairs(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A response's head as the origin sent it (or as stored), header names lower-cased.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResponseHead {

@@ -215,16 +215,7 @@ mod tests {
     use super::*;
 
     fn req(path: &str, headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
-            method: "GET".into(),
-            scheme: "http".into(),
-            authority: "example.com".into(),
-            path: path.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
+        RequestHead::for_test("GET", path, headers)
     }
 
     fn key(cfg: &Config, r: &RequestHead) -> String {

@@ -379,26 +379,11 @@ mod tests {
     };
 
     fn get(headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
-            method: "GET".into(),
-            scheme: "http".into(),
-            authority: "a".into(),
-            path: "/".into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
+        RequestHead::for_test("GET", "/", headers)
     }
 
     fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        ResponseHead {
-            status,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
+        ResponseHead::for_test(status, headers)
     }
 
     fn store(headers: &[(&str, &str)]) -> Result<Storable, NotStored> {
