@@ -1,0 +1,79 @@
+//! Which response headers are stored and replayed.
+
+use crate::http::ResponseHead;
+
+/// Response headers that must not be stored or replayed: hop-by-hop ones (RFC 9110 §7.6.1)
+/// and those that describe one fetch rather than the resource.
+const NOT_REPLAYED: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+    // Envoy computes content-length for the local reply from the body.
+    "content-length",
+    // The hit gets a fresh Date and a computed Age instead.
+    "date",
+    "age",
+    // Envoy sets its own on the way out.
+    "server",
+    "x-envoy-upstream-service-time",
+];
+
+/// The headers of a response as they are stored: without hop-by-hop and per-fetch headers,
+/// without those `Connection` names, and without `Set-Cookie` when it is stripped.
+pub fn stored_headers(resp: &ResponseHead, strip_set_cookie: bool) -> Vec<(String, String)> {
+    let connection_listed: Vec<String> = resp
+        .values("connection")
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    resp.headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.to_ascii_lowercase();
+            let dropped = NOT_REPLAYED.contains(&n.as_str())
+                || n.starts_with(':')
+                || n.starts_with("x-envoy-")
+                || connection_listed.contains(&n)
+                || (strip_set_cookie && n == "set-cookie");
+            !dropped
+        })
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_per_fetch_headers_are_not_stored() {
+        let r = ResponseHead::for_test(
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("connection", "close, X-Private-Hop"),
+                ("x-private-hop", "1"),
+                ("transfer-encoding", "chunked"),
+                ("date", "x"),
+                ("age", "1"),
+                ("content-length", "5"),
+                ("x-envoy-upstream-service-time", "3"),
+                ("keep-alive", "timeout=5"),
+                ("etag", "\"v1\""),
+                ("set-cookie", "a=b"),
+            ],
+        );
+        let kept: Vec<String> = stored_headers(&r, false)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(kept, vec!["content-type", "etag", "set-cookie"]);
+    }
+}

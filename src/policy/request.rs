@@ -1,0 +1,113 @@
+//! What to do with a request before any lookup.
+
+use super::CacheControl;
+use crate::config::{Config, Method};
+use crate::http::RequestHead;
+
+/// What to do with a request before any lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPolicy {
+    /// Look the request up (GET or HEAD).
+    Lookup(Method),
+    /// Don't look up (the client asked for a fresh answer), but record the response.
+    Refresh(Method),
+    /// Not the cache's business: pass it on, don't record.
+    Bypass(BypassReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BypassReason {
+    /// The method is not configured for caching.
+    Method,
+    /// The client sent `Cache-Control: no-store`.
+    NoStore,
+    /// A protocol upgrade (WebSocket): a tunnel, not a response.
+    Upgrade,
+}
+
+pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
+    let method = match req.method.as_str() {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => return RequestPolicy::Bypass(BypassReason::Method),
+    };
+    if !cfg.methods.contains(&method) {
+        return RequestPolicy::Bypass(BypassReason::Method);
+    }
+    if req.has("upgrade") {
+        return RequestPolicy::Bypass(BypassReason::Upgrade);
+    }
+    let cc = CacheControl::parse(req.values("cache-control"));
+    if cc.no_store {
+        return RequestPolicy::Bypass(BypassReason::NoStore);
+    }
+    // Pragma: no-cache is the HTTP/1.0 spelling, honoured only without Cache-Control
+    // (RFC 9111 §5.4).
+    let pragma_no_cache = !req.has("cache-control")
+        && req.values("pragma").any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
+        });
+    if cc.no_cache || pragma_no_cache {
+        return RequestPolicy::Refresh(method);
+    }
+    RequestPolicy::Lookup(method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(headers: &[(&str, &str)]) -> RequestHead {
+        RequestHead::for_test("GET", "/", headers)
+    }
+
+    #[test]
+    fn request_policy_cases() {
+        let cfg = Config::default();
+        let mut r = get(&[]);
+        assert_eq!(request_policy(&cfg, &r), RequestPolicy::Lookup(Method::Get));
+        r.method = "HEAD".into();
+        assert_eq!(
+            request_policy(&cfg, &r),
+            RequestPolicy::Lookup(Method::Head)
+        );
+        r.method = "POST".into();
+        assert_eq!(
+            request_policy(&cfg, &r),
+            RequestPolicy::Bypass(BypassReason::Method)
+        );
+        let get_only = Config {
+            methods: vec![Method::Get],
+            ..Config::default()
+        };
+        r.method = "HEAD".into();
+        assert_eq!(
+            request_policy(&get_only, &r),
+            RequestPolicy::Bypass(BypassReason::Method)
+        );
+        assert_eq!(
+            request_policy(&cfg, &get(&[("cache-control", "no-store")])),
+            RequestPolicy::Bypass(BypassReason::NoStore)
+        );
+        assert_eq!(
+            request_policy(&cfg, &get(&[("cache-control", "no-cache")])),
+            RequestPolicy::Refresh(Method::Get)
+        );
+        assert_eq!(
+            request_policy(&cfg, &get(&[("pragma", "no-cache")])),
+            RequestPolicy::Refresh(Method::Get)
+        );
+        assert_eq!(
+            request_policy(
+                &cfg,
+                &get(&[("pragma", "no-cache"), ("cache-control", "max-age=5")])
+            ),
+            RequestPolicy::Lookup(Method::Get)
+        );
+        assert_eq!(
+            request_policy(&cfg, &get(&[("upgrade", "websocket")])),
+            RequestPolicy::Bypass(BypassReason::Upgrade)
+        );
+    }
+}
