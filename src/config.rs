@@ -20,6 +20,20 @@ pub struct Config {
     pub default_ttl_s: u64,
     /// Upper bound on any lifetime, whatever the origin says.
     pub max_ttl_s: u64,
+    /// Heuristic freshness (RFC 9111 §4.2.2): this percentage of the time since
+    /// `Last-Modified`, for responses without explicit freshness. 0 turns heuristics off.
+    pub heuristic_percent: u8,
+    /// Cap on a heuristic lifetime.
+    pub heuristic_max_s: u64,
+    /// How long a stale entry stays in the store for revalidation (or for clients that accept
+    /// staleness) after its freshness ends.
+    pub keep_stale_s: u64,
+    /// Treat client `Cache-Control: no-cache` / `Pragma: no-cache` as an ordinary request (as
+    /// CDNs often do) instead of going to the origin.
+    pub ignore_client_no_cache: bool,
+    /// The targeted cache-control field (RFC 9213) this cache obeys over `Cache-Control`, lower
+    /// case; not forwarded downstream. `None`: disabled.
+    pub cdn_cache_control: Option<String>,
     /// Largest body recorded; a longer response still streams to the client but is not stored.
     pub max_body_bytes: usize,
     /// Bytes all the recordings of one worker may hold at once; past it new chunks drop their
@@ -118,6 +132,11 @@ struct RawConfig {
     namespace: String,
     default_ttl_s: u64,
     max_ttl_s: u64,
+    heuristic_percent: u8,
+    heuristic_max_s: u64,
+    keep_stale_s: u64,
+    ignore_client_no_cache: bool,
+    cdn_cache_control: String,
     max_body_bytes: u64,
     max_recording_bytes: u64,
     methods: Vec<Method>,
@@ -134,6 +153,11 @@ impl Default for RawConfig {
             namespace: "default".into(),
             default_ttl_s: 0,
             max_ttl_s: 86_400,
+            heuristic_percent: 10,
+            heuristic_max_s: 86_400,
+            keep_stale_s: 3_600,
+            ignore_client_no_cache: false,
+            cdn_cache_control: "CDN-Cache-Control".into(),
             max_body_bytes: 16 * 1024 * 1024,
             max_recording_bytes: 256 * 1024 * 1024,
             methods: vec![Method::Get, Method::Head],
@@ -264,6 +288,22 @@ impl RawConfig {
         if self.max_ttl_s > 10 * 365 * 86_400 {
             return Err(err("max_ttl_s", "must be at most ten years"));
         }
+        if self.heuristic_percent > 100 {
+            return Err(err("heuristic_percent", "must be 0-100"));
+        }
+        if self.keep_stale_s > 10 * 365 * 86_400 {
+            return Err(err("keep_stale_s", "must be at most ten years"));
+        }
+        let cdn_cache_control = match self.cdn_cache_control.as_str() {
+            "" => None,
+            f if is_header_name(f) => Some(f.to_ascii_lowercase()),
+            f => {
+                return Err(err(
+                    "cdn_cache_control",
+                    format!("{f:?} is not a header name (\"\" disables it)"),
+                ));
+            }
+        };
         if self.max_body_bytes == 0 {
             return Err(err("max_body_bytes", "must be at least 1"));
         }
@@ -348,6 +388,11 @@ impl RawConfig {
             namespace: self.namespace,
             default_ttl_s: self.default_ttl_s,
             max_ttl_s: self.max_ttl_s,
+            heuristic_percent: self.heuristic_percent,
+            heuristic_max_s: self.heuristic_max_s,
+            keep_stale_s: self.keep_stale_s,
+            ignore_client_no_cache: self.ignore_client_no_cache,
+            cdn_cache_control,
             max_body_bytes: self.max_body_bytes as usize,
             max_recording_bytes: self.max_recording_bytes as usize,
             methods: self.methods,
@@ -385,6 +430,13 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.store.timeout_ms, 100);
         assert_eq!(c.methods, vec![Method::Get, Method::Head]);
+        assert_eq!(c.cdn_cache_control.as_deref(), Some("cdn-cache-control"));
+        assert_eq!(
+            parse(r#"{"cdn_cache_control":""}"#)
+                .unwrap()
+                .cdn_cache_control,
+            None
+        );
         assert_eq!(parse("{}").unwrap(), c);
     }
 
@@ -439,6 +491,8 @@ mod tests {
             (r#"{"max_ttl_s":0}"#, "max_ttl_s"),
             (r#"{"default_ttl_s":100,"max_ttl_s":10}"#, "default_ttl_s"),
             (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+            (r#"{"heuristic_percent":101}"#, "heuristic_percent"),
+            (r#"{"cdn_cache_control":"a b"}"#, "cdn_cache_control"),
             (r#"{"max_recording_bytes":1}"#, "max_recording_bytes"),
             (r#"{"methods":[]}"#, "methods"),
             (r#"{"statuses":[99]}"#, "statuses"),

@@ -434,7 +434,7 @@ impl Flow {
             expected_len: resp
                 .header("content-length")
                 .and_then(|l| l.trim().parse().ok()),
-            ttl_ms: s.remaining_ms(),
+            ttl_ms: s.store_ttl_ms(self.cfg.keep_stale_s),
             meta: ResponseMeta {
                 status: resp.status,
                 headers: policy::stored_headers(resp, s.strip_set_cookie),

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod cache_status;
+pub mod conditional;
 pub mod config;
 pub mod entry;
 pub mod flow;
@@ -14,6 +15,7 @@ pub mod key;
 pub mod metrics;
 pub mod policy;
 pub mod publish;
+pub mod range;
 pub mod store;
 
 // The adapter imports host functions that only exist inside a proxy-wasm host.

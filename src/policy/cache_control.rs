@@ -11,8 +11,14 @@ pub struct CacheControl {
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
+    pub immutable: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    // Request-only directives (RFC 9111 §5.2.1).
+    /// `max-stale` (`Some(None)`: any staleness) .
+    pub max_stale: Option<Option<u64>>,
+    pub min_fresh: Option<u64>,
+    pub only_if_cached: bool,
 }
 
 impl CacheControl {
@@ -29,6 +35,23 @@ impl CacheControl {
                     "public" => cc.public = true,
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
+                    "immutable" => cc.immutable = true,
+                    "only-if-cached" => cc.only_if_cached = true,
+                    // Without a value, any staleness; a bad value allows none (never more
+                    // permission from garbage).
+                    "max-stale" => {
+                        let limit = arg.map(|a| delta_seconds(Some(a)));
+                        cc.max_stale = Some(match (cc.max_stale, limit) {
+                            (Some(Some(a)), Some(b)) => Some(a.min(b)),
+                            (Some(Some(a)), None) => Some(a),
+                            (_, l) => l,
+                        });
+                    }
+                    // The largest min-fresh is the strictest.
+                    "min-fresh" => {
+                        let v = delta_seconds(arg);
+                        cc.min_fresh = Some(cc.min_fresh.map_or(v, |m| m.max(v)));
+                    }
                     // With duplicates, the smallest lifetime wins: the conservative reading.
                     "max-age" => cc.max_age = min_some(cc.max_age, delta_seconds(arg)),
                     "s-maxage" => cc.s_maxage = min_some(cc.s_maxage, delta_seconds(arg)),
@@ -125,5 +148,24 @@ mod tests {
         assert_eq!(cc.s_maxage, Some(0));
         let cc = CacheControl::parse(["max-age=99999999999999999999999"].into_iter());
         assert_eq!(cc.max_age, Some(u64::MAX));
+    }
+
+    #[test]
+    fn rfc9111_5_2_1_request_directives() {
+        let cc = CacheControl::parse(["max-stale, min-fresh=5, only-if-cached"].into_iter());
+        assert_eq!(cc.max_stale, Some(None));
+        assert_eq!(cc.min_fresh, Some(5));
+        assert!(cc.only_if_cached);
+        let cc = CacheControl::parse(
+            ["max-stale=30, max-stale=10", "min-fresh=1, min-fresh=9"].into_iter(),
+        );
+        assert_eq!(cc.max_stale, Some(Some(10)));
+        assert_eq!(cc.min_fresh, Some(9));
+        let cc = CacheControl::parse(["max-stale=abc"].into_iter());
+        assert_eq!(cc.max_stale, Some(Some(0)), "garbage allows no staleness");
+        assert_eq!(
+            CacheControl::parse(["immutable"].into_iter()).immutable,
+            true
+        );
     }
 }

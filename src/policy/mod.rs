@@ -10,10 +10,14 @@ mod cache_control;
 mod dates;
 mod headers;
 mod request;
+mod reuse;
 mod storage;
 
 pub use cache_control::CacheControl;
 pub use dates::{current_age_s, format_http_date, http_date_s};
 pub use headers::stored_headers;
 pub use request::{BypassReason, RequestPolicy, request_policy};
-pub use storage::{Exchange, NotStored, Storable, storability};
+pub use reuse::{Reuse, StoredFreshness, reuse};
+pub use storage::{
+    Exchange, NotStored, Storable, response_directives, storability, targeted_field,
+};

@@ -11,13 +11,12 @@ pub enum NotStored {
     Status,
     NoStore,
     Private,
-    /// `no-cache` responses must be revalidated on every use; until revalidation exists they
-    /// are not stored.
+    /// `no-cache` without a validator: every use would be a full refetch anyway.
     NoCache,
     SetCookie,
     Authorization,
     VaryAny,
-    /// No lifetime, or already stale when received.
+    /// No lifetime, or already stale when received, and no validator to revalidate it with.
     NotFresh,
     /// A header value the host can't hand back verbatim (not UTF-8).
     BadHeader,
@@ -36,12 +35,22 @@ pub struct Storable {
     pub initial_age_s: u64,
     pub vary: Vary,
     pub strip_set_cookie: bool,
+    /// `no-cache`: every use needs a successful validation first.
+    pub no_cache: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage` (which implies proxy-revalidate for
+    /// a shared cache, §5.2.2.10): never served stale, whatever the client accepts.
+    pub must_revalidate: bool,
+    /// Has `ETag` or `Last-Modified`: a stale copy can be revalidated with a conditional
+    /// request instead of refetched.
+    pub has_validator: bool,
 }
 
 impl Storable {
-    /// How long the entry stays useful in the store: the rest of its freshness.
-    pub fn remaining_ms(&self) -> u64 {
-        self.lifetime_s.saturating_sub(self.initial_age_s) * 1000
+    /// How long the entry stays in the store: the rest of its freshness, plus `keep_stale_s`
+    /// so a stale copy can still be revalidated (or served to a client that accepts staleness).
+    pub fn store_ttl_ms(&self, keep_stale_s: u64) -> u64 {
+        let fresh = self.lifetime_s.saturating_sub(self.initial_age_s);
+        fresh.saturating_add(keep_stale_s).saturating_mul(1000)
     }
 }
 
@@ -58,18 +67,30 @@ pub fn storability(
     resp: &ResponseHead,
     ex: Exchange,
 ) -> Result<Storable, NotStored> {
-    if !cfg.statuses.contains(&resp.status) {
+    // Partial and validation answers are never whole responses; informational ones are
+    // not final.
+    if resp.status < 200 || resp.status > 599 || resp.status == 206 || resp.status == 304 {
         return Err(NotStored::Status);
     }
-    let cc = CacheControl::parse(resp.values("cache-control"));
+    let cc = response_directives(cfg, resp);
     if cc.no_store {
         return Err(NotStored::NoStore);
     }
+    // The field-named form (`private="set-cookie"`) is treated as the plain one: stricter,
+    // never wrong.
     if cc.private {
         return Err(NotStored::Private);
     }
-    if cc.no_cache {
+    let has_validator = resp.has("etag") || resp.has("last-modified");
+    if cc.no_cache && !has_validator {
         return Err(NotStored::NoCache);
+    }
+    // RFC 9111 §3: a status that is not heuristically cacheable needs explicit freshness or
+    // `public`.
+    let listed = cfg.statuses.contains(&resp.status);
+    let explicit = explicit_lifetime(&cc, resp, ex.response_ms / 1000, targeted_field(cfg, resp));
+    if !listed && explicit.is_none() && !cc.public {
+        return Err(NotStored::Status);
     }
     // RFC 9111 §3.5: a shared cache stores a response to an authorized request only when the
     // response explicitly allows it.
@@ -84,9 +105,19 @@ pub fn storability(
     if vary == Vary::Any {
         return Err(NotStored::VaryAny);
     }
-    let lifetime_s = freshness_lifetime(cfg, &cc, resp, ex.response_ms / 1000).min(cfg.max_ttl_s);
+    let lifetime_s = explicit
+        .or_else(|| heuristic_lifetime(cfg, &cc, resp, ex.response_ms / 1000))
+        .unwrap_or(if listed || cc.public {
+            cfg.default_ttl_s
+        } else {
+            0
+        })
+        .min(cfg.max_ttl_s);
     let initial_age_s = corrected_initial_age(resp, ex);
-    if lifetime_s <= initial_age_s {
+    // A response already stale on arrival is still worth keeping if it can be revalidated
+    // (`max-age=0` with an ETag is the common "always revalidate" pattern).
+    let revalidatable = has_validator && cfg.keep_stale_s > 0;
+    if lifetime_s <= initial_age_s && !revalidatable {
         return Err(NotStored::NotFresh);
     }
     Ok(Storable {
@@ -94,36 +125,83 @@ pub fn storability(
         initial_age_s,
         vary,
         strip_set_cookie,
+        no_cache: cc.no_cache,
+        must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+        has_validator,
     })
 }
 
-/// RFC 9111 §4.2.1: `s-maxage`, else `max-age`, else `Expires - Date`, else the configured
-/// default.
-fn freshness_lifetime(
+/// The configured targeted field (RFC 9213), if this response carries it.
+pub fn targeted_field<'c>(cfg: &'c Config, resp: &ResponseHead) -> Option<&'c str> {
+    cfg.cdn_cache_control.as_deref().filter(|f| resp.has(f))
+}
+
+/// The directives this cache obeys: those of its targeted field (`CDN-Cache-Control`,
+/// RFC 9213) when the response has one, else `Cache-Control` (plus `Pragma: no-cache` when
+/// there is no Cache-Control at all, §5.4).
+pub fn response_directives(cfg: &Config, resp: &ResponseHead) -> CacheControl {
+    if let Some(field) = targeted_field(cfg, resp) {
+        return CacheControl::parse(resp.values(field));
+    }
+    let mut cc = CacheControl::parse(resp.values("cache-control"));
+    if !resp.has("cache-control")
+        && resp.values("pragma").any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
+        })
+    {
+        cc.no_cache = true;
+    }
+    cc
+}
+
+/// RFC 9111 §4.2.1: `s-maxage`, else `max-age`, else `Expires - Date`. With a targeted field
+/// in charge, `Expires` is not consulted: the targeted directives replace the others.
+fn explicit_lifetime(
+    cc: &CacheControl,
+    resp: &ResponseHead,
+    received_s: u64,
+    targeted: Option<&str>,
+) -> Option<u64> {
+    if let Some(s) = cc.s_maxage {
+        return Some(s);
+    }
+    if let Some(m) = cc.max_age {
+        return Some(m);
+    }
+    if targeted.is_some() {
+        return None;
+    }
+    let expires = resp.header("expires")?;
+    // An invalid Expires (`0`, garbage) means "already expired" (§5.3).
+    let Some(expires) = http_date_s(expires) else {
+        return Some(0);
+    };
+    Some(expires.saturating_sub(date_or(resp, received_s)))
+}
+
+/// The Date of a response; without a valid one, RFC 9110 §6.6.1: the time it was received.
+fn date_or(resp: &ResponseHead, received_s: u64) -> u64 {
+    resp.header("date")
+        .and_then(http_date_s)
+        .unwrap_or(received_s)
+}
+
+/// RFC 9111 §4.2.2: a fraction (configured, 10% by default) of the time since Last-Modified,
+/// capped, for statuses that allow heuristics (checked by the caller) without explicit
+/// freshness.
+fn heuristic_lifetime(
     cfg: &Config,
     cc: &CacheControl,
     resp: &ResponseHead,
     received_s: u64,
-) -> u64 {
-    if let Some(s) = cc.s_maxage {
-        return s;
+) -> Option<u64> {
+    if cfg.heuristic_percent == 0 || !(cfg.statuses.contains(&resp.status) || cc.public) {
+        return None;
     }
-    if let Some(m) = cc.max_age {
-        return m;
-    }
-    if let Some(expires) = resp.header("expires") {
-        // An invalid Expires (`0`, garbage) means "already expired" (§5.3).
-        let Some(expires) = http_date_s(expires) else {
-            return 0;
-        };
-        // Without a (valid) Date, RFC 9110 §6.6.1: the time the response was received.
-        let date = resp
-            .header("date")
-            .and_then(http_date_s)
-            .unwrap_or(received_s);
-        return expires.saturating_sub(date);
-    }
-    cfg.default_ttl_s
+    let modified = http_date_s(resp.header("last-modified")?)?;
+    let since = date_or(resp, received_s).saturating_sub(modified);
+    Some((since.saturating_mul(cfg.heuristic_percent as u64) / 100).min(cfg.heuristic_max_s))
 }
 
 /// RFC 9111 §4.2.3, in seconds.
@@ -266,10 +344,205 @@ mod tests {
         for (headers, why) in cases {
             assert_eq!(store(headers), Err(why), "{headers:?}");
         }
-        let r = resp(500, &[("cache-control", "max-age=60")]);
+        let cfg = Config {
+            default_ttl_s: 60,
+            ..Config::default()
+        };
+        for status in [100, 206, 304, 500, 302] {
+            let r = resp(
+                status,
+                &[("last-modified", "Tue, 14 Nov 2023 00:00:00 GMT")],
+            );
+            assert_eq!(
+                storability(&cfg, &get(&[]), &r, EX),
+                Err(NotStored::Status),
+                "{status} without explicit freshness"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc9111_3_other_statuses_need_explicit_freshness() {
+        for (status, cc) in [
+            (500, "max-age=10"),
+            (302, "s-maxage=10"),
+            (403, "max-age=10"),
+        ] {
+            let r = resp(status, &[("cache-control", cc)]);
+            let s = storability(&Config::default(), &get(&[]), &r, EX).unwrap();
+            assert_eq!(s.lifetime_s, 10, "{status}");
+        }
+        let date = format_http_date(NOW);
+        let expires = format_http_date(NOW + 20_000);
+        let r = resp(307, &[("date", &date), ("expires", &expires)]);
+        assert!(storability(&Config::default(), &get(&[]), &r, EX).is_ok());
+        for status in [206, 304] {
+            let r = resp(status, &[("cache-control", "max-age=10")]);
+            assert_eq!(
+                storability(&Config::default(), &get(&[]), &r, EX),
+                Err(NotStored::Status)
+            );
+        }
+    }
+
+    #[test]
+    fn rfc9111_4_2_2_heuristic_freshness() {
+        let date = format_http_date(NOW);
+        let modified = format_http_date(NOW - 1_000_000);
+        let h = [
+            ("date", date.as_str()),
+            ("last-modified", modified.as_str()),
+        ];
+        assert_eq!(store(&h).unwrap().lifetime_s, 100, "10% of 1000 s");
+        let capped = Config {
+            heuristic_max_s: 30,
+            ..Config::default()
+        };
+        let r = resp(200, &h);
+        assert_eq!(
+            storability(&capped, &get(&[]), &r, EX).unwrap().lifetime_s,
+            30
+        );
+        let off = Config {
+            heuristic_percent: 0,
+            ..Config::default()
+        };
+        // Off: no freshness; kept only as a stale copy to revalidate (Last-Modified).
+        assert_eq!(storability(&off, &get(&[]), &r, EX).unwrap().lifetime_s, 0);
+        // Only for heuristically cacheable statuses, or with `public`.
+        let r = resp(302, &h);
         assert_eq!(
             storability(&Config::default(), &get(&[]), &r, EX),
             Err(NotStored::Status)
+        );
+        let public = [h[0], h[1], ("cache-control", "public")];
+        let r = resp(302, &public);
+        assert_eq!(
+            storability(&Config::default(), &get(&[]), &r, EX)
+                .unwrap()
+                .lifetime_s,
+            100
+        );
+        // Explicit freshness wins over the heuristic.
+        let explicit = [h[0], h[1], ("cache-control", "max-age=5")];
+        assert_eq!(store(&explicit).unwrap().lifetime_s, 5);
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_4_no_cache_is_stored_for_revalidation_when_it_can_be() {
+        let s = store(&[
+            ("cache-control", "no-cache, max-age=60"),
+            ("etag", "\"v1\""),
+        ])
+        .unwrap();
+        assert!(s.no_cache);
+        assert_eq!(
+            store(&[("cache-control", "no-cache=\"set-cookie\", max-age=60")]),
+            Err(NotStored::NoCache),
+            "field-named form treated as plain: no validator, not stored"
+        );
+        // HTTP/1.0 Pragma without Cache-Control.
+        let s = store(&[
+            ("pragma", "no-cache"),
+            ("etag", "\"v\""),
+            ("expires", &format_http_date(NOW + 60_000)),
+        ])
+        .unwrap();
+        assert!(s.no_cache);
+    }
+
+    #[test]
+    fn stale_on_arrival_is_kept_only_if_revalidatable() {
+        let s = store(&[("cache-control", "max-age=0"), ("etag", "\"v1\"")]).unwrap();
+        assert_eq!(s.lifetime_s, 0);
+        assert_eq!(s.store_ttl_ms(3600), 3_600_000);
+        assert_eq!(
+            store(&[("cache-control", "max-age=0")]),
+            Err(NotStored::NotFresh)
+        );
+        let no_keep = Config {
+            keep_stale_s: 0,
+            ..Config::default()
+        };
+        let r = resp(200, &[("cache-control", "max-age=0"), ("etag", "\"v1\"")]);
+        assert_eq!(
+            storability(&no_keep, &get(&[]), &r, EX),
+            Err(NotStored::NotFresh)
+        );
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_revalidation_directives_are_recorded() {
+        for cc in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60",
+        ] {
+            assert!(
+                store(&[("cache-control", cc)]).unwrap().must_revalidate,
+                "{cc}"
+            );
+        }
+        assert!(
+            !store(&[("cache-control", "max-age=60")])
+                .unwrap()
+                .must_revalidate
+        );
+    }
+
+    #[test]
+    fn rfc9213_targeted_field_overrides_cache_control() {
+        // CDN-Cache-Control wins over Cache-Control (which is for browsers).
+        let s = store(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=120"),
+        ])
+        .unwrap();
+        assert_eq!(s.lifetime_s, 120);
+        assert_eq!(
+            store(&[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store")
+            ]),
+            Err(NotStored::NoStore)
+        );
+        // Expires is not consulted when the targeted field is in charge.
+        let r = [
+            ("cdn-cache-control", "public"),
+            ("date", &format_http_date(NOW)),
+            ("expires", &format_http_date(NOW + 50_000)),
+        ];
+        assert_eq!(store(&r), Err(NotStored::NotFresh));
+        // Another targeted field name, and disabled.
+        let custom = Config {
+            cdn_cache_control: Some("fleet-cache-control".into()),
+            ..Config::default()
+        };
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("fleet-cache-control", "max-age=9"),
+            ],
+        );
+        assert_eq!(
+            storability(&custom, &get(&[]), &r, EX).unwrap().lifetime_s,
+            9
+        );
+        let off = Config {
+            cdn_cache_control: None,
+            ..Config::default()
+        };
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=9"),
+            ],
+        );
+        assert_eq!(
+            storability(&off, &get(&[]), &r, EX),
+            Err(NotStored::NoStore)
         );
     }
 
@@ -329,7 +602,8 @@ mod tests {
         };
         let s = storability(&Config::default(), &get(&[]), &r, ex).unwrap();
         assert_eq!(s.initial_age_s, 10);
-        assert_eq!(s.remaining_ms(), 50_000);
+        assert_eq!(s.store_ttl_ms(0), 50_000);
+        assert_eq!(s.store_ttl_ms(100), 150_000);
         let r = resp(200, &[("cache-control", "max-age=60"), ("age", "30")]);
         let s = storability(&Config::default(), &get(&[]), &r, ex).unwrap();
         assert_eq!(s.initial_age_s, 32);
