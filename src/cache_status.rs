@@ -33,9 +33,15 @@ impl Fwd {
     }
 }
 
-/// `<name>; hit; ttl=<remaining freshness>`.
-pub fn hit(name: &str, ttl_s: u64) -> String {
+/// `<name>; hit; ttl=<remaining freshness>` (negative when a client accepted a stale one).
+pub fn hit(name: &str, ttl_s: i64) -> String {
     format!("{name}; hit; ttl={ttl_s}")
+}
+
+/// `<name>; detail=<why>`: answered by the cache without a stored response or a forward
+/// (`only-if-cached` with nothing usable stored).
+pub fn detail_only(name: &str, detail: &str) -> String {
+    format!("{name}; detail={detail}")
 }
 
 /// `<name>; fwd=<why>[; fwd-status=<status>][; stored][; detail=<detail>]`.

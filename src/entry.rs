@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"FLCE";
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: `no_cache` and `must_revalidate` in the metadata.
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 6;
 const TRAILER_LEN: usize = 8;
 
@@ -38,6 +39,10 @@ pub struct ResponseMeta {
     pub lifetime_s: u64,
     /// Corrected initial age (RFC 9111 §4.2.3), seconds.
     pub initial_age_s: u64,
+    /// Stored with `no-cache`: validated before every use.
+    pub no_cache: bool,
+    /// `must-revalidate`/`proxy-revalidate`/`s-maxage`: never served stale.
+    pub must_revalidate: bool,
     /// The key material the entry was stored under: a value found under a key must carry the
     /// material the reader computed, or it is a collision or a foreign value.
     pub key_material: Vec<u8>,
@@ -214,6 +219,8 @@ mod tests {
             stored_at_ms: 1_700_000_000_000,
             lifetime_s: 60,
             initial_age_s: 2,
+            no_cache: false,
+            must_revalidate: false,
             key_material: b"key".to_vec(),
             body_len: 0,
             body_crc32: 0,

@@ -6,11 +6,16 @@
 
 use crate::budget::{MemoryBudget, Reservation};
 use crate::cache_status::{self, Fwd};
+use crate::conditional::{self, Precondition};
 use crate::config::{Config, Method};
 use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, VariantsMeta};
 use crate::http::{RequestHead, ResponseHead};
 use crate::key::{CacheKey, Vary};
-use crate::policy::{self, BypassReason, Exchange, NotStored, RequestPolicy, Storable};
+use crate::policy::{
+    self, BypassReason, CacheControl, Exchange, NotStored, RequestPolicy, Reuse, Storable,
+    StoredFreshness,
+};
+use crate::range::{self, RangeAnswer};
 use crate::store::{StoreError, VariantWrite, Write};
 use std::rc::Rc;
 
@@ -71,6 +76,9 @@ pub struct Reply<'b> {
 pub struct ResponseStep {
     /// The `Cache-Status` value to set on the response.
     pub cache_status: Option<String>,
+    /// A header to remove before the response goes on (the targeted cache-control field,
+    /// meant for this cache only).
+    pub remove_header: Option<String>,
     /// A complete recording to publish (a response with no body).
     pub publish: Option<Write>,
 }
@@ -106,6 +114,8 @@ enum State {
 
 struct Lookup {
     req: RequestHead,
+    /// The request's Cache-Control: its limits on age and staleness, `only-if-cached`.
+    req_cc: CacheControl,
     method: Method,
     primary: CacheKey,
 }
@@ -170,6 +180,7 @@ impl Flow {
                 let key = primary.redis_key.clone();
                 self.events.push(Event::Lookup);
                 self.state = State::AwaitPrimary(Lookup {
+                    req_cc: CacheControl::parse(req.values("cache-control")),
                     req,
                     method,
                     primary,
@@ -289,26 +300,64 @@ impl Flow {
         meta: ResponseMeta,
         body: &'b [u8],
     ) -> LookupStep<'b> {
-        let age = policy::current_age_s(meta.stored_at_ms, meta.initial_age_s, now_ms);
-        if age >= meta.lifetime_s {
+        let freshness = StoredFreshness {
+            lifetime_s: meta.lifetime_s,
+            age_s: policy::current_age_s(meta.stored_at_ms, meta.initial_age_s, now_ms),
+            no_cache: meta.no_cache,
+            must_revalidate: meta.must_revalidate,
+        };
+        if policy::reuse(freshness, &lookup.req_cc) == Reuse::Validate {
             self.events.push(Event::Miss);
             return self.forward(now_ms, lookup, Fwd::Stale, None);
         }
+        // Several ranges make a multipart answer: the origin's to build.
+        let ranged = lookup.method == Method::Get && meta.status == 200;
+        let range = if ranged {
+            range::answer(lookup.req.header("range"), body.len() as u64)
+        } else {
+            RangeAnswer::Full
+        };
+        if range == RangeAnswer::Multiple {
+            self.events.push(Event::Bypass);
+            return self.forward(now_ms, lookup, Fwd::Bypass, Some("multiple-ranges"));
+        }
         self.events.push(Event::Hit);
-        let mut headers = meta.headers;
-        let upstream_status = take_header(&mut headers, "cache-status");
-        let ours = cache_status::hit(&self.cfg.cache_name, meta.lifetime_s - age);
-        headers.push((
-            "cache-status".into(),
-            cache_status::append(upstream_status.as_deref(), &ours),
-        ));
-        headers.push(("age".into(), age.to_string()));
+        let mut stored = meta.headers;
+        let upstream_status = take_header(&mut stored, "cache-status");
+        let ours = cache_status::hit(&self.cfg.cache_name, freshness.ttl_s());
+        let ours = cache_status::append(upstream_status.as_deref(), &ours);
+        let (status, mut headers, body) =
+            if conditional::evaluate(&lookup.req, &stored) == Precondition::NotModified {
+                (304, conditional::not_modified_headers(&stored), &body[..0])
+            } else {
+                match range {
+                    RangeAnswer::Partial { first, last } => {
+                        let len = body.len();
+                        stored.push((
+                            "content-range".into(),
+                            format!("bytes {first}-{last}/{len}"),
+                        ));
+                        (206, stored, &body[first as usize..=last as usize])
+                    }
+                    RangeAnswer::Unsatisfiable => {
+                        let len = body.len();
+                        let mut h = vec![("content-range".to_string(), format!("bytes */{len}"))];
+                        h.extend(stored.into_iter().filter(|(n, _)| {
+                            !matches!(n.as_str(), "content-type" | "content-encoding")
+                        }));
+                        (416, h, &body[..0])
+                    }
+                    RangeAnswer::Full | RangeAnswer::Multiple => (meta.status, stored, body),
+                }
+            };
+        headers.push(("cache-status".into(), ours));
+        headers.push(("age".into(), freshness.age_s.to_string()));
         headers.push(("date".into(), policy::format_http_date(now_ms)));
         self.state = State::ServingHit;
         // For HEAD, Envoy's local reply sends the headers with the body's content-length and
         // no body, which is exactly a HEAD answer: the same reply serves both methods.
         LookupStep::Respond(Reply {
-            status: meta.status,
+            status,
             headers,
             body,
         })
@@ -321,6 +370,18 @@ impl Flow {
         fwd: Fwd,
         detail: Option<&'static str>,
     ) -> LookupStep<'b> {
+        // RFC 9111 §5.2.1.7: nothing usable stored and the client won't wait for the origin.
+        if lookup.req_cc.only_if_cached {
+            self.state = State::ServingHit;
+            return LookupStep::Respond(Reply {
+                status: 504,
+                headers: vec![(
+                    "cache-status".into(),
+                    cache_status::detail_only(&self.cfg.cache_name, "only-if-cached"),
+                )],
+                body: b"",
+            });
+        }
         // A HEAD response has no body to record; only GETs fill the cache.
         let primary = (lookup.method == Method::Get).then_some(lookup.primary);
         self.state = State::Forwarded(Forward {
@@ -373,6 +434,7 @@ impl Flow {
         let cache_status = Some(cache_status::append(resp.header("cache-status"), &status));
         let mut step = ResponseStep {
             cache_status,
+            remove_header: policy::targeted_field(&self.cfg, resp).map(str::to_string),
             publish: None,
         };
         if let Some(rec) = recording {
@@ -437,11 +499,17 @@ impl Flow {
             ttl_ms: s.store_ttl_ms(self.cfg.keep_stale_s),
             meta: ResponseMeta {
                 status: resp.status,
-                headers: policy::stored_headers(resp, s.strip_set_cookie),
+                headers: policy::stored_headers(
+                    resp,
+                    s.strip_set_cookie,
+                    policy::targeted_field(&self.cfg, resp),
+                ),
                 chunks: Vec::new(),
                 stored_at_ms: now_ms,
                 lifetime_s: s.lifetime_s,
                 initial_age_s: s.initial_age_s,
+                no_cache: s.no_cache,
+                must_revalidate: s.must_revalidate,
                 key_material,
                 body_len: 0,
                 body_crc32: 0,

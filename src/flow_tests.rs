@@ -668,3 +668,198 @@ fn recordings_share_a_worker_budget() {
     assert_eq!(h.budget.used(), 0, "given back when the recording ends");
     first.handle_stream_end();
 }
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+const VALIDATED: &[(&str, &str)] = &[
+    ("cache-control", "max-age=60"),
+    ("etag", "\"v1\""),
+    ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT"),
+    ("content-type", "text/plain"),
+];
+
+#[test]
+fn rfc9110_13_client_conditionals_get_304_from_a_fresh_entry() {
+    let mut h = Harness::new(Config::default());
+    h.run(req("GET", "/a", &[]), &ok(VALIDATED, &[b"0123456789"]));
+    for cond in [
+        ("if-none-match", "W/\"v1\""),
+        ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"),
+    ] {
+        let s = h.run(req("GET", "/a", &[cond]), &ok(VALIDATED, &[]));
+        let (status, headers, body) = s.hit.expect("answered by the cache");
+        assert_eq!(status, 304, "{cond:?}");
+        assert!(body.is_empty());
+        assert_eq!(header(&headers, "etag"), Some("\"v1\""));
+        assert_eq!(header(&headers, "cache-control"), Some("max-age=60"));
+        assert_eq!(header(&headers, "content-type"), None);
+        assert!(header(&headers, "cache-status").unwrap().contains("hit"));
+        assert!(header(&headers, "date").is_some());
+    }
+    let s = h.run(
+        req("GET", "/a", &[("if-none-match", "\"v2\"")]),
+        &ok(VALIDATED, &[]),
+    );
+    assert_eq!(
+        s.body(),
+        b"0123456789",
+        "a changed validator gets the full response"
+    );
+    // If-Match and If-Unmodified-Since go to the origin.
+    let s = h.run(
+        req("GET", "/a", &[("if-match", "\"v1\"")]),
+        &ok(VALIDATED, &[b"x"]),
+    );
+    assert_eq!(s.lookups, 0);
+    assert!(s.cache_status.unwrap().contains("fwd=request"));
+}
+
+#[test]
+fn rfc9110_14_single_ranges_are_answered_from_the_stored_body() {
+    let mut h = Harness::new(Config::default());
+    h.run(req("GET", "/a", &[]), &ok(VALIDATED, &[b"01234", b"56789"]));
+    let s = h.run(
+        req("GET", "/a", &[("range", "bytes=3-6")]),
+        &ok(VALIDATED, &[]),
+    );
+    let (status, headers, body) = s.hit.unwrap();
+    assert_eq!(status, 206);
+    assert_eq!(body, b"3456");
+    assert_eq!(header(&headers, "content-range"), Some("bytes 3-6/10"));
+    let s = h.run(
+        req("GET", "/a", &[("range", "bytes=-2")]),
+        &ok(VALIDATED, &[]),
+    );
+    assert_eq!(s.body(), b"89");
+    let s = h.run(
+        req("GET", "/a", &[("range", "bytes=10-")]),
+        &ok(VALIDATED, &[]),
+    );
+    let (status, headers, body) = s.hit.unwrap();
+    assert_eq!(status, 416);
+    assert!(body.is_empty());
+    assert_eq!(header(&headers, "content-range"), Some("bytes */10"));
+    // Several ranges: the origin builds the multipart answer; nothing recorded from a 206.
+    let s = h.run(
+        req("GET", "/a", &[("range", "bytes=0-1,4-5")]),
+        &Origin {
+            status: 206,
+            headers: VALIDATED,
+            chunks: &[b"multipart"],
+            end: End::Complete,
+        },
+    );
+    assert!(s.hit.is_none());
+    assert!(!s.published);
+    assert!(s.cache_status.unwrap().contains("detail=multiple-ranges"));
+    // HEAD ignores Range.
+    let s = h.run(
+        req("HEAD", "/a", &[("range", "bytes=0-1")]),
+        &ok(VALIDATED, &[]),
+    );
+    assert_eq!(s.hit.unwrap().0, 200);
+}
+
+#[test]
+fn rfc9111_5_2_1_7_only_if_cached() {
+    let mut h = Harness::new(Config::default());
+    let oic = [("cache-control", "only-if-cached")];
+    let s = h.run(req("GET", "/a", &oic), &ok(VALIDATED, &[b"never"]));
+    let (status, headers, _) = s.hit.expect("answered without the origin");
+    assert_eq!(status, 504);
+    assert!(
+        header(&headers, "cache-status")
+            .unwrap()
+            .contains("only-if-cached")
+    );
+    h.run(req("GET", "/a", &[]), &ok(VALIDATED, &[b"body"]));
+    assert_eq!(
+        h.run(req("GET", "/a", &oic), &ok(VALIDATED, &[])).body(),
+        b"body"
+    );
+}
+
+#[test]
+fn rfc9111_5_2_1_request_age_limits_and_staleness() {
+    let mut h = Harness::new(Config::default());
+    h.run(req("GET", "/a", &[]), &ok(VALIDATED, &[b"v1"]));
+    h.now += 30_000;
+    let limit = [("cache-control", "max-age=10")];
+    let s = h.run(req("GET", "/a", &limit), &ok(VALIDATED, &[b"v2"]));
+    assert!(s.hit.is_none(), "older than the client's max-age");
+    assert!(s.cache_status.unwrap().contains("fwd=stale"));
+    h.now += 50_000; // v2 is now 50 s old: 10 s of freshness left
+    let s = h.run(
+        req("GET", "/a", &[("cache-control", "min-fresh=20")]),
+        &ok(VALIDATED, &[b"v3"]),
+    );
+    assert!(s.hit.is_none(), "less fresh than min-fresh");
+    h.now += 70_000; // v3 is stale by 10 s (kept for revalidation)
+    let s = h.run(
+        req("GET", "/a", &[("cache-control", "max-stale=15")]),
+        &ok(VALIDATED, &[b"v4"]),
+    );
+    let (_, headers, body) = s.hit.expect("stale but accepted");
+    assert_eq!(body, b"v3");
+    assert_eq!(
+        header(&headers, "cache-status"),
+        Some("fleet-cache; hit; ttl=-10")
+    );
+    let s = h.run(req("GET", "/a", &[]), &ok(VALIDATED, &[b"v4"]));
+    assert!(s.hit.is_none(), "without max-stale, stale is not served");
+}
+
+#[test]
+fn rfc9111_no_cache_and_must_revalidate_entries() {
+    let mut h = Harness::new(Config::default());
+    let no_cache = [
+        ("cache-control", "no-cache, max-age=60"),
+        ("etag", "\"v1\""),
+    ];
+    assert!(
+        h.run(req("GET", "/a", &[]), &ok(&no_cache, &[b"v1"]))
+            .published
+    );
+    let s = h.run(req("GET", "/a", &[]), &ok(&no_cache, &[b"v2"]));
+    assert!(
+        s.hit.is_none(),
+        "no-cache is never served without validation"
+    );
+    let must = [
+        ("cache-control", "max-age=1, must-revalidate"),
+        ("etag", "\"v1\""),
+    ];
+    h.run(req("GET", "/b", &[]), &ok(&must, &[b"v1"]));
+    h.now += 5_000;
+    let s = h.run(
+        req("GET", "/b", &[("cache-control", "max-stale")]),
+        &ok(&must, &[b"v2"]),
+    );
+    assert!(s.hit.is_none(), "must-revalidate forbids serving stale");
+}
+
+#[test]
+fn rfc9213_targeted_field_is_obeyed_and_not_passed_on() {
+    let mut h = Harness::new(Config::default());
+    let headers = [
+        ("cache-control", "no-store"),
+        ("cdn-cache-control", "max-age=60"),
+    ];
+    let s = h.run(req("GET", "/a", &[]), &ok(&headers, &[b"x"]));
+    assert!(s.published);
+    let hit = h.run(req("GET", "/a", &[]), &ok(&headers, &[]));
+    assert_eq!(hit.hit_header("cdn-cache-control"), None);
+    assert_eq!(hit.hit_header("cache-control"), Some("no-store"));
+    let mut flow = Flow::new(h.cfg.clone(), MemoryBudget::new(usize::MAX));
+    flow.handle_request_headers(T0, req("GET", "/b", &[]));
+    flow.handle_store_reply(T0, Ok(None));
+    let step = flow.handle_response_headers(
+        T0,
+        &ResponseHead::for_test(200, &headers),
+        false,
+        Source::Origin,
+    );
+    assert_eq!(step.remove_header.as_deref(), Some("cdn-cache-control"));
+}

@@ -175,6 +175,9 @@ impl HttpContext for CacheStream {
         if let Some(cs) = step.cache_status {
             self.set_http_response_header("cache-status", Some(&cs));
         }
+        if let Some(name) = step.remove_header {
+            self.set_http_response_header(&name, None);
+        }
         if let Some(write) = step.publish {
             self.publish(write);
         }

@@ -26,7 +26,11 @@ const NOT_REPLAYED: [&str; 14] = [
 
 /// The headers of a response as they are stored: without hop-by-hop and per-fetch headers,
 /// without those `Connection` names, and without `Set-Cookie` when it is stripped.
-pub fn stored_headers(resp: &ResponseHead, strip_set_cookie: bool) -> Vec<(String, String)> {
+pub fn stored_headers(
+    resp: &ResponseHead,
+    strip_set_cookie: bool,
+    targeted_field: Option<&str>,
+) -> Vec<(String, String)> {
     let connection_listed: Vec<String> = resp
         .values("connection")
         .flat_map(|v| v.split(','))
@@ -41,7 +45,9 @@ pub fn stored_headers(resp: &ResponseHead, strip_set_cookie: bool) -> Vec<(Strin
                 || n.starts_with(':')
                 || n.starts_with("x-envoy-")
                 || connection_listed.contains(&n)
-                || (strip_set_cookie && n == "set-cookie");
+                || (strip_set_cookie && n == "set-cookie")
+                // Meant for this cache (RFC 9213): not for anyone downstream.
+                || targeted_field == Some(n.as_str());
             !dropped
         })
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
@@ -68,9 +74,10 @@ mod tests {
                 ("keep-alive", "timeout=5"),
                 ("etag", "\"v1\""),
                 ("set-cookie", "a=b"),
+                ("cdn-cache-control", "max-age=5"),
             ],
         );
-        let kept: Vec<String> = stored_headers(&r, false)
+        let kept: Vec<String> = stored_headers(&r, false, Some("cdn-cache-control"))
             .into_iter()
             .map(|(n, _)| n)
             .collect();

@@ -48,7 +48,15 @@ pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
             v.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
         });
-    if cc.no_cache || pragma_no_cache {
+    if (cc.no_cache || pragma_no_cache) && !cfg.ignore_client_no_cache {
+        return RequestPolicy::Refresh(method);
+    }
+    // Preconditions the stored response can't evaluate for the origin (RFC 9110 §13.2.1):
+    // the origin answers them; a full 200 that comes back is still recorded.
+    if req.has("if-match")
+        || req.has("if-unmodified-since")
+        || (req.has("if-range") && req.has("range"))
+    {
         return RequestPolicy::Refresh(method);
     }
     RequestPolicy::Lookup(method)
@@ -103,6 +111,37 @@ mod tests {
                 &cfg,
                 &get(&[("pragma", "no-cache"), ("cache-control", "max-age=5")])
             ),
+            RequestPolicy::Lookup(Method::Get)
+        );
+        for h in [
+            ("if-match", "\"a\""),
+            ("if-unmodified-since", "Tue, 14 Nov 2023 22:13:20 GMT"),
+        ] {
+            assert_eq!(
+                request_policy(&cfg, &get(&[h])),
+                RequestPolicy::Refresh(Method::Get),
+                "{h:?}"
+            );
+        }
+        assert_eq!(
+            request_policy(&cfg, &get(&[("if-range", "\"a\""), ("range", "bytes=0-1")])),
+            RequestPolicy::Refresh(Method::Get)
+        );
+        assert_eq!(
+            request_policy(&cfg, &get(&[("if-range", "\"a\"")])),
+            RequestPolicy::Lookup(Method::Get),
+            "If-Range without Range means nothing"
+        );
+        let ignoring = Config {
+            ignore_client_no_cache: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            request_policy(&ignoring, &get(&[("cache-control", "no-cache")])),
+            RequestPolicy::Lookup(Method::Get)
+        );
+        assert_eq!(
+            request_policy(&ignoring, &get(&[("pragma", "no-cache")])),
             RequestPolicy::Lookup(Method::Get)
         );
         assert_eq!(

@@ -559,7 +559,7 @@ mod tests {
         let s = storability(&cfg, &get(&[]), &r, EX).unwrap();
         assert!(s.strip_set_cookie);
         assert!(
-            stored_headers(&r, true)
+            stored_headers(&r, true, None)
                 .iter()
                 .all(|(n, _)| n != "set-cookie")
         );
