@@ -140,17 +140,27 @@ impl EntryWriter {
     }
 
     fn finish(mut self, meta: &Meta) -> Vec<u8> {
-        let start = self.buf.len();
-        // Serializing into a Vec cannot fail for these types (no maps with non-string keys,
-        // no unsupported types); an empty meta would only make the entry fail validation.
-        let encoded = postcard::to_allocvec(meta).unwrap_or_default();
-        self.buf.extend_from_slice(&encoded);
-        let len = (self.buf.len() - start) as u32;
-        let crc = crc32fast::hash(&self.buf[start..]);
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&encode_tail(meta));
         self.buf
     }
+}
+
+/// The part of a value after the body: postcard metadata, its length and checksum. A 304
+/// replaces only this, behind the stored header and body.
+pub fn encode_tail(meta: &Meta) -> Vec<u8> {
+    // Serializing into a Vec cannot fail for these types (no maps with non-string keys, no
+    // unsupported types); an empty meta would only make the entry fail validation.
+    let mut tail = postcard::to_allocvec(meta).unwrap_or_default();
+    let len = tail.len() as u32;
+    let crc = crc32fast::hash(&tail);
+    tail.extend_from_slice(&len.to_le_bytes());
+    tail.extend_from_slice(&crc.to_le_bytes());
+    tail
+}
+
+/// Bytes before the metadata of a value whose body has `body_len` bytes.
+pub fn prefix_len(body_len: usize) -> usize {
+    HEADER_LEN + body_len
 }
 
 /// Encodes a variants record (no body).
@@ -266,6 +276,25 @@ mod tests {
         assert_eq!(
             decode(&encode_variants(v.clone())),
             Ok(Decoded::Variants(v))
+        );
+    }
+
+    #[test]
+    fn a_new_tail_behind_the_old_prefix_is_a_valid_entry() {
+        let bytes = entry(&[b"body"]);
+        let Decoded::Response { mut meta, .. } = decode(&bytes).unwrap() else {
+            panic!()
+        };
+        meta.lifetime_s = 999;
+        meta.headers.push(("etag".into(), "\"v2\"".into()));
+        let mut refreshed = bytes[..prefix_len(4)].to_vec();
+        refreshed.extend_from_slice(&encode_tail(&Meta::Response(meta.clone())));
+        assert_eq!(
+            decode(&refreshed),
+            Ok(Decoded::Response {
+                meta,
+                body: &b"body"[..]
+            })
         );
     }
 

@@ -16,7 +16,8 @@ use crate::policy::{
     StoredFreshness,
 };
 use crate::range::{self, RangeAnswer};
-use crate::store::{StoreError, VariantWrite, Write};
+use crate::revalidate;
+use crate::store::{Refresh, StoreError, VariantWrite, Write};
 use std::rc::Rc;
 
 /// Something worth counting happened.
@@ -41,6 +42,8 @@ pub enum Event {
     RecordingOverBudget,
     /// The response ended without completing (reset, trailers, client gone): nothing published.
     RecordingAborted,
+    /// A stale entry was confirmed by the origin (304) and served.
+    Revalidated,
 }
 
 /// What to do after the request headers.
@@ -59,6 +62,9 @@ pub enum LookupStep<'b> {
     Lookup(String),
     /// Answer from the cache.
     Respond(Reply<'b>),
+    /// Release the request to the origin with these headers added: the stored entry's
+    /// validators, so the origin can answer 304.
+    Revalidate(Vec<(String, String)>),
     /// Release the request to the origin.
     Continue,
 }
@@ -79,8 +85,19 @@ pub struct ResponseStep {
     /// A header to remove before the response goes on (the targeted cache-control field,
     /// meant for this cache only).
     pub remove_header: Option<String>,
-    /// A complete recording to publish (a response with no body).
+    /// A write to publish: a complete recording (a response with no body), or the refreshed
+    /// metadata of a revalidated entry.
     pub publish: Option<Write>,
+    /// Replace the origin's answer (a 304 to our revalidation) with this local reply.
+    pub respond: Option<OwnedReply>,
+}
+
+/// A local reply that owns its body (the stored copy kept across a revalidation).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OwnedReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// Where a response comes from, as far as storing it goes.
@@ -127,6 +144,27 @@ struct Forward {
     fwd: Fwd,
     detail: Option<&'static str>,
     request_ms: u64,
+    /// Set when the request went out with the stored entry's validators.
+    revalidation: Option<Box<Revalidation>>,
+}
+
+/// Where a stored entry was read from.
+struct StoredAt {
+    /// The entry's own key (the variant's for a varying resource).
+    entry_key: String,
+    /// The variants record's key, for a variant.
+    record_key: Option<String>,
+    /// The whole stored value's length: a refresh applies only to that same value.
+    value_len: u64,
+}
+
+/// A stale entry being revalidated: what a 304 is answered from.
+struct Revalidation {
+    stored_at: StoredAt,
+    meta: ResponseMeta,
+    body: Vec<u8>,
+    /// The copy of the body counts against the worker's recording budget.
+    _reservation: Reservation,
 }
 
 struct Recording {
@@ -197,6 +235,7 @@ impl Flow {
                     fwd: Fwd::Request,
                     detail: None,
                     request_ms: now_ms,
+                    revalidation: None,
                 });
                 RequestStep::Continue
             }
@@ -212,6 +251,7 @@ impl Flow {
                     fwd,
                     detail: None,
                     request_ms: now_ms,
+                    revalidation: None,
                 });
                 RequestStep::Continue
             }
@@ -283,7 +323,12 @@ impl Flow {
                 LookupStep::Lookup(key)
             }
             Decoded::Response { meta, body } if meta.key_material == expected.material => {
-                self.serve(now_ms, lookup, meta, body)
+                let stored = StoredAt {
+                    entry_key: expected.redis_key.clone(),
+                    record_key: variant.is_some().then(|| lookup.primary.redis_key.clone()),
+                    value_len: value.len() as u64,
+                };
+                self.serve(now_ms, lookup, stored, meta, body)
             }
             _ => {
                 self.events.push(Event::KeyMismatch);
@@ -297,6 +342,7 @@ impl Flow {
         &mut self,
         now_ms: u64,
         lookup: Lookup,
+        stored_at: StoredAt,
         meta: ResponseMeta,
         body: &'b [u8],
     ) -> LookupStep<'b> {
@@ -308,7 +354,7 @@ impl Flow {
         };
         if policy::reuse(freshness, &lookup.req_cc) == Reuse::Validate {
             self.events.push(Event::Miss);
-            return self.forward(now_ms, lookup, Fwd::Stale, None);
+            return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body);
         }
         // Several ranges make a multipart answer: the origin's to build.
         let ranged = lookup.method == Method::Get && meta.status == 200;
@@ -363,6 +409,43 @@ impl Flow {
         })
     }
 
+    /// A stale (or `no-cache`) entry: ask the origin with its validators whether it is still
+    /// current, keeping a copy to answer from on a 304. Without validators, or when the
+    /// client sent preconditions or a Range of its own (the origin's answer is then for the
+    /// client, not for us), or without room in the recording budget: a plain forward.
+    fn revalidate_or_forward<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        stored_at: StoredAt,
+        meta: ResponseMeta,
+        body: &[u8],
+    ) -> LookupStep<'b> {
+        let conditions = revalidate::conditional_headers(&meta.headers);
+        let client_owns_conditions = ["if-none-match", "if-modified-since", "range"]
+            .iter()
+            .any(|h| lookup.req.has(h));
+        let mut reservation = Reservation::new(self.budget.clone());
+        if conditions.is_empty()
+            || client_owns_conditions
+            || lookup.req_cc.only_if_cached
+            || !reservation.grow(body.len())
+        {
+            return self.forward(now_ms, lookup, Fwd::Stale, None);
+        }
+        let step = self.forward(now_ms, lookup, Fwd::Stale, None);
+        if let State::Forwarded(f) = &mut self.state {
+            f.revalidation = Some(Box::new(Revalidation {
+                stored_at,
+                meta,
+                body: body.to_vec(),
+                _reservation: reservation,
+            }));
+            return LookupStep::Revalidate(conditions);
+        }
+        step
+    }
+
     fn forward<'b>(
         &mut self,
         now_ms: u64,
@@ -390,6 +473,7 @@ impl Flow {
             fwd,
             detail,
             request_ms: now_ms,
+            revalidation: None,
         });
         LookupStep::Continue
     }
@@ -402,7 +486,7 @@ impl Flow {
         end_of_stream: bool,
         source: Source,
     ) -> ResponseStep {
-        let fwd = match std::mem::replace(&mut self.state, State::Done) {
+        let mut fwd = match std::mem::replace(&mut self.state, State::Done) {
             State::Forwarded(f) => f,
             State::ServingHit => {
                 self.state = State::ServingHit;
@@ -412,6 +496,13 @@ impl Flow {
             // request headers were complete, or one sent while a lookup was pending).
             _ => return ResponseStep::default(),
         };
+        // Anything but a 304 replaces the stored entry (or is passed on): the copy goes.
+        if let Some(reval) = fwd.revalidation.take()
+            && source == Source::Origin
+            && resp.status == 304
+        {
+            return self.answer_revalidated(now_ms, fwd, *reval, resp);
+        }
         let mut recording = None;
         if let Some(primary) = fwd.primary {
             let decision = match source {
@@ -436,6 +527,7 @@ impl Flow {
             cache_status,
             remove_header: policy::targeted_field(&self.cfg, resp).map(str::to_string),
             publish: None,
+            respond: None,
         };
         if let Some(rec) = recording {
             self.state = State::Recording(Box::new(rec));
@@ -444,6 +536,91 @@ impl Flow {
             }
         }
         step
+    }
+
+    /// The origin confirmed the stored entry (304): answer from it with its headers updated,
+    /// and write only the new metadata to the store (§4.3.4).
+    fn answer_revalidated(
+        &mut self,
+        now_ms: u64,
+        fwd: Forward,
+        reval: Revalidation,
+        not_modified: &ResponseHead,
+    ) -> ResponseStep {
+        self.events.push(Event::Revalidated);
+        let targeted = policy::targeted_field(&self.cfg, not_modified);
+        let merged = revalidate::merge_not_modified(&reval.meta.headers, not_modified, targeted);
+        // Freshness and age come from the updated headers plus the 304's own Date and Age.
+        let mut head = ResponseHead {
+            status: reval.meta.status,
+            headers: merged.clone(),
+        };
+        for name in ["date", "age"] {
+            if let Some(v) = not_modified.header(name) {
+                head.headers.push((name.to_string(), v.to_string()));
+            }
+        }
+        let mut meta = reval.meta;
+        meta.headers = merged;
+        let mut publish = None;
+        match self.storability(&fwd.req, &head, fwd.request_ms, now_ms) {
+            Ok(s) => {
+                meta.stored_at_ms = now_ms;
+                meta.lifetime_s = s.lifetime_s;
+                meta.initial_age_s = s.initial_age_s;
+                meta.no_cache = s.no_cache;
+                meta.must_revalidate = s.must_revalidate;
+                let at = &reval.stored_at;
+                let (key, variant) = match &at.record_key {
+                    Some(record) => (
+                        record.clone(),
+                        Some(VariantWrite {
+                            key: at.entry_key.clone(),
+                            record: Vec::new(),
+                        }),
+                    ),
+                    None => (at.entry_key.clone(), None),
+                };
+                publish = Some(Write {
+                    key,
+                    variant,
+                    ttl_ms: s.store_ttl_ms(self.cfg.keep_stale_s),
+                    entry: entry::encode_tail(&entry::Meta::Response(meta.clone())),
+                    refresh: Some(Refresh {
+                        keep: entry::prefix_len(reval.body.len()) as u64,
+                        expected_len: at.value_len,
+                    }),
+                });
+            }
+            Err(why) => self.events.push(Event::NotStored(why)),
+        }
+        let mut headers = meta.headers;
+        let upstream_status = take_header(&mut headers, "cache-status");
+        let ours = cache_status::forwarded(
+            &self.cfg.cache_name,
+            Fwd::Stale,
+            Some(304),
+            publish.is_some(),
+            None,
+        );
+        headers.push((
+            "cache-status".into(),
+            cache_status::append(upstream_status.as_deref(), &ours),
+        ));
+        headers.push(("age".into(), meta.initial_age_s.to_string()));
+        headers.push(("date".into(), policy::format_http_date(now_ms)));
+        // Our local reply comes back through the response callbacks: leave it alone.
+        self.state = State::ServingHit;
+        ResponseStep {
+            cache_status: None,
+            remove_header: None,
+            publish,
+            respond: Some(OwnedReply {
+                status: meta.status,
+                headers,
+                body: reval.body,
+            }),
+        }
     }
 
     fn storability(
@@ -599,6 +776,7 @@ impl Flow {
             variant,
             ttl_ms: rec.ttl_ms,
             entry,
+            refresh: None,
         })
     }
 }

@@ -21,8 +21,19 @@ impl SimStore {
             .map(|(v, _)| v.as_slice())
     }
 
-    /// Same effect as `SET_ONE` / `SET_VARIANT` in store/webdis.rs.
+    /// Same effect as `SET_ONE` / `SET_VARIANT` / `REFRESH` in store/webdis.rs.
     fn apply(&mut self, w: Write, now: u64) {
+        if let Some(r) = w.refresh {
+            let key = w.variant.map_or(w.key, |v| v.key);
+            if let Some((value, exp)) = self.values.get_mut(&key)
+                && value.len() as u64 == r.expected_len
+            {
+                value.truncate(r.keep as usize);
+                value.extend_from_slice(&w.entry);
+                *exp = now + w.ttl_ms;
+            }
+            return;
+        }
         match w.variant {
             None => {
                 self.values.insert(w.key, (w.entry, now + w.ttl_ms));
@@ -58,6 +69,8 @@ struct Seen {
     cache_status: Option<String>,
     events: Vec<Event>,
     published: bool,
+    /// Validators the flow added to the forwarded request.
+    conditions: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -133,6 +146,7 @@ impl Harness {
             cache_status: None,
             events: vec![],
             published: false,
+            conditions: vec![],
         };
         let now = self.now;
         let mut write = None;
@@ -167,6 +181,10 @@ impl Harness {
                     assert_eq!(flow.handle_response_body(b"x", true), None);
                 }
                 LookupStep::Continue => forwarded = true,
+                LookupStep::Revalidate(conditions) => {
+                    seen.conditions = conditions;
+                    forwarded = true;
+                }
             }
         }
         if forwarded {
@@ -182,6 +200,10 @@ impl Harness {
             let s = flow.handle_response_headers(now, &resp, no_body, source);
             seen.cache_status = s.cache_status;
             write = s.publish;
+            if let Some(reply) = s.respond {
+                seen.hit = Some((reply.status, reply.headers, reply.body));
+                assert!(flow.is_serving_hit());
+            }
             for (i, c) in origin.chunks.iter().enumerate() {
                 let last = i + 1 == origin.chunks.len() && origin.end == End::Complete;
                 if let Some(w) = flow.handle_response_body(c, last) {
@@ -862,4 +884,140 @@ fn rfc9213_targeted_field_is_obeyed_and_not_passed_on() {
         Source::Origin,
     );
     assert_eq!(step.remove_header.as_deref(), Some("cdn-cache-control"));
+}
+
+#[test]
+fn rfc9111_4_3_stale_entries_are_revalidated_and_304s_refresh_them() {
+    let mut h = Harness::new(Config::default());
+    let v1 = [
+        ("cache-control", "max-age=10"),
+        ("etag", "\"v1\""),
+        ("x-version", "1"),
+    ];
+    h.run(req("GET", "/a", &[]), &ok(&v1, &[b"stored ", b"body"]));
+    h.now += 20_000;
+    let not_modified = Origin {
+        status: 304,
+        headers: &[("cache-control", "max-age=100"), ("x-version", "2")],
+        chunks: &[],
+        end: End::Complete,
+    };
+    let s = h.run(req("GET", "/a", &[]), &not_modified);
+    assert_eq!(
+        s.conditions,
+        vec![("if-none-match".to_string(), "\"v1\"".to_string())]
+    );
+    let (status, headers, body) = s.hit.clone().expect("answered from the stored body");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"stored body");
+    assert_eq!(
+        header(&headers, "x-version"),
+        Some("2"),
+        "headers updated by the 304"
+    );
+    assert_eq!(header(&headers, "etag"), Some("\"v1\""));
+    assert_eq!(
+        header(&headers, "cache-status"),
+        Some("fleet-cache; fwd=stale; fwd-status=304; stored")
+    );
+    assert!(s.events.contains(&Event::Revalidated));
+    assert!(s.published, "the refreshed metadata is written");
+    // Fresh again for 100 s, with the new headers and the old body.
+    h.now += 50_000;
+    let hit = h.run(req("GET", "/a", &[]), &ok(&v1, &[b"unused"]));
+    assert_eq!(hit.body(), b"stored body");
+    assert_eq!(hit.hit_header("x-version"), Some("2"));
+    assert_eq!(
+        hit.hit_header("cache-status"),
+        Some("fleet-cache; hit; ttl=50")
+    );
+}
+
+#[test]
+fn rfc9111_4_3_3_a_full_response_to_revalidation_replaces_the_entry() {
+    let mut h = Harness::new(Config::default());
+    let v = |etag: &'static str| [("cache-control", "max-age=10"), ("etag", etag)];
+    h.run(req("GET", "/a", &[]), &ok(&v("\"v1\""), &[b"old"]));
+    h.now += 20_000;
+    let s = h.run(req("GET", "/a", &[]), &ok(&v("\"v2\""), &[b"new"]));
+    assert!(!s.conditions.is_empty());
+    assert!(s.hit.is_none());
+    assert!(s.published);
+    assert_eq!(
+        h.run(req("GET", "/a", &[]), &ok(&v("x"), &[])).body(),
+        b"new"
+    );
+    // A 5xx is passed on; the stale entry stays (stale serving is not done here).
+    h.now += 20_000;
+    let err = Origin {
+        status: 503,
+        headers: &[],
+        chunks: &[b"down"],
+        end: End::Complete,
+    };
+    let s = h.run(req("GET", "/a", &[]), &err);
+    assert!(s.hit.is_none());
+    assert!(!s.published);
+}
+
+#[test]
+fn revalidation_is_left_to_the_client_when_it_has_its_own_conditions() {
+    let mut h = Harness::new(Config::default());
+    let v1 = [("cache-control", "max-age=10"), ("etag", "\"v1\"")];
+    h.run(req("GET", "/a", &[]), &ok(&v1, &[b"x"]));
+    h.now += 20_000;
+    let s = h.run(
+        req("GET", "/a", &[("if-none-match", "\"v0\"")]),
+        &ok(&v1, &[b"y"]),
+    );
+    assert!(s.conditions.is_empty());
+    // No validators at all: a plain refetch.
+    let mut h = Harness::new(Config::default());
+    h.run(
+        req("GET", "/b", &[]),
+        &ok(&[("cache-control", "max-age=10")], &[b"x"]),
+    );
+    h.now += 20_000;
+    let s = h.run(
+        req("GET", "/b", &[]),
+        &ok(&[("cache-control", "max-age=10")], &[b"y"]),
+    );
+    assert!(s.conditions.is_empty());
+}
+
+#[test]
+fn a_refresh_is_dropped_when_the_entry_changed_meanwhile() {
+    let mut h = Harness::new(Config::default());
+    let v1 = [("cache-control", "max-age=10"), ("etag", "\"v1\"")];
+    h.run(req("GET", "/a", &[]), &ok(&v1, &[b"old"]));
+    h.now += 20_000;
+    let key = CacheKey::primary(&h.cfg, &req("GET", "/a", &[])).redis_key;
+    let mut flow = Flow::new(h.cfg.clone(), h.budget.clone());
+    let RequestStep::Lookup(k) = flow.handle_request_headers(h.now, req("GET", "/a", &[])) else {
+        panic!()
+    };
+    let value = h.store.values[&k].0.clone();
+    assert!(matches!(
+        flow.handle_store_reply(h.now, Ok(Some(&value))),
+        LookupStep::Revalidate(_)
+    ));
+    // Meanwhile another proxy stored a new, longer body.
+    h.run(
+        req("GET", "/a", &[("cache-control", "no-cache")]),
+        &ok(&v1, &[b"newer body"]),
+    );
+    let step = flow.handle_response_headers(
+        h.now,
+        &ResponseHead::for_test(304, &[("cache-control", "max-age=100")]),
+        true,
+        Source::Origin,
+    );
+    h.store.apply(step.publish.unwrap(), h.now);
+    let Decoded::Response { body, .. } = entry::decode(&h.store.values[&key].0).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        body, b"newer body",
+        "the refresh did not graft onto the new entry"
+    );
 }

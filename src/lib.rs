@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod publish;
 pub mod range;
+pub mod revalidate;
 pub mod store;
 
 // The adapter imports host functions that only exist inside a proxy-wasm host.

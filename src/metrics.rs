@@ -18,6 +18,7 @@ pub enum Counter {
     RecordingsTooLarge,
     RecordingsAborted,
     RecordingsOverBudget,
+    Revalidations,
     Published,
     PublishFailures,
     PublishRetries,
@@ -26,7 +27,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::Misses,
@@ -38,6 +39,7 @@ impl Counter {
         Counter::RecordingsTooLarge,
         Counter::RecordingsAborted,
         Counter::RecordingsOverBudget,
+        Counter::Revalidations,
         Counter::Published,
         Counter::PublishFailures,
         Counter::PublishRetries,
@@ -58,6 +60,7 @@ impl Counter {
             Counter::RecordingsTooLarge => "fleet_cache_recordings_too_large",
             Counter::RecordingsAborted => "fleet_cache_recordings_aborted",
             Counter::RecordingsOverBudget => "fleet_cache_recordings_over_budget",
+            Counter::Revalidations => "fleet_cache_revalidations",
             Counter::Published => "fleet_cache_published",
             Counter::PublishFailures => "fleet_cache_publish_failures",
             Counter::PublishRetries => "fleet_cache_publish_retries",
@@ -85,6 +88,7 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::RecordingTooLarge => &[Counter::RecordingsTooLarge],
         Event::RecordingAborted => &[Counter::RecordingsAborted],
         Event::RecordingOverBudget => &[Counter::RecordingsOverBudget],
+        Event::Revalidated => &[Counter::Revalidations],
     }
 }
 

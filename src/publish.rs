@@ -50,15 +50,15 @@ impl PublishQueue {
         }
     }
 
-    /// Queues a write; gives it back when the queue is full.
-    pub fn push(&mut self, write: Write) -> Result<(), Write> {
+    /// Queues a write; false (and the write dropped) when the queue is full.
+    pub fn push(&mut self, write: Write) -> bool {
         let size = write.entry.len();
         if self.held_bytes + size > self.max_bytes {
-            return Err(write);
+            return false;
         }
         self.held_bytes += size;
         self.pending.push_back(Job { write, attempt: 0 });
-        Ok(())
+        true
     }
 
     /// The next job to send, if the in-flight limit allows.
@@ -124,13 +124,14 @@ mod tests {
             variant: None,
             ttl_ms: 1000,
             entry: vec![0; size],
+            refresh: None,
         }
     }
 
     #[test]
     fn publishes_then_idles() {
         let mut q = PublishQueue::new(100);
-        q.push(write("a", 10)).unwrap();
+        assert!(q.push(write("a", 10)));
         let job = q.next_to_send().unwrap();
         q.sent(7, job);
         assert!(!q.is_idle());
@@ -141,8 +142,8 @@ mod tests {
     #[test]
     fn retries_once_first_in_line_then_gives_up() {
         let mut q = PublishQueue::new(100);
-        q.push(write("a", 10)).unwrap();
-        q.push(write("b", 10)).unwrap();
+        assert!(q.push(write("a", 10)));
+        assert!(q.push(write("b", 10)));
         let a = q.next_to_send().unwrap();
         q.sent(1, a);
         assert_eq!(q.answered(1, false), Outcome::Retrying);
@@ -156,20 +157,20 @@ mod tests {
     #[test]
     fn bounded_by_bytes() {
         let mut q = PublishQueue::new(25);
-        q.push(write("a", 10)).unwrap();
-        q.push(write("b", 10)).unwrap();
-        assert!(q.push(write("c", 10)).is_err());
+        assert!(q.push(write("a", 10)));
+        assert!(q.push(write("b", 10)));
+        assert!(!q.push(write("c", 10)));
         let a = q.next_to_send().unwrap();
         q.sent(1, a);
         assert_eq!(q.answered(1, true), Outcome::Published(10));
-        q.push(write("c", 10)).unwrap();
+        assert!(q.push(write("c", 10)));
     }
 
     #[test]
     fn in_flight_is_limited() {
         let mut q = PublishQueue::new(usize::MAX);
         for i in 0..MAX_IN_FLIGHT + 1 {
-            q.push(write(&i.to_string(), 1)).unwrap();
+            assert!(q.push(write(&i.to_string(), 1)));
         }
         for t in 0..MAX_IN_FLIGHT {
             let j = q.next_to_send().unwrap();

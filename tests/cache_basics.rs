@@ -286,3 +286,32 @@ fn post_bypasses_the_cache() {
     assert_eq!(s.origin().count("/form"), 2);
     assert_eq!(s.stat(0, "fleet_cache_lookups"), Some(0));
 }
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_answered_from_the_store() {
+    let s = Stack::start(StackOptions::default());
+    let path = "/reval?size=2000&cc=max-age%3D1&etag=%22v1%22";
+    let first = s.get(path, &[]);
+    assert_miss(&first);
+    wait_published(&s, 0, 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = s.get(path, &[]);
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        cache_status(&second),
+        "fleet-cache; fwd=stale; fwd-status=304; stored",
+        "{second:?}"
+    );
+    assert_eq!(second.body, first.body, "answered from the stored body");
+    assert_eq!(second.header("etag"), Some("\"v1\""));
+    let conditional = s.origin().last_request("/reval").unwrap();
+    assert_eq!(conditional.header("if-none-match"), Some("\"v1\""));
+    assert_eq!(s.origin().count("/reval"), 2);
+    assert_eq!(s.stat(0, "fleet_cache_revalidations"), Some(1));
+    // The refreshed entry is fresh again: a hit, without sending the body to Redis again.
+    wait_published(&s, 0, 2);
+    let third = s.get(path, &[]);
+    assert_hit(&third);
+    assert_eq!(third.body, first.body);
+    assert_eq!(s.origin().count("/reval"), 2);
+}

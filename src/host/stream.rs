@@ -81,16 +81,24 @@ impl CacheStream {
                 self.send_http_response(reply.status as u32, headers, Some(reply.body));
                 true
             }
+            LookupStep::Revalidate(conditions) => {
+                // The request is still held: its headers can change before it goes on.
+                for (name, value) in &conditions {
+                    self.set_http_request_header(name, Some(value));
+                }
+                false
+            }
             LookupStep::Continue => false,
         }
     }
 
     fn publish(&self, write: Write) {
         let pushed = self.shared.queue.borrow_mut().push(write);
-        match pushed {
+        if pushed {
             // Wake the root: it sends the write from its own context on the next tick.
-            Ok(()) => self.shared.wake_publisher(),
-            Err(_) => self.shared.metrics.add(Counter::PublishDropped, 1),
+            self.shared.wake_publisher();
+        } else {
+            self.shared.metrics.add(Counter::PublishDropped, 1);
         }
     }
 }
@@ -182,6 +190,17 @@ impl HttpContext for CacheStream {
             self.publish(write);
         }
         self.count_events();
+        if let Some(reply) = step.respond {
+            // The origin's 304 is replaced by the stored response: Envoy sends this local reply
+            // straight to the client (the response has not started downstream yet).
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            self.send_http_response(reply.status as u32, headers, Some(&reply.body));
+            return Action::Pause;
+        }
         Action::Continue
     }
 

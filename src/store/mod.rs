@@ -47,8 +47,21 @@ pub struct Write {
     pub variant: Option<VariantWrite>,
     /// Time to live in the store, ms.
     pub ttl_ms: u64,
-    /// The encoded entry (`entry.rs`).
+    /// The encoded entry (`entry.rs`), or with `refresh`, only its new metadata tail.
     pub entry: Vec<u8>,
+    /// Set when revalidation (a 304) refreshed the metadata of a stored entry: the store keeps
+    /// the entry's header and body, which never cross the network again, and swaps the tail.
+    pub refresh: Option<Refresh>,
+}
+
+/// Which stored value a metadata refresh applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refresh {
+    /// Bytes of the stored value kept as they are (format header and body).
+    pub keep: u64,
+    /// The stored value's whole length when it was read: if it changed since (a newer entry
+    /// was written), the refresh is dropped rather than grafted onto another body.
+    pub expected_len: u64,
 }
 
 /// For a response that varies: the variant's own key, and the variants record for the

@@ -6,6 +6,8 @@
 //! framing, `$-1` for a missing key); `SET .. PX` can't follow a PUT value, so writes are one
 //! `EVAL`, which also makes a variant and its index one atomic write.
 
+#[cfg(test)]
+use super::Refresh;
 use super::{StoreError, Write};
 
 /// An HTTP request to send to the store cluster.
@@ -56,10 +58,41 @@ redis.call('SET',KEYS[1],r,'PX',t) \
 redis.call('SET',KEYS[2],ARGV[3],'PX',ARGV[1]) \
 return 1";
 
+/// A metadata refresh: keeps the first ARGV[2] bytes (format header and body) of the entry
+/// at the last key and appends the new tail (the PUT body), if the value still has the length
+/// it had when read (ARGV[3]); a variant's record (first key, when two) lives at least as long.
+const REFRESH: &str = "local k=KEYS[#KEYS] \
+if redis.call('STRLEN',k)~=tonumber(ARGV[3]) then return 1 end \
+local v=redis.call('GETRANGE',k,0,tonumber(ARGV[2])-1) \
+redis.call('SET',k,v..ARGV[4],'PX',ARGV[1]) \
+if #KEYS==2 then local p=redis.call('PTTL',KEYS[1]) \
+if p>=0 and p<tonumber(ARGV[1]) then redis.call('PEXPIRE',KEYS[1],ARGV[1]) end end \
+return 1";
+
 /// The PUT request of a write; its body is `write.entry`.
 pub fn put(write: &Write) -> Callout {
     let mut path = String::with_capacity(512);
     path.push_str("/EVAL/");
+    if let Some(r) = write.refresh {
+        encode_arg(&mut path, REFRESH.as_bytes());
+        if write.variant.is_some() {
+            path.push_str("/2/");
+            encode_arg(&mut path, write.key.as_bytes());
+            path.push('/');
+        } else {
+            path.push_str("/1/");
+        }
+        let entry_key = write.variant.as_ref().map_or(&write.key, |v| &v.key);
+        encode_arg(&mut path, entry_key.as_bytes());
+        path.push_str(&format!(
+            "/{}/{}/{}.raw",
+            write.ttl_ms, r.keep, r.expected_len
+        ));
+        return Callout {
+            method: "PUT",
+            path,
+        };
+    }
     match &write.variant {
         None => {
             encode_arg(&mut path, SET_ONE.as_bytes());
@@ -170,6 +203,7 @@ mod tests {
             variant: None,
             ttl_ms: 5000,
             entry: vec![1, 2],
+            refresh: None,
         };
         let c = put(&w);
         assert_eq!(c.method, "PUT");
@@ -183,6 +217,23 @@ mod tests {
             ..w
         };
         assert!(put(&w).path.ends_with("/2/ns%3Ak/ns%3Av/5000/00ab.raw"));
+        let refresh = Some(Refresh {
+            keep: 106,
+            expected_len: 150,
+        });
+        let p = put(&Write {
+            refresh,
+            ..w.clone()
+        })
+        .path;
+        assert!(p.ends_with("/2/ns%3Ak/ns%3Av/5000/106/150.raw"), "{p}");
+        let p = put(&Write {
+            refresh,
+            variant: None,
+            ..w
+        })
+        .path;
+        assert!(p.ends_with("/1/ns%3Ak/5000/106/150.raw"), "{p}");
     }
 
     #[test]
