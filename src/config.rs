@@ -47,6 +47,18 @@ pub struct Config {
     pub set_cookie: SetCookiePolicy,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub cache_name: String,
+    /// Response header listing the response's tags (space or comma separated), for purge by
+    /// tag; lower case. `None`: tags are not recorded.
+    pub tag_header: Option<String>,
+    pub purge: PurgeConfig,
+}
+
+/// Who may purge. Without a token, purging is disabled and PURGE requests are refused.
+#[derive(Clone, PartialEq, Default)]
+pub struct PurgeConfig {
+    pub token: Option<String>,
+    /// Request header carrying the token (lower case).
+    pub header: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +132,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+// The token never reaches a log line.
+impl fmt::Debug for PurgeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PurgeConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
 /// The statuses RFC 9110 §15.1 calls cacheable by default (heuristically cacheable).
 pub const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
@@ -144,6 +166,24 @@ struct RawConfig {
     key: RawKey,
     set_cookie: SetCookiePolicy,
     cache_name: String,
+    tag_header: String,
+    purge: RawPurge,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPurge {
+    token: String,
+    header: String,
+}
+
+impl Default for RawPurge {
+    fn default() -> Self {
+        RawPurge {
+            token: String::new(),
+            header: "x-purge-token".into(),
+        }
+    }
 }
 
 impl Default for RawConfig {
@@ -165,6 +205,8 @@ impl Default for RawConfig {
             key: RawKey::default(),
             set_cookie: SetCookiePolicy::NoStore,
             cache_name: "fleet-cache".into(),
+            tag_header: "surrogate-key".into(),
+            purge: RawPurge::default(),
         }
     }
 }
@@ -213,7 +255,7 @@ impl Config {
             }
             let value: serde_json::Value =
                 serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
-            for section in ["store", "key"] {
+            for section in ["store", "key", "purge"] {
                 if value.get(section).is_some_and(|v| !v.is_object()) {
                     return Err(err(section, "must be a JSON object"));
                 }
@@ -372,6 +414,36 @@ impl RawConfig {
             }
         }
         headers.sort();
+        let tag_header = match self.tag_header.as_str() {
+            "" => None,
+            h if is_header_name(h) => Some(h.to_ascii_lowercase()),
+            h => {
+                return Err(err(
+                    "tag_header",
+                    format!("{h:?} is not a header name (\"\" disables tags)"),
+                ));
+            }
+        };
+        if !is_header_name(&self.purge.header) {
+            return Err(err(
+                "purge.header",
+                format!("{:?} is not a header name", self.purge.header),
+            ));
+        }
+        let token = match self.purge.token.as_str() {
+            "" => None,
+            // A short token can be guessed; purging everything is a denial of service.
+            t if t.len() < 16 => {
+                return Err(err("purge.token", "must be at least 16 characters"));
+            }
+            t if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(err(
+                    "purge.token",
+                    "must be printable ASCII without spaces (it travels in a header)",
+                ));
+            }
+            t => Some(t.to_string()),
+        };
         if self.cache_name.is_empty() || !is_header_name(&self.cache_name) {
             return Err(err(
                 "cache_name",
@@ -404,6 +476,11 @@ impl RawConfig {
             },
             set_cookie: self.set_cookie,
             cache_name: self.cache_name,
+            tag_header,
+            purge: PurgeConfig {
+                token,
+                header: self.purge.header.to_ascii_lowercase(),
+            },
         })
     }
 }
@@ -501,6 +578,14 @@ mod tests {
             (r#"{"key":{"headers":["Authorization"]}}"#, "key.headers[0]"),
             (r#"{"key":{"query_ignore":["*"]}}"#, "key.query_ignore[0]"),
             (r#"{"cache_name":"a;b"}"#, "cache_name"),
+            (r#"{"tag_header":"a b"}"#, "tag_header"),
+            (r#"{"purge":{"token":"short"}}"#, "purge.token"),
+            (
+                r#"{"purge":{"token":"long enough but spaced"}}"#,
+                "purge.token",
+            ),
+            (r#"{"purge":{"header":""}}"#, "purge.header"),
+            (r#"{"purge":"x"}"#, "purge"),
         ];
         for (json, field) in cases {
             let e = parse(json).unwrap_err();

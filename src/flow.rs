@@ -15,6 +15,7 @@ use crate::policy::{
     self, BypassReason, CacheControl, Exchange, NotStored, RequestPolicy, Reuse, Storable,
     StoredFreshness,
 };
+use crate::purge::{self, PurgeRequest};
 use crate::range::{self, RangeAnswer};
 use crate::revalidate;
 use crate::store::{Refresh, StoreError, VariantWrite, Write};
@@ -44,6 +45,10 @@ pub enum Event {
     RecordingAborted,
     /// A stale entry was confirmed by the origin (304) and served.
     Revalidated,
+    /// An operator's purge ran in the store.
+    Purged,
+    /// A successful unsafe request invalidated stored resources.
+    Invalidated,
 }
 
 /// What to do after the request headers.
@@ -53,6 +58,20 @@ pub enum RequestStep {
     Lookup(String),
     /// Let the request go on (no lookup).
     Continue,
+    /// Answer at once (a refused purge).
+    Reply(OwnedReply),
+    /// Run this purge in the store, hold the request, then answer with
+    /// [`Flow::handle_purge_reply`].
+    Purge(PurgeCommand),
+}
+
+/// A purge to run in the store on behalf of the request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PurgeCommand {
+    /// Remove these resources (their keys) with all their variants.
+    Resources(Vec<String>),
+    /// Remove every resource listed in these tag sets (their keys).
+    Tags(Vec<String>),
 }
 
 /// What to do after a store answer.
@@ -88,6 +107,8 @@ pub struct ResponseStep {
     /// A write to publish: a complete recording (a response with no body), or the refreshed
     /// metadata of a revalidated entry.
     pub publish: Option<Write>,
+    /// Resources (their keys) to remove: this was a successful unsafe request (RFC 9111 §4.4).
+    pub invalidate: Vec<String>,
     /// Replace the origin's answer (a 304 to our revalidation) with this local reply.
     pub respond: Option<OwnedReply>,
 }
@@ -121,6 +142,8 @@ enum State {
     /// Answered from the cache; our local reply passes back through the response callbacks
     /// and must be left alone.
     ServingHit,
+    /// A purge is running in the store; the request waits for its answer.
+    AwaitPurge,
     /// Sent to the origin; whether to record is decided on the response headers.
     Forwarded(Forward),
     /// Copying the response as it streams past.
@@ -177,6 +200,8 @@ struct Recording {
     expected_len: Option<u64>,
     /// The body bytes held, counted against the worker's budget until the recording ends.
     reservation: Reservation,
+    /// Tag sets (their keys) that will list this resource.
+    tags: Vec<String>,
 }
 
 pub struct Flow {
@@ -206,12 +231,44 @@ impl Flow {
         matches!(self.state, State::Recording(_))
     }
 
+    /// The store's answer to a purge: how many resources were removed, or why not.
+    pub fn handle_purge_reply(&mut self, result: Result<u64, StoreError>) -> OwnedReply {
+        if let Err(e) = result {
+            self.events.push(Event::StoreError(e));
+        } else {
+            self.events.push(Event::Purged);
+        }
+        self.state = State::ServingHit;
+        purge::purge_reply(result)
+    }
+
+    pub fn is_awaiting_purge(&self) -> bool {
+        matches!(self.state, State::AwaitPurge)
+    }
+
     /// True when the response being sent is our own local reply.
     pub fn is_serving_hit(&self) -> bool {
         matches!(self.state, State::ServingHit)
     }
 
     pub fn handle_request_headers(&mut self, now_ms: u64, req: RequestHead) -> RequestStep {
+        if req.method == purge::PURGE_METHOD {
+            self.events.push(Event::Bypass);
+            return match purge::purge_request(&self.cfg, &req) {
+                PurgeRequest::Refused(reply) => {
+                    self.state = State::ServingHit;
+                    RequestStep::Reply(reply)
+                }
+                PurgeRequest::Resources(keys) => {
+                    self.state = State::AwaitPurge;
+                    RequestStep::Purge(PurgeCommand::Resources(keys))
+                }
+                PurgeRequest::Tags(keys) => {
+                    self.state = State::AwaitPurge;
+                    RequestStep::Purge(PurgeCommand::Tags(keys))
+                }
+            };
+        }
         match policy::request_policy(&self.cfg, &req) {
             RequestPolicy::Lookup(method) => {
                 let primary = CacheKey::primary(&self.cfg, &req);
@@ -503,6 +560,14 @@ impl Flow {
         {
             return self.answer_revalidated(now_ms, fwd, *reval, resp);
         }
+        let invalidate = if source == Source::Envoy {
+            Vec::new()
+        } else {
+            purge::invalidation_targets(&self.cfg, &fwd.req, resp)
+        };
+        if !invalidate.is_empty() {
+            self.events.push(Event::Invalidated);
+        }
         let mut recording = None;
         if let Some(primary) = fwd.primary {
             let decision = match source {
@@ -527,6 +592,7 @@ impl Flow {
             cache_status,
             remove_header: policy::targeted_field(&self.cfg, resp).map(str::to_string),
             publish: None,
+            invalidate,
             respond: None,
         };
         if let Some(rec) = recording {
@@ -590,6 +656,7 @@ impl Flow {
                         keep: entry::prefix_len(reval.body.len()) as u64,
                         expected_len: at.value_len,
                     }),
+                    tags: Vec::new(),
                 });
             }
             Err(why) => self.events.push(Event::NotStored(why)),
@@ -615,6 +682,7 @@ impl Flow {
             cache_status: None,
             remove_header: None,
             publish,
+            invalidate: Vec::new(),
             respond: Some(OwnedReply {
                 status: meta.status,
                 headers,
@@ -695,6 +763,7 @@ impl Flow {
             variant,
             writer: EntryWriter::new(),
             reservation: Reservation::new(self.budget.clone()),
+            tags: purge::response_tags(&self.cfg, resp),
         }
     }
 
@@ -777,6 +846,7 @@ impl Flow {
             ttl_ms: rec.ttl_ms,
             entry,
             refresh: None,
+            tags: rec.tags,
         })
     }
 }

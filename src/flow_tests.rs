@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::SetCookiePolicy;
+use crate::store::webdis;
 use std::collections::HashMap;
 
 const T0: u64 = 1_700_000_000_000;
@@ -11,6 +12,8 @@ const T0: u64 = 1_700_000_000_000;
 #[derive(Default)]
 struct SimStore {
     values: HashMap<String, (Vec<u8>, u64)>,
+    /// Variants sets and tag sets.
+    sets: HashMap<String, Vec<String>>,
 }
 
 impl SimStore {
@@ -34,6 +37,9 @@ impl SimStore {
             }
             return;
         }
+        for tag in &w.tags {
+            self.sadd(tag, &w.key);
+        }
         match w.variant {
             None => {
                 self.values.insert(w.key, (w.entry, now + w.ttl_ms));
@@ -41,10 +47,44 @@ impl SimStore {
             Some(v) => {
                 let old = self.values.get(&w.key).map_or(0, |(_, e)| *e);
                 let exp = (now + w.ttl_ms).max(old);
+                self.sadd(&webdis::variants_set_key(&w.key), &v.key);
                 self.values.insert(w.key, (v.record, exp));
                 self.values.insert(v.key, (w.entry, now + w.ttl_ms));
             }
         }
+    }
+
+    fn sadd(&mut self, set: &str, member: &str) {
+        let s = self.sets.entry(set.to_string()).or_default();
+        if !s.iter().any(|m| m == member) {
+            s.push(member.to_string());
+        }
+    }
+
+    /// Same effect as `INVALIDATE`: returns how many resource keys existed.
+    fn invalidate(&mut self, keys: &[String]) -> u64 {
+        let mut n = 0;
+        for k in keys {
+            for v in self
+                .sets
+                .remove(&webdis::variants_set_key(k))
+                .unwrap_or_default()
+            {
+                self.values.remove(&v);
+            }
+            n += self.values.remove(k).is_some() as u64;
+        }
+        n
+    }
+
+    /// Same effect as `PURGE_TAGS`.
+    fn purge_tags(&mut self, tag_sets: &[String]) -> u64 {
+        let mut n = 0;
+        for t in tag_sets {
+            let members = self.sets.remove(t).unwrap_or_default();
+            n += self.invalidate(&members);
+        }
+        n
     }
 }
 
@@ -71,6 +111,8 @@ struct Seen {
     published: bool,
     /// Validators the flow added to the forwarded request.
     conditions: Vec<(String, String)>,
+    /// How many resources the response invalidated.
+    invalidated: usize,
 }
 
 impl Seen {
@@ -147,17 +189,34 @@ impl Harness {
             events: vec![],
             published: false,
             conditions: vec![],
+            invalidated: 0,
         };
         let now = self.now;
         let mut write = None;
+        let mut answered = false;
         let mut step = match flow.handle_request_headers(now, r) {
             RequestStep::Lookup(k) => {
                 seen.lookups += 1;
                 Some(k)
             }
             RequestStep::Continue => None,
+            RequestStep::Reply(reply) => {
+                answered = true;
+                seen.hit = Some((reply.status, reply.headers, reply.body));
+                None
+            }
+            RequestStep::Purge(p) => {
+                answered = true;
+                let n = match p {
+                    PurgeCommand::Resources(keys) => self.store.invalidate(&keys),
+                    PurgeCommand::Tags(keys) => self.store.purge_tags(&keys),
+                };
+                let reply = flow.handle_purge_reply(Ok(n));
+                seen.hit = Some((reply.status, reply.headers, reply.body));
+                None
+            }
         };
-        let mut forwarded = step.is_none();
+        let mut forwarded = step.is_none() && !answered;
         while let Some(key) = step.take() {
             let answer = store(&self.store, &key, now);
             let reply = answer.as_ref().map(|v| v.as_deref()).map_err(|e| *e);
@@ -200,6 +259,8 @@ impl Harness {
             let s = flow.handle_response_headers(now, &resp, no_body, source);
             seen.cache_status = s.cache_status;
             write = s.publish;
+            seen.invalidated = s.invalidate.len();
+            self.store.invalidate(&s.invalidate);
             if let Some(reply) = s.respond {
                 seen.hit = Some((reply.status, reply.headers, reply.body));
                 assert!(flow.is_serving_hit());
@@ -1020,4 +1081,141 @@ fn a_refresh_is_dropped_when_the_entry_changed_meanwhile() {
         body, b"newer body",
         "the refresh did not graft onto the new entry"
     );
+}
+
+fn purging_config() -> Config {
+    Config {
+        purge: crate::config::PurgeConfig {
+            token: Some("a-long-enough-purge-token".into()),
+            header: "x-purge-token".into(),
+        },
+        ..Config::default()
+    }
+}
+
+const TOKEN: (&str, &str) = ("x-purge-token", "a-long-enough-purge-token");
+
+#[test]
+fn rfc9111_4_4_unsafe_requests_invalidate_every_variant() {
+    let mut h = Harness::new(Config::default());
+    let varied = [("cache-control", "max-age=60"), ("vary", "accept")];
+    for accept in ["a", "b"] {
+        let r = req("GET", "/doc", &[("accept", accept)]);
+        assert!(h.run(r, &ok(&varied, &[accept.as_bytes()])).published);
+    }
+    let put = h.run(req("PUT", "/doc", &[]), &ok(&[], &[b"saved"]));
+    assert_eq!(put.invalidated, 1);
+    assert!(put.events.contains(&Event::Invalidated));
+    // A new variant written after the invalidation must not resurrect the old ones.
+    let a = h.run(
+        req("GET", "/doc", &[("accept", "a")]),
+        &ok(&varied, &[b"a2"]),
+    );
+    assert!(a.hit.is_none());
+    let b = h.run(
+        req("GET", "/doc", &[("accept", "b")]),
+        &ok(&varied, &[b"b2"]),
+    );
+    assert!(b.hit.is_none(), "the pre-PUT variant b is gone");
+    assert_eq!(
+        h.run(req("GET", "/doc", &[("accept", "b")]), &ok(&varied, &[]))
+            .body(),
+        b"b2"
+    );
+    // Errors invalidate nothing.
+    let failed = h.run(
+        req("DELETE", "/doc", &[]),
+        &Origin {
+            status: 500,
+            headers: &[],
+            chunks: &[],
+            end: End::Complete,
+        },
+    );
+    assert_eq!(failed.invalidated, 0);
+    assert!(
+        h.run(req("GET", "/doc", &[("accept", "b")]), &ok(&varied, &[]))
+            .hit
+            .is_some()
+    );
+}
+
+#[test]
+fn rfc9111_4_4_location_of_the_same_origin_is_invalidated() {
+    let mut h = Harness::new(Config::default());
+    h.run(req("GET", "/items/7", &[]), &ok(CACHEABLE, &[b"old"]));
+    let post = h.run(
+        req("POST", "/items", &[]),
+        &Origin {
+            status: 201,
+            headers: &[("location", "/items/7")],
+            chunks: &[],
+            end: End::Complete,
+        },
+    );
+    assert_eq!(post.invalidated, 2);
+    assert!(
+        h.run(req("GET", "/items/7", &[]), &ok(CACHEABLE, &[b"new"]))
+            .hit
+            .is_none()
+    );
+}
+
+#[test]
+fn purge_by_url_and_by_tag() {
+    let mut h = Harness::new(purging_config());
+    let tagged = |tags: &'static str| [("cache-control", "max-age=60"), ("surrogate-key", tags)];
+    h.run(req("GET", "/a", &[]), &ok(&tagged("red blue"), &[b"a"]));
+    h.run(req("GET", "/b", &[]), &ok(&tagged("blue"), &[b"b"]));
+    h.run(req("GET", "/c", &[]), &ok(&tagged("green"), &[b"c"]));
+    // By URL.
+    let s = h.run(req("PURGE", "/c", &[TOKEN]), &ok(&[], &[]));
+    let (status, _, body) = s.hit.unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"{\"purged\":1}\n"[..]));
+    assert!(
+        h.run(req("GET", "/c", &[]), &ok(CACHEABLE, &[b"c2"]))
+            .hit
+            .is_none()
+    );
+    // By tag: every resource carrying it.
+    let s = h.run(
+        req("PURGE", "/", &[TOKEN, ("x-purge-tags", "blue")]),
+        &ok(&[], &[]),
+    );
+    assert_eq!(s.hit.unwrap().2, b"{\"purged\":2}\n");
+    assert!(
+        h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"a2"]))
+            .hit
+            .is_none()
+    );
+    assert!(
+        h.run(req("GET", "/b", &[]), &ok(CACHEABLE, &[b"b2"]))
+            .hit
+            .is_none()
+    );
+    assert_eq!(
+        h.run(req("GET", "/c", &[]), &ok(CACHEABLE, &[])).body(),
+        b"c2"
+    );
+}
+
+#[test]
+fn purges_without_the_token_are_refused_and_change_nothing() {
+    let mut h = Harness::new(purging_config());
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"a"]));
+    for headers in [
+        &[][..],
+        &[("x-purge-token", "a-long-enough-purge-tokeX")][..],
+    ] {
+        let s = h.run(req("PURGE", "/a", headers), &ok(&[], &[]));
+        assert_eq!(s.hit.unwrap().0, 403);
+    }
+    assert!(
+        h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[]))
+            .hit
+            .is_some()
+    );
+    let mut off = Harness::new(Config::default());
+    let s = off.run(req("PURGE", "/a", &[TOKEN]), &ok(&[], &[]));
+    assert_eq!(s.hit.unwrap().0, 405, "purging disabled without a token");
 }

@@ -71,6 +71,21 @@ impl CacheKey {
     }
 }
 
+/// The Redis key of the set listing the resources that carry `tag` (purge by tag):
+/// `<namespace>:tag:<sha256 of tag>`.
+pub fn tag_set_key(namespace: &str, tag: &str) -> String {
+    let mut m = Material::default();
+    m.field(b"fleet-cache/tag/1");
+    m.field(namespace.as_bytes());
+    m.field(tag.as_bytes());
+    let digest = Sha256::digest(&m.0);
+    let mut key = String::with_capacity(namespace.len() + 5 + 64);
+    key.push_str(namespace);
+    key.push_str(":tag:");
+    push_hex(&mut key, &digest);
+    key
+}
+
 /// Length-prefixed fields, so `("ab","c")` and `("a","bc")` never encode alike.
 #[derive(Default)]
 struct Material(Vec<u8>);

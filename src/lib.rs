@@ -15,6 +15,7 @@ pub mod key;
 pub mod metrics;
 pub mod policy;
 pub mod publish;
+pub mod purge;
 pub mod range;
 pub mod revalidate;
 pub mod store;

@@ -19,6 +19,8 @@ pub enum Counter {
     RecordingsAborted,
     RecordingsOverBudget,
     Revalidations,
+    Purges,
+    Invalidations,
     Published,
     PublishFailures,
     PublishRetries,
@@ -27,7 +29,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::Misses,
@@ -40,6 +42,8 @@ impl Counter {
         Counter::RecordingsAborted,
         Counter::RecordingsOverBudget,
         Counter::Revalidations,
+        Counter::Purges,
+        Counter::Invalidations,
         Counter::Published,
         Counter::PublishFailures,
         Counter::PublishRetries,
@@ -61,6 +65,8 @@ impl Counter {
             Counter::RecordingsAborted => "fleet_cache_recordings_aborted",
             Counter::RecordingsOverBudget => "fleet_cache_recordings_over_budget",
             Counter::Revalidations => "fleet_cache_revalidations",
+            Counter::Purges => "fleet_cache_purges",
+            Counter::Invalidations => "fleet_cache_invalidations",
             Counter::Published => "fleet_cache_published",
             Counter::PublishFailures => "fleet_cache_publish_failures",
             Counter::PublishRetries => "fleet_cache_publish_retries",
@@ -89,6 +95,8 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::RecordingAborted => &[Counter::RecordingsAborted],
         Event::RecordingOverBudget => &[Counter::RecordingsOverBudget],
         Event::Revalidated => &[Counter::Revalidations],
+        Event::Purged => &[Counter::Purges],
+        Event::Invalidated => &[Counter::Invalidations],
     }
 }
 

@@ -4,7 +4,7 @@
 //! Pure bookkeeping; the root context sends what [`PublishQueue::next_to_send`] gives and reports each
 //! answer to [`PublishQueue::answered`].
 
-use crate::store::Write;
+use crate::store::StoreWrite;
 use std::collections::{HashMap, VecDeque};
 
 /// Writes per VM in flight at once: enough to keep the store busy, few enough that a burst of
@@ -13,7 +13,7 @@ pub const MAX_IN_FLIGHT: usize = 16;
 
 #[derive(Debug)]
 pub struct Job {
-    pub write: Write,
+    pub write: StoreWrite,
     /// 0 for the first try, 1 for the retry.
     pub attempt: u8,
 }
@@ -51,8 +51,8 @@ impl PublishQueue {
     }
 
     /// Queues a write; false (and the write dropped) when the queue is full.
-    pub fn push(&mut self, write: Write) -> bool {
-        let size = write.entry.len();
+    pub fn push(&mut self, write: StoreWrite) -> bool {
+        let size = write.size();
         if self.held_bytes + size > self.max_bytes {
             return false;
         }
@@ -87,7 +87,7 @@ impl PublishQueue {
     }
 
     fn settle(&mut self, mut job: Job, ok: bool) -> Outcome {
-        let size = job.write.entry.len();
+        let size = job.write.size();
         if ok {
             self.held_bytes -= size;
             Outcome::Published(size)
@@ -117,14 +117,23 @@ impl PublishQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Write;
 
-    fn write(key: &str, size: usize) -> Write {
-        Write {
+    fn write(key: &str, size: usize) -> StoreWrite {
+        StoreWrite::Entry(Write {
             key: key.into(),
             variant: None,
             ttl_ms: 1000,
             entry: vec![0; size],
             refresh: None,
+            tags: vec![],
+        })
+    }
+
+    fn key_of(job: &Job) -> &str {
+        match &job.write {
+            StoreWrite::Entry(w) => &w.key,
+            StoreWrite::Invalidate(keys) => &keys[0],
         }
     }
 
@@ -148,10 +157,10 @@ mod tests {
         q.sent(1, a);
         assert_eq!(q.answered(1, false), Outcome::Retrying);
         let again = q.next_to_send().unwrap();
-        assert_eq!(again.write.key, "a");
+        assert_eq!(key_of(&again), "a");
         assert_eq!(again.attempt, 1);
         assert_eq!(q.not_sent(again), Outcome::Failed);
-        assert_eq!(q.next_to_send().unwrap().write.key, "b");
+        assert_eq!(key_of(&q.next_to_send().unwrap()), "b");
     }
 
     #[test]
@@ -181,6 +190,16 @@ mod tests {
         q.answered(0, true);
         assert!(q.wants_tick());
         assert!(q.next_to_send().is_some());
+    }
+
+    #[test]
+    fn invalidations_are_queued_like_entries() {
+        let mut q = PublishQueue::new(100);
+        assert!(q.push(StoreWrite::Invalidate(vec!["ns:a".into()])));
+        let job = q.next_to_send().unwrap();
+        assert_eq!(key_of(&job), "ns:a");
+        q.sent(1, job);
+        assert_eq!(q.answered(1, true), Outcome::Published(4));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::metrics::Counter;
 use crate::publish::{Outcome, PublishQueue};
-use crate::store::webdis;
+use crate::store::{StoreWrite, webdis};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,7 +35,8 @@ impl Context for CacheRoot {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        let result = webdis::parse_put(status, &body);
+        // Entries answer 1, invalidations a count: either way an integer.
+        let result = webdis::parse_count(status, &body);
         debug!("fleet-cache: publish answer {status:?}: {result:?}");
         let outcome = shared.queue.borrow_mut().answered(token, result.is_ok());
         match outcome {
@@ -119,13 +120,24 @@ impl CacheRoot {
             let Some(job) = shared.queue.borrow_mut().next_to_send() else {
                 break;
             };
-            let callout = webdis::put(&job.write);
-            debug!(
-                "fleet-cache: publishing {} ({} bytes, attempt {})",
-                job.write.key,
-                job.write.entry.len(),
-                job.attempt
-            );
+            let (callout, body) = match &job.write {
+                StoreWrite::Entry(w) => {
+                    debug!(
+                        "fleet-cache: publishing {} ({} bytes, attempt {})",
+                        w.key,
+                        w.entry.len(),
+                        job.attempt
+                    );
+                    (webdis::put(w), Some(w.entry.as_slice()))
+                }
+                StoreWrite::Invalidate(keys) => {
+                    debug!(
+                        "fleet-cache: invalidating {keys:?} (attempt {})",
+                        job.attempt
+                    );
+                    (webdis::invalidate(keys), None)
+                }
+            };
             let sent = self.dispatch_http_call(
                 &cfg.store.cluster,
                 vec![
@@ -133,7 +145,7 @@ impl CacheRoot {
                     (":path", &callout.path),
                     (":authority", &cfg.store.authority),
                 ],
-                Some(&job.write.entry),
+                body,
                 vec![],
                 Duration::from_millis(cfg.store.publish_timeout_ms),
             );

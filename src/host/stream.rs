@@ -3,10 +3,10 @@
 //! queue.
 
 use super::{Shared, unix_ms, utf8_pairs};
-use crate::flow::{Flow, LookupStep, RequestStep, Source};
+use crate::flow::{Flow, LookupStep, OwnedReply, PurgeCommand, RequestStep, Source};
 use crate::http::{RequestHead, ResponseHead};
 use crate::metrics::{self, Counter};
-use crate::store::{StoreError, Write, webdis};
+use crate::store::{StoreError, StoreWrite, webdis};
 use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -61,6 +61,36 @@ impl CacheStream {
         .is_ok()
     }
 
+    /// Sends a purge; returns false when it could not even be dispatched.
+    fn dispatch_purge(&self, purge: &PurgeCommand) -> bool {
+        let cfg = &self.shared.config;
+        let callout = match purge {
+            PurgeCommand::Resources(keys) => webdis::invalidate(keys),
+            PurgeCommand::Tags(keys) => webdis::purge_tags(keys),
+        };
+        self.dispatch_http_call(
+            &cfg.store.cluster,
+            vec![
+                (":method", callout.method),
+                (":path", &callout.path),
+                (":authority", &cfg.store.authority),
+            ],
+            None,
+            vec![],
+            Duration::from_millis(cfg.store.publish_timeout_ms),
+        )
+        .is_ok()
+    }
+
+    fn send_owned(&self, reply: &OwnedReply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.send_http_response(reply.status as u32, headers, Some(&reply.body));
+    }
+
     /// Carries out a lookup step. Returns true when the request stays paused.
     fn proceed(&mut self, step: LookupStep<'_>) -> bool {
         match step {
@@ -92,7 +122,7 @@ impl CacheStream {
         }
     }
 
-    fn publish(&self, write: Write) {
+    fn publish(&self, write: StoreWrite) {
         let pushed = self.shared.queue.borrow_mut().push(write);
         if pushed {
             // Wake the root: it sends the write from its own context on the next tick.
@@ -111,6 +141,14 @@ impl Context for CacheStream {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
+        if self.flow.is_awaiting_purge() {
+            let reply = self
+                .flow
+                .handle_purge_reply(webdis::parse_count(status, &body));
+            self.send_owned(&reply);
+            self.count_events();
+            return;
+        }
         let reply = webdis::parse_get(status, &body);
         if let Err(e) = reply {
             debug!("fleet-cache: lookup failed: {e:?} (status {status:?})");
@@ -150,6 +188,17 @@ impl HttpContext for CacheStream {
                 }
             }
             RequestStep::Continue => Action::Continue,
+            RequestStep::Reply(reply) => {
+                self.send_owned(&reply);
+                Action::Pause
+            }
+            RequestStep::Purge(purge) => {
+                if !self.dispatch_purge(&purge) {
+                    let reply = self.flow.handle_purge_reply(Err(StoreError::Dispatch));
+                    self.send_owned(&reply);
+                }
+                Action::Pause
+            }
         };
         self.count_events();
         action
@@ -187,18 +236,16 @@ impl HttpContext for CacheStream {
             self.set_http_response_header(&name, None);
         }
         if let Some(write) = step.publish {
-            self.publish(write);
+            self.publish(StoreWrite::Entry(write));
+        }
+        if !step.invalidate.is_empty() {
+            self.publish(StoreWrite::Invalidate(step.invalidate));
         }
         self.count_events();
         if let Some(reply) = step.respond {
             // The origin's 304 is replaced by the stored response: Envoy sends this local reply
             // straight to the client (the response has not started downstream yet).
-            let headers: Vec<(&str, &str)> = reply
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            self.send_http_response(reply.status as u32, headers, Some(&reply.body));
+            self.send_owned(&reply);
             return Action::Pause;
         }
         Action::Continue
@@ -224,7 +271,7 @@ impl HttpContext for CacheStream {
             Vec::new()
         };
         if let Some(write) = self.flow.handle_response_body(&chunk, end_of_stream) {
-            self.publish(write);
+            self.publish(StoreWrite::Entry(write));
         }
         self.count_events();
         Action::Continue

@@ -52,6 +52,28 @@ pub struct Write {
     /// Set when revalidation (a 304) refreshed the metadata of a stored entry: the store keeps
     /// the entry's header and body, which never cross the network again, and swaps the tail.
     pub refresh: Option<Refresh>,
+    /// Keys of the tag sets (purge by tag) that list this resource.
+    pub tags: Vec<String>,
+}
+
+/// Something the root context writes to the store after a response, off the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreWrite {
+    /// An entry (or a refresh of one).
+    Entry(Write),
+    /// Resources to remove (their keys): a non-error answer to an unsafe method changed them
+    /// (RFC 9111 §4.4).
+    Invalidate(Vec<String>),
+}
+
+impl StoreWrite {
+    /// Bytes held while queued.
+    pub fn size(&self) -> usize {
+        match self {
+            StoreWrite::Entry(w) => w.entry.len(),
+            StoreWrite::Invalidate(keys) => keys.iter().map(String::len).sum(),
+        }
+    }
 }
 
 /// Which stored value a metadata refresh applies to.

@@ -44,19 +44,51 @@ pub fn get(key: &str) -> Callout {
     }
 }
 
-/// One entry with its TTL. ARGV[2] (the entry) is the PUT body.
-const SET_ONE: &str = "redis.call('SET',KEYS[1],ARGV[2],'PX',ARGV[1]) return 1";
-
-/// A variant and the variants record of its resource, in one atomic step. The record lives at
-/// least as long as the longest variant written through it, so no variant is orphaned early.
-/// ARGV: ttl ms, the record (hex: it travels in the URL), the entry (the PUT body).
-const SET_VARIANT: &str = "local t=tonumber(ARGV[1]) \
-local p=redis.call('PTTL',KEYS[1]) \
-if p>t then t=p end \
-local r=string.gsub(ARGV[2],'..',function(h) return string.char(tonumber(h,16)) end) \
-redis.call('SET',KEYS[1],r,'PX',t) \
-redis.call('SET',KEYS[2],ARGV[3],'PX',ARGV[1]) \
+/// One entry, atomically with everything that must find it later. KEYS: the resource's key,
+/// then for a variant its own key and the resource's variants set, then the tag sets. ARGV:
+/// ttl ms, "1" for a variant else "0", the variants record in hex (it travels in the URL; "-"
+/// without variant), the entry (the PUT body).
+///
+/// The variants record and set live at least as long as the longest variant written through
+/// them, so no variant is orphaned early; a tag set lists the resource keys carrying the tag.
+const SET_ENTRY: &str = "local t=tonumber(ARGV[1]) \
+local n=1 \
+if ARGV[2]=='1' then \
+local rt=t local p=redis.call('PTTL',KEYS[1]) if p>rt then rt=p end \
+local r=string.gsub(ARGV[3],'..',function(h) return string.char(tonumber(h,16)) end) \
+redis.call('SET',KEYS[1],r,'PX',rt) \
+redis.call('SET',KEYS[2],ARGV[4],'PX',t) \
+redis.call('SADD',KEYS[3],KEYS[2]) \
+if redis.call('PTTL',KEYS[3])<rt then redis.call('PEXPIRE',KEYS[3],rt) end \
+n=3 \
+else redis.call('SET',KEYS[1],ARGV[4],'PX',t) end \
+for i=n+1,#KEYS do redis.call('SADD',KEYS[i],KEYS[1]) \
+if redis.call('PTTL',KEYS[i])<t then redis.call('PEXPIRE',KEYS[i],t) end end \
 return 1";
+
+/// Removes resources, each given as its key and its variants set: every variant in the set,
+/// the set, and the key (an entry or a variants record). Returns how many resource keys
+/// existed.
+const INVALIDATE: &str = "local n=0 \
+for i=1,#KEYS,2 do \
+for _,k in ipairs(redis.call('SMEMBERS',KEYS[i+1])) do redis.call('DEL',k) end \
+n=n+redis.call('DEL',KEYS[i]) redis.call('DEL',KEYS[i+1]) end \
+return n";
+
+/// Removes every resource listed in the tag sets (KEYS), with their variants (the set at
+/// `<resource key>:v`), and the tag sets. Returns how many resource keys existed.
+const PURGE_TAGS: &str = "local n=0 \
+for _,t in ipairs(KEYS) do \
+for _,p in ipairs(redis.call('SMEMBERS',t)) do \
+for _,k in ipairs(redis.call('SMEMBERS',p..':v')) do redis.call('DEL',k) end \
+n=n+redis.call('DEL',p) redis.call('DEL',p..':v') end \
+redis.call('DEL',t) end \
+return n";
+
+/// The key of a resource's variants set.
+pub fn variants_set_key(resource_key: &str) -> String {
+    format!("{resource_key}:v")
+}
 
 /// A metadata refresh: keeps the first ARGV[2] bytes (format header and body) of the entry
 /// at the last key and appends the new tail (the PUT body), if the value still has the length
@@ -93,23 +125,25 @@ pub fn put(write: &Write) -> Callout {
             path,
         };
     }
+    encode_arg(&mut path, SET_ENTRY.as_bytes());
+    let fixed = if write.variant.is_some() { 3 } else { 1 };
+    path.push_str(&format!("/{}/", fixed + write.tags.len()));
+    encode_arg(&mut path, write.key.as_bytes());
+    if let Some(v) = &write.variant {
+        path.push('/');
+        encode_arg(&mut path, v.key.as_bytes());
+        path.push('/');
+        encode_arg(&mut path, variants_set_key(&write.key).as_bytes());
+    }
+    for tag in &write.tags {
+        path.push('/');
+        encode_arg(&mut path, tag.as_bytes());
+    }
+    path.push_str(&format!("/{}/", write.ttl_ms));
     match &write.variant {
-        None => {
-            encode_arg(&mut path, SET_ONE.as_bytes());
-            path.push_str("/1/");
-            encode_arg(&mut path, write.key.as_bytes());
-            path.push('/');
-            path.push_str(&write.ttl_ms.to_string());
-        }
+        None => path.push_str("0/-"),
         Some(v) => {
-            encode_arg(&mut path, SET_VARIANT.as_bytes());
-            path.push_str("/2/");
-            encode_arg(&mut path, write.key.as_bytes());
-            path.push('/');
-            encode_arg(&mut path, v.key.as_bytes());
-            path.push('/');
-            path.push_str(&write.ttl_ms.to_string());
-            path.push('/');
+            path.push_str("1/");
             const HEX: &[u8; 16] = b"0123456789abcdef";
             for b in &v.record {
                 path.push(HEX[(b >> 4) as usize] as char);
@@ -171,6 +205,56 @@ pub fn parse_get(status: Option<u16>, body: &[u8]) -> Result<Option<&[u8]>, Stor
     }
 }
 
+/// `INVALIDATE` for resources (their keys); the answer is a count ([`parse_count`]).
+pub fn invalidate(resource_keys: &[String]) -> Callout {
+    let mut path = String::with_capacity(256);
+    path.push_str("/EVAL/");
+    encode_arg(&mut path, INVALIDATE.as_bytes());
+    path.push_str(&format!("/{}", 2 * resource_keys.len()));
+    for k in resource_keys {
+        path.push('/');
+        encode_arg(&mut path, k.as_bytes());
+        path.push('/');
+        encode_arg(&mut path, variants_set_key(k).as_bytes());
+    }
+    path.push_str(".raw");
+    Callout {
+        method: "GET",
+        path,
+    }
+}
+
+/// `PURGE_TAGS` for tag sets (their keys); the answer is a count ([`parse_count`]).
+pub fn purge_tags(tag_set_keys: &[String]) -> Callout {
+    let mut path = String::with_capacity(256);
+    path.push_str("/EVAL/");
+    encode_arg(&mut path, PURGE_TAGS.as_bytes());
+    path.push_str(&format!("/{}", tag_set_keys.len()));
+    for k in tag_set_keys {
+        path.push('/');
+        encode_arg(&mut path, k.as_bytes());
+    }
+    path.push_str(".raw");
+    Callout {
+        method: "GET",
+        path,
+    }
+}
+
+/// Parses an integer answer (`:<n>`).
+pub fn parse_count(status: Option<u16>, body: &[u8]) -> Result<u64, StoreError> {
+    check_status(status)?;
+    let digits = body
+        .strip_prefix(b":")
+        .and_then(|b| b.strip_suffix(b"\r\n"))
+        .ok_or(StoreError::Garbage)?;
+    std::str::from_utf8(digits)
+        .ok()
+        .filter(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
+        .ok_or(StoreError::Garbage)
+}
+
 /// Parses the answer to [`put`]: the scripts return the integer 1.
 pub fn parse_put(status: Option<u16>, body: &[u8]) -> Result<(), StoreError> {
     check_status(status)?;
@@ -204,11 +288,21 @@ mod tests {
             ttl_ms: 5000,
             entry: vec![1, 2],
             refresh: None,
+            tags: vec![],
         };
         let c = put(&w);
         assert_eq!(c.method, "PUT");
-        assert!(c.path.starts_with("/EVAL/redis%2Ecall"));
-        assert!(c.path.ends_with("/1/ns%3Ak/5000.raw"), "{}", c.path);
+        assert!(c.path.starts_with("/EVAL/local%20t"));
+        assert!(c.path.ends_with("/1/ns%3Ak/5000/0/-.raw"), "{}", c.path);
+        let tagged = Write {
+            tags: vec!["ns:tag:1".into()],
+            ..w.clone()
+        };
+        assert!(
+            put(&tagged)
+                .path
+                .ends_with("/2/ns%3Ak/ns%3Atag%3A1/5000/0/-.raw")
+        );
         let w = Write {
             variant: Some(VariantWrite {
                 key: "ns:v".into(),
@@ -216,7 +310,11 @@ mod tests {
             }),
             ..w
         };
-        assert!(put(&w).path.ends_with("/2/ns%3Ak/ns%3Av/5000/00ab.raw"));
+        let p = put(&w).path;
+        assert!(
+            p.ends_with("/3/ns%3Ak/ns%3Av/ns%3Ak%3Av/5000/1/00ab.raw"),
+            "{p}"
+        );
         let refresh = Some(Refresh {
             keep: 106,
             expected_len: 150,
@@ -234,6 +332,25 @@ mod tests {
         })
         .path;
         assert!(p.ends_with("/1/ns%3Ak/5000/106/150.raw"), "{p}");
+    }
+
+    #[test]
+    fn invalidation_and_purge_paths() {
+        let c = invalidate(&["ns:a".into(), "ns:b".into()]);
+        assert_eq!(c.method, "GET");
+        assert!(
+            c.path
+                .ends_with("/4/ns%3Aa/ns%3Aa%3Av/ns%3Ab/ns%3Ab%3Av.raw"),
+            "{}",
+            c.path
+        );
+        let c = purge_tags(&["ns:tag:x".into()]);
+        assert!(c.path.ends_with("/1/ns%3Atag%3Ax.raw"), "{}", c.path);
+        assert_eq!(parse_count(Some(200), b":12\r\n"), Ok(12));
+        for bad in [&b":\r\n"[..], b":-1\r\n", b"12", b"$1\r\n1\r\n"] {
+            assert_eq!(parse_count(Some(200), bad), Err(StoreError::Garbage));
+        }
+        assert_eq!(parse_count(Some(503), b""), Err(StoreError::Unavailable));
     }
 
     #[test]
