@@ -14,7 +14,8 @@ pub enum Precondition {
 }
 
 /// Evaluates `If-None-Match` (weak comparison, RFC 9110 §13.1.2) and, only without it,
-/// `If-Modified-Since` (§13.1.3) against the stored headers, for GET and HEAD.
+/// `If-Modified-Since` (§13.1.3) against the stored headers, for GET and HEAD. The caller
+/// applies it only to a stored 2xx: preconditions are ignored for other answers (§13.2.1).
 pub fn evaluate(req: &RequestHead, stored: &[(String, String)]) -> Precondition {
     let stored_header = |name: &str| {
         stored
@@ -23,10 +24,8 @@ pub fn evaluate(req: &RequestHead, stored: &[(String, String)]) -> Precondition 
             .map(|(_, v)| v.as_str())
     };
     if req.has("if-none-match") {
-        let Some(etag) = stored_header("etag") else {
-            return Precondition::Send;
-        };
-        let current = opaque(etag);
+        // `*` matches any current representation, with or without an ETag.
+        let current = stored_header("etag").and_then(opaque);
         let matched = req.values("if-none-match").any(|v| {
             v.trim() == "*"
                 || split_etags(v)
@@ -143,6 +142,10 @@ mod tests {
         assert_eq!(
             eval(&[("if-none-match", "\"v1\"")], &[]),
             Precondition::Send
+        );
+        assert_eq!(
+            eval(&[("if-none-match", "*")], &[]),
+            Precondition::NotModified
         );
         assert_eq!(
             eval(&[("if-none-match", "\"a,b\"")], &[("etag", "\"a,b\"")]),

@@ -429,30 +429,32 @@ impl Flow {
         let upstream_status = take_header(&mut stored, "cache-status");
         let ours = cache_status::hit(&self.cfg.cache_name, freshness.ttl_s());
         let ours = cache_status::append(upstream_status.as_deref(), &ours);
-        let (status, mut headers, body) =
-            if conditional::evaluate(&lookup.req, &stored) == Precondition::NotModified {
-                (304, conditional::not_modified_headers(&stored), &body[..0])
-            } else {
-                match range {
-                    RangeAnswer::Partial { first, last } => {
-                        let len = body.len();
-                        stored.push((
-                            "content-range".into(),
-                            format!("bytes {first}-{last}/{len}"),
-                        ));
-                        (206, stored, &body[first as usize..=last as usize])
-                    }
-                    RangeAnswer::Unsatisfiable => {
-                        let len = body.len();
-                        let mut h = vec![("content-range".to_string(), format!("bytes */{len}"))];
-                        h.extend(stored.into_iter().filter(|(n, _)| {
-                            !matches!(n.as_str(), "content-type" | "content-encoding")
-                        }));
-                        (416, h, &body[..0])
-                    }
-                    RangeAnswer::Full | RangeAnswer::Multiple => (meta.status, stored, body),
+        // RFC 9110 §13.2.1: preconditions apply only to a 2xx answer.
+        let (status, mut headers, body) = if (200..300).contains(&meta.status)
+            && conditional::evaluate(&lookup.req, &stored) == Precondition::NotModified
+        {
+            (304, conditional::not_modified_headers(&stored), &body[..0])
+        } else {
+            match range {
+                RangeAnswer::Partial { first, last } => {
+                    let len = body.len();
+                    stored.push((
+                        "content-range".into(),
+                        format!("bytes {first}-{last}/{len}"),
+                    ));
+                    (206, stored, &body[first as usize..=last as usize])
                 }
-            };
+                RangeAnswer::Unsatisfiable => {
+                    let len = body.len();
+                    let mut h = vec![("content-range".to_string(), format!("bytes */{len}"))];
+                    h.extend(stored.into_iter().filter(|(n, _)| {
+                        !matches!(n.as_str(), "content-type" | "content-encoding")
+                    }));
+                    (416, h, &body[..0])
+                }
+                RangeAnswer::Full | RangeAnswer::Multiple => (meta.status, stored, body),
+            }
+        };
         headers.push(("cache-status".into(), ours));
         headers.push(("age".into(), freshness.age_s.to_string()));
         headers.push(("date".into(), policy::format_http_date(now_ms)));
