@@ -315,3 +315,29 @@ fn a_stale_entry_is_revalidated_and_a_304_answered_from_the_store() {
     assert_eq!(third.body, first.body);
     assert_eq!(s.origin().count("/reval"), 2);
 }
+
+#[test]
+fn a_changed_resource_answers_revalidation_with_200_and_replaces_the_entry() {
+    let s = Stack::start(StackOptions::default());
+    let path = "/changing?cc=max-age%3D1&etag=auto&unique=1";
+    let first = s.get(path, &[]);
+    assert_eq!(first.header("etag"), Some("\"v1\""));
+    wait_published(&s, 0, 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = s.get(path, &[]);
+    let asked = s.origin().last_request("/changing").unwrap();
+    assert_eq!(asked.header("if-none-match"), Some("\"v1\""), "revalidated");
+    assert_eq!(
+        cache_status(&second),
+        "fleet-cache; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(second.header("etag"), Some("\"v2\""));
+    assert_ne!(second.body, first.body);
+    wait_published(&s, 0, 2);
+    let third = s.get(path, &[]);
+    assert_hit(&third);
+    assert_eq!(
+        third.body, second.body,
+        "the new response replaced the entry"
+    );
+}

@@ -11,7 +11,7 @@
 //! | `expires=V`, `vary=V` | `Expires: V`, `Vary: V` |
 //! | `header=NAME:VALUE` | adds a header (repeatable) |
 //! | `setcookie=1` | `Set-Cookie: a=b` |
-//! | `etag=V` | `ETag: V`; a request whose `If-None-Match` lists V (or `*`) gets a 304 |
+//! | `etag=V` | `ETag: V`; a request whose `If-None-Match` lists V (or `*`) gets a 304; `etag=auto` is `"v<per-path count>"`: a new ETag every time, so revalidation gets a 200 |
 //! | `last_modified=V` | `Last-Modified: V`; an `If-Modified-Since` equal to V gets a 304 |
 //! | `ctype=V` | `Content-Type: V` |
 //! | `size=N` | body = [`binary_body`]`(path, N)`: N deterministic bytes, NULs and all byte values |
@@ -633,6 +633,7 @@ fn plan(req: &Request) -> Plan {
                 }
             }
             "setcookie" if v == "1" => extra.push(("Set-Cookie".into(), "a=b".into())),
+            "etag" if v == "auto" => extra.push(("ETag".into(), format!("\"v{}\"", req.count))),
             "etag" => extra.push(("ETag".into(), v.clone())),
             "last_modified" => extra.push(("Last-Modified".into(), v.clone())),
             "ctype" => ctype = v.clone(),
@@ -666,10 +667,14 @@ fn plan(req: &Request) -> Plan {
         }
     }
     // Conditional requests.
-    let etag = params
-        .iter()
-        .find(|(k, _)| k == "etag")
-        .map(|(_, v)| v.as_str());
+    let auto_etag = format!("\"v{}\"", req.count);
+    let etag = params.iter().find(|(k, _)| k == "etag").map(|(_, v)| {
+        if v == "auto" {
+            auto_etag.as_str()
+        } else {
+            v.as_str()
+        }
+    });
     let lm = params
         .iter()
         .find(|(k, _)| k == "last_modified")
