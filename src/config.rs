@@ -51,6 +51,17 @@ pub struct Config {
     /// tag; lower case. `None`: tags are not recorded.
     pub tag_header: Option<String>,
     pub purge: PurgeConfig,
+    pub memory: MemoryConfig,
+}
+
+/// The in-proxy tier (per worker): a small LRU in front of Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryConfig {
+    /// Bytes per worker; 0 turns the tier off.
+    pub max_bytes: usize,
+    /// How long a value read from Redis is used from memory at most: the bound on how late a
+    /// purge or a newer entry elsewhere in the fleet is seen here.
+    pub max_age_ms: u64,
 }
 
 /// Who may purge. Without a token, purging is disabled and PURGE requests are refused.
@@ -168,6 +179,23 @@ struct RawConfig {
     cache_name: String,
     tag_header: String,
     purge: RawPurge,
+    memory: RawMemory,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMemory {
+    max_bytes: u64,
+    max_age_ms: u64,
+}
+
+impl Default for RawMemory {
+    fn default() -> Self {
+        RawMemory {
+            max_bytes: 32 * 1024 * 1024,
+            max_age_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -207,6 +235,7 @@ impl Default for RawConfig {
             cache_name: "fleet-cache".into(),
             tag_header: "surrogate-key".into(),
             purge: RawPurge::default(),
+            memory: RawMemory::default(),
         }
     }
 }
@@ -255,7 +284,7 @@ impl Config {
             }
             let value: serde_json::Value =
                 serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
-            for section in ["store", "key", "purge"] {
+            for section in ["store", "key", "purge", "memory"] {
                 if value.get(section).is_some_and(|v| !v.is_object()) {
                     return Err(err(section, "must be a JSON object"));
                 }
@@ -444,6 +473,17 @@ impl RawConfig {
             }
             t => Some(t.to_string()),
         };
+        if self.memory.max_bytes > 1024 * 1024 * 1024 {
+            return Err(err(
+                "memory.max_bytes",
+                "must be at most 1073741824 (1 GiB per worker)",
+            ));
+        }
+        if self.memory.max_age_ms > 60_000 {
+            // Past a minute, purges and newer entries elsewhere stay invisible too long for
+            // "one cache for the fleet".
+            return Err(err("memory.max_age_ms", "must be at most 60000"));
+        }
         if self.cache_name.is_empty() || !is_header_name(&self.cache_name) {
             return Err(err(
                 "cache_name",
@@ -480,6 +520,10 @@ impl RawConfig {
             purge: PurgeConfig {
                 token,
                 header: self.purge.header.to_ascii_lowercase(),
+            },
+            memory: MemoryConfig {
+                max_bytes: self.memory.max_bytes as usize,
+                max_age_ms: self.memory.max_age_ms,
             },
         })
     }
@@ -586,6 +630,11 @@ mod tests {
             ),
             (r#"{"purge":{"header":""}}"#, "purge.header"),
             (r#"{"purge":"x"}"#, "purge"),
+            (r#"{"memory":{"max_age_ms":600000}}"#, "memory.max_age_ms"),
+            (
+                r#"{"memory":{"max_bytes":99999999999}}"#,
+                "memory.max_bytes",
+            ),
         ];
         for (json, field) in cases {
             let e = parse(json).unwrap_err();

@@ -14,6 +14,8 @@ pub const MAGIC: [u8; 4] = *b"FLCE";
 /// 2: `no_cache` and `must_revalidate` in the metadata.
 pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 6;
+/// Where the body starts in a stored value.
+pub const BODY_START: usize = HEADER_LEN;
 const TRAILER_LEN: usize = 8;
 
 /// What a stored value holds.

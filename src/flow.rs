@@ -11,6 +11,7 @@ use crate::config::{Config, Method};
 use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, VariantsMeta};
 use crate::http::{RequestHead, ResponseHead};
 use crate::key::{CacheKey, Vary};
+use crate::memory::{MemoryTier, Remembered};
 use crate::policy::{
     self, BypassReason, CacheControl, Exchange, NotStored, RequestPolicy, Reuse, Storable,
     StoredFreshness,
@@ -19,6 +20,7 @@ use crate::purge::{self, PurgeRequest};
 use crate::range::{self, RangeAnswer};
 use crate::revalidate;
 use crate::store::{Refresh, StoreError, VariantWrite, Write};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Something worth counting happened.
@@ -45,6 +47,8 @@ pub enum Event {
     RecordingAborted,
     /// A stale entry was confirmed by the origin (304) and served.
     Revalidated,
+    /// A hit served from the in-proxy tier (also counted as a hit).
+    MemoryHit,
     /// An operator's purge ran in the store.
     Purged,
     /// A successful unsafe request invalidated stored resources.
@@ -63,6 +67,9 @@ pub enum RequestStep {
     /// Run this purge in the store, hold the request, then answer with
     /// [`Flow::handle_purge_reply`].
     Purge(PurgeCommand),
+    /// The in-proxy tier had the answer (or part of it): carry this step out as if the store
+    /// had answered.
+    Decided(LookupStep<'static>),
 }
 
 /// A purge to run in the store on behalf of the request.
@@ -88,12 +95,53 @@ pub enum LookupStep<'b> {
     Continue,
 }
 
-/// A local reply built from an entry; the body borrows from the store's answer.
+/// A local reply built from an entry.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reply<'b> {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: &'b [u8],
+    pub body: Body<'b>,
+}
+
+/// A reply body without a copy: a slice of the store's answer, or of a value kept in the
+/// in-proxy tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body<'b> {
+    Borrowed(&'b [u8]),
+    /// The bytes `start..end` of a shared value.
+    Shared(Rc<[u8]>, usize, usize),
+}
+
+impl Body<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Borrowed(b) => b,
+            Body::Shared(v, start, end) => &v[*start..*end],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes `first..=last` of this body (positions already checked by the caller).
+    fn range(self, first: usize, last: usize) -> Self {
+        match self {
+            Body::Borrowed(b) => Body::Borrowed(&b[first..=last]),
+            Body::Shared(v, start, _) => Body::Shared(v, start + first, start + last + 1),
+        }
+    }
+
+    fn nothing(self) -> Self {
+        match self {
+            Body::Borrowed(b) => Body::Borrowed(&b[..0]),
+            Body::Shared(v, start, _) => Body::Shared(v, start, start),
+        }
+    }
 }
 
 /// What to do after the response headers.
@@ -190,6 +238,32 @@ struct Revalidation {
     _reservation: Reservation,
 }
 
+/// A value found for a key, decoded and borrowed from where it was found.
+enum Found<'b> {
+    Response {
+        meta: ResponseMeta,
+        body: Body<'b>,
+        value: Stored<'b>,
+        from_memory: bool,
+    },
+    Variants(VariantsMeta),
+}
+
+/// The whole stored value and where its body starts in it.
+enum Stored<'b> {
+    Borrowed(&'b [u8], usize),
+    Shared(Rc<[u8]>, usize),
+}
+
+impl Stored<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Stored::Borrowed(v, _) => v.len(),
+            Stored::Shared(v, _) => v.len(),
+        }
+    }
+}
+
 struct Recording {
     primary: CacheKey,
     variant: Option<(CacheKey, Vec<String>)>,
@@ -206,17 +280,33 @@ struct Recording {
 
 pub struct Flow {
     cfg: Rc<Config>,
-    budget: Rc<MemoryBudget>,
+    worker: Rc<Worker>,
     state: State,
     events: Vec<Event>,
 }
 
+/// What the flows of one worker VM share: the recording budget and the in-proxy tier.
+#[derive(Debug)]
+pub struct Worker {
+    pub budget: Rc<MemoryBudget>,
+    pub memory: RefCell<MemoryTier>,
+}
+
+impl Worker {
+    pub fn new(cfg: &Config) -> Rc<Worker> {
+        Rc::new(Worker {
+            budget: MemoryBudget::new(cfg.max_recording_bytes),
+            memory: RefCell::new(MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)),
+        })
+    }
+}
+
 impl Flow {
-    /// A flow for one request; `budget` is shared by every flow of the worker.
-    pub fn new(cfg: Rc<Config>, budget: Rc<MemoryBudget>) -> Flow {
+    /// A flow for one request; `worker` is shared by every flow of the worker VM.
+    pub fn new(cfg: Rc<Config>, worker: Rc<Worker>) -> Flow {
         Flow {
             cfg,
-            budget,
+            worker,
             state: State::Start,
             events: Vec::new(),
         }
@@ -260,10 +350,14 @@ impl Flow {
                     RequestStep::Reply(reply)
                 }
                 PurgeRequest::Resources(keys) => {
+                    self.forget(&keys);
                     self.state = State::AwaitPurge;
                     RequestStep::Purge(PurgeCommand::Resources(keys))
                 }
                 PurgeRequest::Tags(keys) => {
+                    // Which keys carry the tags only the store knows: this worker's tier
+                    // forgets everything (the others within its max age).
+                    self.worker.memory.borrow_mut().clear();
                     self.state = State::AwaitPurge;
                     RequestStep::Purge(PurgeCommand::Tags(keys))
                 }
@@ -273,13 +367,17 @@ impl Flow {
             RequestPolicy::Lookup(method) => {
                 let primary = CacheKey::primary(&self.cfg, &req);
                 let key = primary.redis_key.clone();
-                self.events.push(Event::Lookup);
-                self.state = State::AwaitPrimary(Lookup {
+                let lookup = Lookup {
                     req_cc: CacheControl::parse(req.values("cache-control")),
                     req,
                     method,
                     primary,
-                });
+                };
+                if let Some(found) = self.recall(&key, now_ms) {
+                    return RequestStep::Decided(self.handle_found(now_ms, lookup, None, found));
+                }
+                self.events.push(Event::Lookup);
+                self.state = State::AwaitPrimary(lookup);
                 RequestStep::Lookup(key)
             }
             RequestPolicy::Refresh(method) => {
@@ -355,17 +453,43 @@ impl Flow {
             self.events.push(Event::Miss);
             return self.forward(now_ms, lookup, miss, None);
         };
-        let decoded = match entry::decode(value) {
-            Ok(d) => d,
+        let found = match entry::decode(value) {
+            Ok(Decoded::Response { meta, body }) => {
+                let start = entry::BODY_START;
+                Found::Response {
+                    meta,
+                    body: Body::Borrowed(body),
+                    value: Stored::Borrowed(value, start),
+                    from_memory: false,
+                }
+            }
+            Ok(Decoded::Variants(v)) => Found::Variants(v),
             Err(e) => {
                 self.events.push(Event::CorruptEntry(e));
                 self.events.push(Event::Miss);
                 return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
             }
         };
+        self.handle_found(now_ms, lookup, variant, found)
+    }
+
+    /// A value for the current key, from the store or the in-proxy tier: check that it belongs
+    /// to this request's key, then follow a variants record or serve the response.
+    fn handle_found<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        variant: Option<CacheKey>,
+        found: Found<'b>,
+    ) -> LookupStep<'b> {
+        let miss = if variant.is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
         let expected = variant.as_ref().unwrap_or(&lookup.primary);
-        match decoded {
-            Decoded::Variants(v) if variant.is_none() => {
+        match found {
+            Found::Variants(v) if variant.is_none() => {
                 if v.key_material != lookup.primary.material || v.headers.is_empty() {
                     self.events.push(Event::KeyMismatch);
                     self.events.push(Event::Miss);
@@ -374,18 +498,35 @@ impl Flow {
                 let vkey = lookup
                     .primary
                     .variant(&self.cfg.namespace, &v.headers, &lookup.req);
+                self.remember(
+                    &lookup.primary.redis_key,
+                    Remembered::Variants(v),
+                    now_ms,
+                    u64::MAX,
+                );
                 let key = vkey.redis_key.clone();
+                if let Some(found) = self.recall(&key, now_ms) {
+                    return self.handle_found(now_ms, lookup, Some(vkey), found);
+                }
                 self.events.push(Event::Lookup);
                 self.state = State::AwaitVariant(lookup, vkey);
                 LookupStep::Lookup(key)
             }
-            Decoded::Response { meta, body } if meta.key_material == expected.material => {
+            Found::Response {
+                meta,
+                body,
+                value,
+                from_memory,
+            } if meta.key_material == expected.material => {
                 let stored = StoredAt {
                     entry_key: expected.redis_key.clone(),
                     record_key: variant.is_some().then(|| lookup.primary.redis_key.clone()),
                     value_len: value.len() as u64,
                 };
-                self.serve(now_ms, lookup, stored, meta, body)
+                if !from_memory {
+                    self.remember_response(&stored.entry_key, &meta, &value, now_ms);
+                }
+                self.serve(now_ms, lookup, stored, meta, body, from_memory)
             }
             _ => {
                 self.events.push(Event::KeyMismatch);
@@ -395,13 +536,78 @@ impl Flow {
         }
     }
 
+    /// The in-proxy tier's value for `key`, if it has one.
+    fn recall(&mut self, key: &str, now_ms: u64) -> Option<Found<'static>> {
+        let item = self.worker.memory.borrow_mut().get(key, now_ms)?;
+        Some(match item {
+            Remembered::Variants(v) => Found::Variants(v),
+            Remembered::Response {
+                meta,
+                value,
+                body_start,
+                body_end,
+            } => Found::Response {
+                meta,
+                body: Body::Shared(value.clone(), body_start, body_end),
+                value: Stored::Shared(value, body_start),
+                from_memory: true,
+            },
+        })
+    }
+
+    fn remember(&self, key: &str, item: Remembered, now_ms: u64, fresh_until_ms: u64) {
+        let mut memory = self.worker.memory.borrow_mut();
+        if memory.enabled() {
+            memory.insert(key, item, now_ms, fresh_until_ms);
+        }
+    }
+
+    /// Keeps a response read from the store in the in-proxy tier while it is fresh and usable
+    /// without validation (a copy of the value: only when the tier is on).
+    fn remember_response(&self, key: &str, meta: &ResponseMeta, value: &Stored<'_>, now_ms: u64) {
+        if !self.worker.memory.borrow().enabled() || meta.no_cache {
+            return;
+        }
+        // Fresh until (to the millisecond): stored at + the lifetime left when it was stored.
+        let fresh_until_ms = meta.stored_at_ms.saturating_add(
+            meta.lifetime_s
+                .saturating_sub(meta.initial_age_s)
+                .saturating_mul(1000),
+        );
+        if fresh_until_ms <= now_ms {
+            return;
+        }
+        let (shared, body_start) = match value {
+            Stored::Borrowed(v, start) => (Rc::<[u8]>::from(*v), *start),
+            Stored::Shared(v, start) => (v.clone(), *start),
+        };
+        let body_end = body_start + meta.body_len as usize;
+        let item = Remembered::Response {
+            meta: meta.clone(),
+            value: shared,
+            body_start,
+            body_end,
+        };
+        self.remember(key, item, now_ms, fresh_until_ms);
+    }
+
+    /// Forgets keys this worker removed from the store (other workers see it within the
+    /// tier's max age).
+    fn forget(&self, keys: &[String]) {
+        let mut memory = self.worker.memory.borrow_mut();
+        for k in keys {
+            memory.remove(k);
+        }
+    }
+
     fn serve<'b>(
         &mut self,
         now_ms: u64,
         lookup: Lookup,
         stored_at: StoredAt,
         meta: ResponseMeta,
-        body: &'b [u8],
+        body: Body<'b>,
+        from_memory: bool,
     ) -> LookupStep<'b> {
         let freshness = StoredFreshness {
             lifetime_s: meta.lifetime_s,
@@ -411,7 +617,7 @@ impl Flow {
         };
         if policy::reuse(freshness, &lookup.req_cc) == Reuse::Validate {
             self.events.push(Event::Miss);
-            return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body);
+            return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body.bytes());
         }
         // Several ranges make a multipart answer: the origin's to build.
         let ranged = lookup.method == Method::Get && meta.status == 200;
@@ -425,15 +631,25 @@ impl Flow {
             return self.forward(now_ms, lookup, Fwd::Bypass, Some("multiple-ranges"));
         }
         self.events.push(Event::Hit);
+        if from_memory {
+            self.events.push(Event::MemoryHit);
+        }
         let mut stored = meta.headers;
         let upstream_status = take_header(&mut stored, "cache-status");
-        let ours = cache_status::hit(&self.cfg.cache_name, freshness.ttl_s());
+        let mut ours = cache_status::hit(&self.cfg.cache_name, freshness.ttl_s());
+        if from_memory {
+            ours.push_str("; detail=memory");
+        }
         let ours = cache_status::append(upstream_status.as_deref(), &ours);
         // RFC 9110 §13.2.1: preconditions apply only to a 2xx answer.
         let (status, mut headers, body) = if (200..300).contains(&meta.status)
             && conditional::evaluate(&lookup.req, &stored) == Precondition::NotModified
         {
-            (304, conditional::not_modified_headers(&stored), &body[..0])
+            (
+                304,
+                conditional::not_modified_headers(&stored),
+                body.nothing(),
+            )
         } else {
             match range {
                 RangeAnswer::Partial { first, last } => {
@@ -442,7 +658,7 @@ impl Flow {
                         "content-range".into(),
                         format!("bytes {first}-{last}/{len}"),
                     ));
-                    (206, stored, &body[first as usize..=last as usize])
+                    (206, stored, body.range(first as usize, last as usize))
                 }
                 RangeAnswer::Unsatisfiable => {
                     let len = body.len();
@@ -450,7 +666,7 @@ impl Flow {
                     h.extend(stored.into_iter().filter(|(n, _)| {
                         !matches!(n.as_str(), "content-type" | "content-encoding")
                     }));
-                    (416, h, &body[..0])
+                    (416, h, body.nothing())
                 }
                 RangeAnswer::Full | RangeAnswer::Multiple => (meta.status, stored, body),
             }
@@ -484,7 +700,7 @@ impl Flow {
         let client_owns_conditions = ["if-none-match", "if-modified-since", "range"]
             .iter()
             .any(|h| lookup.req.has(h));
-        let mut reservation = Reservation::new(self.budget.clone());
+        let mut reservation = Reservation::new(self.worker.budget.clone());
         if conditions.is_empty()
             || client_owns_conditions
             || lookup.req_cc.only_if_cached
@@ -521,7 +737,7 @@ impl Flow {
                     "cache-status".into(),
                     cache_status::detail_only(&self.cfg.cache_name, "only-if-cached"),
                 )],
-                body: b"",
+                body: Body::Borrowed(b""),
             });
         }
         // A HEAD response has no body to record; only GETs fill the cache.
@@ -569,6 +785,7 @@ impl Flow {
         };
         if !invalidate.is_empty() {
             self.events.push(Event::Invalidated);
+            self.forget(&invalidate);
         }
         let mut recording = None;
         if let Some(primary) = fwd.primary {
@@ -764,7 +981,7 @@ impl Flow {
             primary,
             variant,
             writer: EntryWriter::new(),
-            reservation: Reservation::new(self.budget.clone()),
+            reservation: Reservation::new(self.worker.budget.clone()),
             tags: purge::response_tags(&self.cfg, resp),
         }
     }
@@ -826,6 +1043,11 @@ impl Flow {
             return None;
         }
         let entry = rec.writer.finish_response(rec.meta);
+        // This worker won't serve an older copy from memory once the new one is written.
+        self.forget(std::slice::from_ref(&rec.primary.redis_key));
+        if let Some((v, _)) = &rec.variant {
+            self.forget(std::slice::from_ref(&v.redis_key));
+        }
         let (key, variant) = match rec.variant {
             None => (rec.primary.redis_key, None),
             Some((vkey, headers)) => {

@@ -88,9 +88,17 @@ impl SimStore {
     }
 }
 
+/// A worker with this recording budget and an in-proxy tier of this many bytes (0: off).
+fn worker(budget: usize, memory_bytes: usize) -> Rc<Worker> {
+    Rc::new(Worker {
+        budget: MemoryBudget::new(budget),
+        memory: RefCell::new(MemoryTier::new(memory_bytes, 1_000)),
+    })
+}
+
 struct Harness {
     cfg: Rc<Config>,
-    budget: Rc<MemoryBudget>,
+    worker: Rc<Worker>,
     store: SimStore,
     now: u64,
 }
@@ -113,9 +121,47 @@ struct Seen {
     conditions: Vec<(String, String)>,
     /// How many resources the response invalidated.
     invalidated: usize,
+    /// The in-proxy tier decided the first step (no store read for the primary key).
+    memory_answered: bool,
 }
 
 impl Seen {
+    /// Carries out one lookup step the way the adapter would; returns the next key to read.
+    fn take_step(
+        &mut self,
+        flow: &mut Flow,
+        step: LookupStep<'_>,
+        now: u64,
+        forwarded: &mut bool,
+    ) -> Option<String> {
+        match step {
+            LookupStep::Lookup(k) => {
+                self.lookups += 1;
+                return Some(k);
+            }
+            LookupStep::Respond(reply) => {
+                self.hit = Some((reply.status, reply.headers, reply.body.bytes().to_vec()));
+                assert!(flow.is_serving_hit());
+                // Our own local reply comes back through the response callbacks.
+                let s = flow.handle_response_headers(
+                    now,
+                    &ResponseHead::default(),
+                    false,
+                    Source::Envoy,
+                );
+                assert_eq!(s, ResponseStep::default(), "local reply left alone");
+                assert!(!flow.wants_body());
+                assert_eq!(flow.handle_response_body(b"x", true), None);
+            }
+            LookupStep::Continue => *forwarded = true,
+            LookupStep::Revalidate(conditions) => {
+                self.conditions = conditions;
+                *forwarded = true;
+            }
+        }
+        None
+    }
+
     fn hit_header(&self, name: &str) -> Option<&str> {
         self.hit
             .as_ref()?
@@ -159,9 +205,10 @@ fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
 
 impl Harness {
     fn new(cfg: Config) -> Harness {
+        // The in-proxy tier is off unless a test turns it on: most tests poke the store.
         Harness {
+            worker: worker(usize::MAX, 0),
             cfg: Rc::new(cfg),
-            budget: MemoryBudget::new(usize::MAX),
             store: SimStore::default(),
             now: T0,
         }
@@ -181,7 +228,7 @@ impl Harness {
         source: Source,
         store: impl Fn(&SimStore, &str, u64) -> Result<Option<Vec<u8>>, StoreError>,
     ) -> Seen {
-        let mut flow = Flow::new(self.cfg.clone(), self.budget.clone());
+        let mut flow = Flow::new(self.cfg.clone(), self.worker.clone());
         let mut seen = Seen {
             lookups: 0,
             hit: None,
@@ -190,11 +237,18 @@ impl Harness {
             published: false,
             conditions: vec![],
             invalidated: 0,
+            memory_answered: false,
         };
         let now = self.now;
         let mut write = None;
         let mut answered = false;
+        let mut decided = None;
         let mut step = match flow.handle_request_headers(now, r) {
+            RequestStep::Decided(d) => {
+                seen.memory_answered = true;
+                decided = Some(d);
+                None
+            }
             RequestStep::Lookup(k) => {
                 seen.lookups += 1;
                 Some(k)
@@ -216,35 +270,15 @@ impl Harness {
                 None
             }
         };
-        let mut forwarded = step.is_none() && !answered;
+        let mut forwarded = step.is_none() && !answered && decided.is_none();
+        if let Some(d) = decided {
+            step = seen.take_step(&mut flow, d, now, &mut forwarded);
+        }
         while let Some(key) = step.take() {
             let answer = store(&self.store, &key, now);
             let reply = answer.as_ref().map(|v| v.as_deref()).map_err(|e| *e);
-            match flow.handle_store_reply(now, reply) {
-                LookupStep::Lookup(k) => {
-                    seen.lookups += 1;
-                    step = Some(k);
-                }
-                LookupStep::Respond(reply) => {
-                    seen.hit = Some((reply.status, reply.headers, reply.body.to_vec()));
-                    assert!(flow.is_serving_hit());
-                    // Our own local reply comes back through the response callbacks.
-                    let s = flow.handle_response_headers(
-                        now,
-                        &ResponseHead::default(),
-                        false,
-                        Source::Envoy,
-                    );
-                    assert_eq!(s, ResponseStep::default(), "local reply left alone");
-                    assert!(!flow.wants_body());
-                    assert_eq!(flow.handle_response_body(b"x", true), None);
-                }
-                LookupStep::Continue => forwarded = true,
-                LookupStep::Revalidate(conditions) => {
-                    seen.conditions = conditions;
-                    forwarded = true;
-                }
-            }
+            let next = flow.handle_store_reply(now, reply);
+            step = seen.take_step(&mut flow, next, now, &mut forwarded);
         }
         if forwarded {
             let resp = ResponseHead {
@@ -684,7 +718,7 @@ fn bypasses_and_refreshes() {
 #[test]
 fn chunk_boundaries_are_recorded() {
     let mut h = Harness::new(Config::default());
-    let mut flow = Flow::new(h.cfg.clone(), MemoryBudget::new(usize::MAX));
+    let mut flow = Flow::new(h.cfg.clone(), worker(usize::MAX, 0));
     let RequestStep::Lookup(_) = flow.handle_request_headers(T0, req("GET", "/a", &[])) else {
         panic!()
     };
@@ -709,7 +743,7 @@ fn chunk_boundaries_are_recorded() {
 #[test]
 fn late_store_answers_are_ignored() {
     let cfg = Rc::new(Config::default());
-    let mut flow = Flow::new(cfg, MemoryBudget::new(usize::MAX));
+    let mut flow = Flow::new(cfg, worker(usize::MAX, 0));
     assert_eq!(
         flow.handle_store_reply(T0, Ok(Some(b"x"))),
         LookupStep::Continue
@@ -731,9 +765,9 @@ fn head_with_no_cache_never_creates_a_get_entry() {
 #[test]
 fn recordings_share_a_worker_budget() {
     let mut h = Harness::new(Config::default());
-    h.budget = MemoryBudget::new(8);
-    let mut first = Flow::new(h.cfg.clone(), h.budget.clone());
-    let mut second = Flow::new(h.cfg.clone(), h.budget.clone());
+    h.worker = worker(8, 0);
+    let mut first = Flow::new(h.cfg.clone(), h.worker.clone());
+    let mut second = Flow::new(h.cfg.clone(), h.worker.clone());
     let resp = ResponseHead {
         status: 200,
         headers: vec![("cache-control".into(), "max-age=60".into())],
@@ -744,11 +778,15 @@ fn recordings_share_a_worker_budget() {
         f.handle_response_headers(T0, &resp, false, Source::Origin);
     }
     assert!(first.handle_response_body(b"12345", false).is_none());
-    assert_eq!(h.budget.used(), 5);
+    assert_eq!(h.worker.budget.used(), 5);
     assert!(second.handle_response_body(b"12345", true).is_none());
     assert!(second.take_events().contains(&Event::RecordingOverBudget));
     assert!(first.handle_response_body(b"", true).is_some());
-    assert_eq!(h.budget.used(), 0, "given back when the recording ends");
+    assert_eq!(
+        h.worker.budget.used(),
+        0,
+        "given back when the recording ends"
+    );
     first.handle_stream_end();
 }
 
@@ -935,7 +973,7 @@ fn rfc9213_targeted_field_is_obeyed_and_not_passed_on() {
     let hit = h.run(req("GET", "/a", &[]), &ok(&headers, &[]));
     assert_eq!(hit.hit_header("cdn-cache-control"), None);
     assert_eq!(hit.hit_header("cache-control"), Some("no-store"));
-    let mut flow = Flow::new(h.cfg.clone(), MemoryBudget::new(usize::MAX));
+    let mut flow = Flow::new(h.cfg.clone(), worker(usize::MAX, 0));
     flow.handle_request_headers(T0, req("GET", "/b", &[]));
     flow.handle_store_reply(T0, Ok(None));
     let step = flow.handle_response_headers(
@@ -1053,7 +1091,7 @@ fn a_refresh_is_dropped_when_the_entry_changed_meanwhile() {
     h.run(req("GET", "/a", &[]), &ok(&v1, &[b"old"]));
     h.now += 20_000;
     let key = CacheKey::primary(&h.cfg, &req("GET", "/a", &[])).redis_key;
-    let mut flow = Flow::new(h.cfg.clone(), h.budget.clone());
+    let mut flow = Flow::new(h.cfg.clone(), h.worker.clone());
     let RequestStep::Lookup(k) = flow.handle_request_headers(h.now, req("GET", "/a", &[])) else {
         panic!()
     };
@@ -1218,4 +1256,123 @@ fn purges_without_the_token_are_refused_and_change_nothing() {
     let mut off = Harness::new(Config::default());
     let s = off.run(req("PURGE", "/a", &[TOKEN]), &ok(&[], &[]));
     assert_eq!(s.hit.unwrap().0, 405, "purging disabled without a token");
+}
+
+fn with_memory(cfg: Config) -> Harness {
+    let mut h = Harness::new(cfg);
+    h.worker = worker(usize::MAX, 1 << 20);
+    h
+}
+
+#[test]
+fn the_in_proxy_tier_answers_repeated_hits_without_the_store() {
+    let mut h = with_memory(Config::default());
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"body"]));
+    let from_store = h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[]));
+    assert_eq!(from_store.lookups, 1);
+    assert_eq!(from_store.body(), b"body");
+    let from_memory = h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[]));
+    assert_eq!(from_memory.lookups, 0, "no store round trip");
+    assert!(from_memory.memory_answered);
+    assert_eq!(from_memory.body(), b"body");
+    assert!(from_memory.events.contains(&Event::MemoryHit));
+    assert!(from_memory.events.contains(&Event::Hit));
+    assert_eq!(
+        from_memory.hit_header("cache-status"),
+        Some("fleet-cache; hit; ttl=60; detail=memory")
+    );
+    // Ranges and conditionals work the same from memory.
+    let ranged = h.run(
+        req("GET", "/a", &[("range", "bytes=1-2")]),
+        &ok(CACHEABLE, &[]),
+    );
+    assert_eq!(ranged.body(), b"od");
+    assert_eq!(ranged.lookups, 0);
+}
+
+#[test]
+fn the_in_proxy_tier_is_bounded_in_time_by_its_max_age_and_by_freshness() {
+    let mut h = with_memory(Config::default());
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"v1"]));
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[]));
+    h.now += 999;
+    assert_eq!(h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[])).lookups, 0);
+    h.now += 1;
+    assert_eq!(
+        h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[])).lookups,
+        1,
+        "past max_age_ms the store is asked again (purges elsewhere become visible)"
+    );
+    let short = [("cache-control", "max-age=1"), ("etag", "\"e\"")];
+    h.run(req("GET", "/b", &[]), &ok(&short, &[b"v1"]));
+    h.now += 500;
+    h.run(req("GET", "/b", &[]), &ok(&short, &[])); // remembered for 500 ms only
+    h.now += 600;
+    let s = h.run(req("GET", "/b", &[]), &ok(&short, &[b"v2"]));
+    assert!(
+        !s.memory_answered,
+        "never served from memory past its freshness"
+    );
+}
+
+#[test]
+fn the_in_proxy_tier_keeps_variants_and_never_no_cache_entries() {
+    let mut h = with_memory(Config::default());
+    let varied = [("cache-control", "max-age=60"), ("vary", "accept")];
+    for accept in ["a", "b"] {
+        let r = req("GET", "/v", &[("accept", accept)]);
+        h.run(r.clone(), &ok(&varied, &[accept.as_bytes()]));
+        h.run(r, &ok(&varied, &[]));
+    }
+    for accept in ["a", "b"] {
+        let s = h.run(req("GET", "/v", &[("accept", accept)]), &ok(&varied, &[]));
+        assert_eq!(s.lookups, 0, "record and variant both from memory");
+        assert_eq!(s.body(), accept.as_bytes());
+    }
+    let no_cache = [("cache-control", "no-cache, max-age=60"), ("etag", "\"e\"")];
+    h.run(req("GET", "/n", &[]), &ok(&no_cache, &[b"x"]));
+    h.run(req("GET", "/n", &[]), &ok(&no_cache, &[b"x"]));
+    let s = h.run(req("GET", "/n", &[]), &ok(&no_cache, &[b"x"]));
+    assert!(!s.memory_answered);
+}
+
+#[test]
+fn this_worker_forgets_what_it_purges_invalidates_or_replaces() {
+    let mut h = with_memory(purging_config());
+    let warm = |h: &mut Harness, path: &str, body: &'static [u8]| {
+        h.run(req("GET", path, &[]), &ok(CACHEABLE, &[body]));
+        h.run(req("GET", path, &[]), &ok(CACHEABLE, &[]));
+    };
+    warm(&mut h, "/a", b"a1");
+    h.run(req("PURGE", "/a", &[TOKEN]), &ok(&[], &[]));
+    assert!(
+        h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"a2"]))
+            .hit
+            .is_none()
+    );
+    warm(&mut h, "/b", b"b1");
+    h.run(req("POST", "/b", &[]), &ok(&[], &[b"ok"]));
+    assert!(
+        h.run(req("GET", "/b", &[]), &ok(CACHEABLE, &[b"b2"]))
+            .hit
+            .is_none()
+    );
+    warm(&mut h, "/c", b"c1");
+    h.run(
+        req("GET", "/c", &[("cache-control", "no-cache")]),
+        &ok(CACHEABLE, &[b"c2"]),
+    );
+    assert_eq!(
+        h.run(req("GET", "/c", &[]), &ok(CACHEABLE, &[])).body(),
+        b"c2"
+    );
+    warm(&mut h, "/d", b"d1");
+    h.run(
+        req("PURGE", "/", &[TOKEN, ("x-purge-tags", "t")]),
+        &ok(&[], &[]),
+    );
+    assert!(
+        !h.run(req("GET", "/d", &[]), &ok(CACHEABLE, &[]))
+            .memory_answered
+    );
 }

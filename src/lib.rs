@@ -12,6 +12,7 @@ pub mod entry;
 pub mod flow;
 pub mod http;
 pub mod key;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod publish;

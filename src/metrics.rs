@@ -9,6 +9,7 @@ use crate::store::StoreError;
 pub enum Counter {
     Lookups,
     Hits,
+    MemoryHits,
     Misses,
     Bypasses,
     StoreErrors,
@@ -29,9 +30,10 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Lookups,
         Counter::Hits,
+        Counter::MemoryHits,
         Counter::Misses,
         Counter::Bypasses,
         Counter::StoreErrors,
@@ -55,6 +57,7 @@ impl Counter {
         match self {
             Counter::Lookups => "fleet_cache_lookups",
             Counter::Hits => "fleet_cache_hits",
+            Counter::MemoryHits => "fleet_cache_memory_hits",
             Counter::Misses => "fleet_cache_misses",
             Counter::Bypasses => "fleet_cache_bypasses",
             Counter::StoreErrors => "fleet_cache_store_errors",
@@ -95,6 +98,7 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::RecordingAborted => &[Counter::RecordingsAborted],
         Event::RecordingOverBudget => &[Counter::RecordingsOverBudget],
         Event::Revalidated => &[Counter::Revalidations],
+        Event::MemoryHit => &[Counter::MemoryHits],
         Event::Purged => &[Counter::Purges],
         Event::Invalidated => &[Counter::Invalidations],
     }

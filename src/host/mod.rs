@@ -4,8 +4,8 @@
 pub mod root;
 pub mod stream;
 
-use crate::budget::MemoryBudget;
 use crate::config::Config;
+use crate::flow::Worker;
 use crate::metrics::Counter;
 use crate::publish::PublishQueue;
 use proxy_wasm::hostcalls;
@@ -19,8 +19,8 @@ pub struct Shared {
     pub config: Rc<Config>,
     pub metrics: Metrics,
     pub queue: RefCell<PublishQueue>,
-    /// What the worker's recordings hold together.
-    pub budget: Rc<MemoryBudget>,
+    /// The recording budget and the in-proxy tier, shared by the worker's flows.
+    pub worker: Rc<Worker>,
     /// Whether the root's tick is armed. Re-arming resets Envoy's timer, so a stream of
     /// publishes less than a tick apart must not keep pushing the tick back.
     pub ticking: Cell<bool>,

@@ -3,8 +3,8 @@
 
 use super::stream::CacheStream;
 use super::{Metrics, Shared};
-use crate::budget::MemoryBudget;
 use crate::config::Config;
+use crate::flow::Worker;
 use crate::metrics::Counter;
 use crate::publish::{Outcome, PublishQueue};
 use crate::store::{StoreWrite, webdis};
@@ -89,7 +89,7 @@ impl RootContext for CacheRoot {
         self.shared = Some(Rc::new(Shared {
             metrics: Metrics::define(),
             queue: RefCell::new(PublishQueue::new(max_queue)),
-            budget: MemoryBudget::new(config.max_recording_bytes),
+            worker: Worker::new(&config),
             ticking: Cell::new(false),
             config: Rc::new(config),
         }));

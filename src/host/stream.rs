@@ -23,7 +23,7 @@ pub struct CacheStream {
 
 impl CacheStream {
     pub fn new(shared: Rc<Shared>) -> CacheStream {
-        let flow = Flow::new(shared.config.clone(), shared.budget.clone());
+        let flow = Flow::new(shared.config.clone(), shared.worker.clone());
         CacheStream {
             shared,
             flow,
@@ -108,7 +108,7 @@ impl CacheStream {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
-                self.send_http_response(reply.status as u32, headers, Some(reply.body));
+                self.send_http_response(reply.status as u32, headers, Some(reply.body.bytes()));
                 true
             }
             LookupStep::Revalidate(conditions) => {
@@ -191,6 +191,13 @@ impl HttpContext for CacheStream {
             RequestStep::Reply(reply) => {
                 self.send_owned(&reply);
                 Action::Pause
+            }
+            RequestStep::Decided(step) => {
+                if self.proceed(step) {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
             RequestStep::Purge(purge) => {
                 if !self.dispatch_purge(&purge) {

@@ -1,0 +1,214 @@
+//! The in-proxy tier: a small LRU of validated store values in the worker VM's memory, in front
+//! of Redis.
+//!
+//! A hit here costs no store round trip and no re-validation (values are kept decoded). Each
+//! value is kept at most `max_age_ms` after it was read from the store, so a purge or a newer
+//! entry elsewhere in the fleet is seen within that bound, and never past its own freshness.
+//! Bounded by bytes; least recently used values go first.
+
+use crate::entry::{ResponseMeta, VariantsMeta};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// A value as the store had it, validated and decoded.
+#[derive(Debug, Clone)]
+pub enum Remembered {
+    /// A response: its metadata, and the whole stored value with the body's place in it.
+    Response {
+        meta: ResponseMeta,
+        value: Rc<[u8]>,
+        body_start: usize,
+        body_end: usize,
+    },
+    Variants(VariantsMeta),
+}
+
+#[derive(Debug)]
+struct Slot {
+    item: Remembered,
+    expires_at_ms: u64,
+    bytes: usize,
+    /// Position in the recency order.
+    tick: u64,
+}
+
+#[derive(Debug)]
+pub struct MemoryTier {
+    slots: HashMap<String, Slot>,
+    /// tick -> key, oldest first.
+    recency: BTreeMap<u64, String>,
+    next_tick: u64,
+    bytes: usize,
+    max_bytes: usize,
+    max_age_ms: u64,
+}
+
+/// What one slot costs besides its value: key, metadata, bookkeeping. An estimate that keeps
+/// many tiny entries from escaping the budget.
+const SLOT_OVERHEAD: usize = 256;
+
+impl MemoryTier {
+    pub fn new(max_bytes: usize, max_age_ms: u64) -> MemoryTier {
+        MemoryTier {
+            slots: HashMap::new(),
+            recency: BTreeMap::new(),
+            next_tick: 0,
+            bytes: 0,
+            max_bytes,
+            max_age_ms,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0 && self.max_age_ms > 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The value under `key` if it is still within its time here.
+    pub fn get(&mut self, key: &str, now_ms: u64) -> Option<Remembered> {
+        let slot = self.slots.get_mut(key)?;
+        if now_ms >= slot.expires_at_ms {
+            self.remove(key);
+            return None;
+        }
+        self.recency.remove(&slot.tick);
+        slot.tick = self.next_tick;
+        self.next_tick += 1;
+        self.recency.insert(slot.tick, key.to_string());
+        Some(slot.item.clone())
+    }
+
+    /// Keeps a value read from the store at `now_ms`, until `max_age_ms` from now or
+    /// `fresh_until_ms`, whichever is first.
+    pub fn insert(&mut self, key: &str, item: Remembered, now_ms: u64, fresh_until_ms: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let bytes = SLOT_OVERHEAD
+            + key.len()
+            + match &item {
+                Remembered::Response { value, meta, .. } => {
+                    value.len()
+                        + meta
+                            .headers
+                            .iter()
+                            .map(|(n, v)| n.len() + v.len())
+                            .sum::<usize>()
+                }
+                Remembered::Variants(v) => v.key_material.len(),
+            };
+        if bytes > self.max_bytes / 4 {
+            // One value may not push out most of the tier.
+            return;
+        }
+        self.remove(key);
+        while self.bytes + bytes > self.max_bytes {
+            let Some((_, oldest)) = self.recency.pop_first() else {
+                break;
+            };
+            if let Some(s) = self.slots.remove(&oldest) {
+                self.bytes -= s.bytes;
+            }
+        }
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.recency.insert(tick, key.to_string());
+        self.bytes += bytes;
+        self.slots.insert(
+            key.to_string(),
+            Slot {
+                item,
+                expires_at_ms: now_ms.saturating_add(self.max_age_ms).min(fresh_until_ms),
+                bytes,
+                tick,
+            },
+        );
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.recency.clear();
+        self.bytes = 0;
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Some(s) = self.slots.remove(key) {
+            self.recency.remove(&s.tick);
+            self.bytes -= s.bytes;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variants(n: usize) -> Remembered {
+        Remembered::Variants(VariantsMeta {
+            headers: vec!["accept".into()],
+            key_material: vec![0; n],
+        })
+    }
+
+    #[test]
+    fn values_expire_after_max_age_or_freshness() {
+        let mut m = MemoryTier::new(1 << 20, 1000);
+        m.insert("a", variants(1), 0, u64::MAX);
+        m.insert("b", variants(1), 0, 500);
+        assert!(m.get("a", 999).is_some());
+        assert!(m.get("a", 1000).is_none(), "max age");
+        assert!(m.get("b", 499).is_some());
+        assert!(m.get("b", 500).is_none(), "freshness");
+        assert!(m.is_empty());
+        assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_within_the_byte_budget() {
+        let mut m = MemoryTier::new(4 * (SLOT_OVERHEAD + 101), 10_000);
+        for k in ["a", "b", "c", "d"] {
+            m.insert(k, variants(100), 0, u64::MAX);
+        }
+        assert_eq!(m.len(), 4);
+        assert!(m.get("a", 1).is_some()); // a is now the most recent
+        m.insert("e", variants(100), 1, u64::MAX);
+        assert!(m.get("b", 2).is_none(), "b was the least recently used");
+        for k in ["a", "c", "d", "e"] {
+            assert!(m.get(k, 2).is_some(), "{k}");
+        }
+        assert!(m.bytes() <= 4 * (SLOT_OVERHEAD + 101));
+    }
+
+    #[test]
+    fn oversized_values_and_a_disabled_tier_keep_nothing() {
+        let mut m = MemoryTier::new(4096, 1000);
+        m.insert("big", variants(2000), 0, u64::MAX);
+        assert!(m.is_empty());
+        let mut off = MemoryTier::new(0, 1000);
+        off.insert("a", variants(1), 0, u64::MAX);
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn replacing_and_removing_keep_the_byte_count() {
+        let mut m = MemoryTier::new(1 << 20, 1000);
+        m.insert("a", variants(10), 0, u64::MAX);
+        let one = m.bytes();
+        m.insert("a", variants(10), 0, u64::MAX);
+        assert_eq!(m.bytes(), one);
+        m.remove("a");
+        assert_eq!(m.bytes(), 0);
+        m.remove("a");
+    }
+}
