@@ -43,3 +43,38 @@ fmt:
 
 clean:
 	cargo clean
+
+# ---------------------------------------------------------------------------------------------
+# Istio (istio/, README "Deploy on Istio"): the filter as an OCI image a WasmPlugin pulls, and
+# schema checks of the manifests.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+OCI_TAG ?= $(VERSION)
+OCI_LAYOUT := target/oci/fleet-cache
+
+.PHONY: oci oci-push manifests-check
+
+# An OCI image layout (Wasm image "compat" variant: one tar+gzip layer holding plugin.wasm),
+# written as plain files by scripts/oci.py: no Docker engine. Prints the manifest digest.
+oci: build
+	@digest=$$(python3 scripts/oci.py --wasm $(WASM) --out $(OCI_LAYOUT) --tag $(OCI_TAG)) && \
+		echo "$(OCI_LAYOUT):$(OCI_TAG) $$digest"
+
+# make oci-push REGISTRY=registry.example.com/team [OCI_TAG=0.1.0] [OCI_PUSH_FLAGS=--dest-creds=u:p]
+# pushes <REGISTRY>/fleet-cache:<tag> with skopeo, digests unchanged (installs skopeo if missing).
+oci-push: oci
+	@test -n "$(REGISTRY)" || { echo "usage: make oci-push REGISTRY=<registry>/<path> [OCI_TAG=$(OCI_TAG)]" >&2; exit 2; }
+	@command -v skopeo >/dev/null || { echo "setup: apt-get install skopeo"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+	skopeo copy --preserve-digests --digestfile target/oci/pushed.digest $(OCI_PUSH_FLAGS) \
+		oci:$(OCI_LAYOUT):$(OCI_TAG) docker://$(REGISTRY)/fleet-cache:$(OCI_TAG)
+	@echo "pushed oci://$(REGISTRY)/fleet-cache:$(OCI_TAG) (pin: oci://$(REGISTRY)/fleet-cache@$$(cat target/oci/pushed.digest))"
+
+# Every manifest in istio/ against its schema, without a cluster: Kubernetes objects with
+# kubernetes-validate (strict: unknown fields fail), the WasmPlugins with Istio's CRD schema
+# from @kubernetes-models/istio (plus an unknown-field check). Each checker also proves it
+# rejects a misspelt field. Tools: .venv and scripts/manifests/node_modules (scripts/setup.sh).
+manifests-check: setup
+	.venv/bin/python scripts/manifests/check_k8s.py istio
+	node scripts/manifests/check_istio.mjs istio
+
+test: manifests-check

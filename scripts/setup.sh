@@ -55,7 +55,29 @@ if [ ! -x "$VENV/envoy" ]; then
   fi
   ln -sf "$(cd "$(dirname "$bin")" && pwd)/envoy" "$VENV/envoy"
 fi
-"$VENV/envoy" --version | grep -q "/$ENVOY_VERSION/" || {
+# (A string match, not `| grep -q`: grep's early exit would SIGPIPE Envoy under pipefail.)
+[[ "$("$VENV/envoy" --version)" == *"/$ENVOY_VERSION/"* ]] || {
   echo "setup: $VENV/envoy is not Envoy $ENVOY_VERSION" >&2
   exit 1
 }
+
+# Schema checks of istio/ (`make manifests-check`): kubernetes-validate (the Kubernetes OpenAPI
+# schemas) in the venv, and Istio's CRD models with validation (@kubernetes-models/istio) from
+# npm into scripts/manifests/node_modules, as pinned by its package-lock.json.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! compgen -G "$VENV/lib/python3*/site-packages/kubernetes_validate-$KUBERNETES_VALIDATE_VERSION.dist-info" >/dev/null; then
+  echo "setup: pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  "$VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+if ! command -v npm >/dev/null; then
+  echo "setup: apt-get install nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+MANIFESTS_TOOLS=scripts/manifests
+if [ ! -f "$MANIFESTS_TOOLS/node_modules/.package-lock.json" ] ||
+  [ "$MANIFESTS_TOOLS/package-lock.json" -nt "$MANIFESTS_TOOLS/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in $MANIFESTS_TOOLS"
+  npm ci --prefix "$MANIFESTS_TOOLS" --no-audit --no-fund --loglevel=error
+fi

@@ -1,11 +1,13 @@
 //! Integration-test support: a scriptable origin ([`origin`]), a small HTTP client
-//! ([`client`]) and the per-test process stack ([`stack`]: Redis, Webdis, Envoys).
+//! ([`client`]), the per-test process stack ([`stack`]: Redis, Webdis, Envoys) and the filter's
+//! OCI image ([`oci`]: built by scripts/oci.py, read as Istio's fetcher reads it).
 //!
 //! Every file in tests/ that declares `mod support;` compiles this separately and uses only part
 //! of it, hence the allows.
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod oci;
 pub mod origin;
 pub mod stack;
 

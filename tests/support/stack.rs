@@ -56,6 +56,17 @@ pub struct StackOptions {
     pub origin_port: Option<u16>,
     /// The namespace; default: the test's name, the pid and a counter.
     pub namespace: Option<String>,
+    /// A fully custom Envoy config instead of envoy/envoy.yaml: a template with the same
+    /// placeholders (`{{LISTEN_PORT}}`, `{{ADMIN_PORT}}`, `{{ORIGIN_PORT}}`, `{{WEBDIS_PORT}}`;
+    /// `{{WASM_PATH}}` and `{{PLUGIN_CONFIG}}` if it uses them). `plugin_config` is then only
+    /// what `{{PLUGIN_CONFIG}}` becomes.
+    pub envoy_template: Option<String>,
+    /// A custom Webdis config instead of envoy/webdis.json: a template with its placeholders
+    /// (`{{REDIS_PORT}}`, `{{WEBDIS_PORT}}`, `{{WEBDIS_LOG}}`).
+    pub webdis_template: Option<String>,
+    /// A custom redis.conf (its text) instead of envoy/redis.conf. The harness still adds
+    /// `--port`, `--bind 127.0.0.1`, `--dir`, `--pidfile` and its admin user.
+    pub redis_conf: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -66,6 +77,9 @@ impl Default for StackOptions {
             without_filter: false,
             origin_port: None,
             namespace: None,
+            envoy_template: None,
+            webdis_template: None,
+            redis_conf: None,
         }
     }
 }
@@ -103,6 +117,9 @@ pub struct Stack {
     webdis: Mutex<Option<Child>>,
     envoy_slots: Vec<EnvoySlot>,
     envoys: Mutex<Vec<Option<Child>>>,
+    envoy_template: Option<String>,
+    webdis_template: Option<String>,
+    redis_conf: Option<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -350,7 +367,18 @@ pub fn render_envoy_yaml(
     without_filter: bool,
 ) -> String {
     let path = format!("{REPO}/envoy/envoy.yaml");
-    let mut t = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let t = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    render_envoy_template(&t, ports, plugin_config_text, without_filter)
+}
+
+/// Fills the placeholders of an Envoy config template (envoy/envoy.yaml or a test's own).
+pub fn render_envoy_template(
+    template: &str,
+    ports: &EnvoyPorts,
+    plugin_config_text: &str,
+    without_filter: bool,
+) -> String {
+    let mut t = template.to_string();
     if without_filter {
         t = strip_wasm_filter(&t);
     }
@@ -368,7 +396,7 @@ pub fn render_envoy_yaml(
         .lines()
         .find(|l| !l.trim_start().starts_with('#') && l.contains("{{"))
     {
-        panic!("envoy/envoy.yaml has a placeholder the harness does not know: {l}");
+        panic!("the Envoy config template has a placeholder the harness does not know: {l}");
     }
     t
 }
@@ -442,7 +470,15 @@ impl Stack {
             webdis: Mutex::new(None),
             envoy_slots: Vec::new(),
             envoys: Mutex::new(Vec::new()),
+            envoy_template: opts.envoy_template.clone(),
+            webdis_template: opts.webdis_template.clone(),
+            redis_conf: None,
         };
+        if let Some(conf) = &opts.redis_conf {
+            let p = st.path.join("redis.conf");
+            fs::write(&p, conf).expect("write redis.conf");
+            st.redis_conf = Some(p);
+        }
         // From here on a panic drops `st`, which stops whatever was started.
         st.boot_redis();
         st.boot_webdis();
@@ -464,10 +500,16 @@ impl Stack {
     /// Starts redis-server on `self.redis_port`; Err(log tail) if it exits or never answers.
     fn spawn_redis(&self) -> Result<(), String> {
         let log = self.path.join("redis.log");
+        let conf = match &self.redis_conf {
+            Some(p) => p.clone(),
+            None => PathBuf::from(format!("{REPO}/envoy/redis.conf")),
+        };
         let mut cmd = Command::new("redis-server");
-        cmd.arg(format!("{REPO}/envoy/redis.conf"))
+        cmd.arg(conf)
             .arg("--port")
             .arg(self.redis_port.to_string())
+            // Loopback only, whatever the config file binds (a Kubernetes one binds 0.0.0.0).
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.path)
             .arg("--pidfile")
@@ -497,8 +539,11 @@ impl Stack {
     fn boot_webdis(&mut self) {
         let log = self.path.join("webdis.log");
         let out = self.path.join("webdis.out");
-        let template = fs::read_to_string(format!("{REPO}/envoy/webdis.json"))
-            .expect("read envoy/webdis.json");
+        let template = match &self.webdis_template {
+            Some(t) => t.clone(),
+            None => fs::read_to_string(format!("{REPO}/envoy/webdis.json"))
+                .expect("read envoy/webdis.json"),
+        };
         for attempt in 1..=PORT_ATTEMPTS {
             self.webdis_port = free_port();
             let cfg = self.path.join("webdis.json");
@@ -541,15 +586,8 @@ impl Stack {
         for i in 0..n {
             let (listen, admin) = (free_port(), free_port());
             let config = self.path.join(format!("envoy-{i}.yaml"));
-            fs::write(
-                &config,
-                render_envoy_yaml(
-                    &yaml_ports(listen, admin),
-                    &self.plugin_config_text,
-                    self.without_filter,
-                ),
-            )
-            .expect("write envoy yaml");
+            fs::write(&config, self.render_envoy(&yaml_ports(listen, admin)))
+                .expect("write envoy yaml");
             slots.push(EnvoySlot {
                 listen_port: listen,
                 admin_port: admin,
@@ -573,17 +611,23 @@ impl Stack {
                         let s = &mut self.envoy_slots[i];
                         s.listen_port = listen;
                         s.admin_port = admin;
-                        let text = render_envoy_yaml(
-                            &yaml_ports(listen, admin),
-                            &self.plugin_config_text,
-                            self.without_filter,
-                        );
+                        let text = self.render_envoy(&yaml_ports(listen, admin));
                         fs::write(&self.envoy_slots[i].config, text).expect("write envoy yaml");
                         self.spawn_envoy(i);
                     }
                     Err(log) => panic!("envoy {i} did not become ready:\n{log}"),
                 }
             }
+        }
+    }
+
+    /// This stack's Envoy config for these ports: envoy/envoy.yaml or the custom template.
+    fn render_envoy(&self, ports: &EnvoyPorts) -> String {
+        match &self.envoy_template {
+            Some(t) => {
+                render_envoy_template(t, ports, &self.plugin_config_text, self.without_filter)
+            }
+            None => render_envoy_yaml(ports, &self.plugin_config_text, self.without_filter),
         }
     }
 
