@@ -78,3 +78,12 @@ manifests-check: setup
 	node scripts/manifests/check_istio.mjs istio
 
 test: manifests-check
+
+# Benchmark (bench/README.md): starts nginx, a slow origin, Redis, Webdis and one Envoy per case
+# on 127.0.0.1:23000-23999, measures with wrk (about 8 minutes), stops them by PID, and writes
+# bench/results/<timestamp>.md, latest.md and latest.png. bench/setup.sh installs nginx-light,
+# wrk and matplotlib (.venv) if missing. Not part of `make test`: CI times nothing.
+.PHONY: bench
+bench: build
+	@bench/setup.sh
+	.venv/bin/python bench/bench.py

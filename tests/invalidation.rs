@@ -38,10 +38,15 @@ fn cached(s: &Stack, i: usize, path: &str) -> Resp {
     last
 }
 
+/// Two proxies that may purge. Their in-proxy tiers are off: these tests are about what the
+/// shared store holds (tests/memory_tier.rs shows a purge reaching a tier within its max age).
 fn purging() -> StackOptions {
     StackOptions {
         envoys: 2,
-        ..StackOptions::with_config(json!({"purge": {"token": TOKEN}}))
+        ..StackOptions::with_config(json!({
+            "purge": {"token": TOKEN},
+            "memory": {"max_bytes": 0}
+        }))
     }
 }
 
