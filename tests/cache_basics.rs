@@ -341,3 +341,28 @@ fn a_changed_resource_answers_revalidation_with_200_and_replaces_the_entry() {
         "the new response replaced the entry"
     );
 }
+
+#[test]
+fn a_hit_costs_one_store_round_trip_whatever_the_number_of_chunks() {
+    // The in-proxy tier is off: this counts what a Redis hit costs.
+    let s = Stack::start(StackOptions::with_config(
+        json!({"memory": {"max_bytes": 0}}),
+    ));
+    let store_requests = || {
+        s.stat(0, "cluster.fleet_cache_store.upstream_rq_total")
+            .unwrap_or(0)
+    };
+    for chunks in [1, 64] {
+        let path = format!("/chunked{chunks}?size=64000&chunks={chunks}&cc=max-age%3D60");
+        s.get(&path, &[]);
+        wait_published(&s, 0, if chunks == 1 { 1 } else { 2 });
+        let before = store_requests();
+        let hit = s.get(&path, &[]);
+        assert_hit(&hit);
+        assert_eq!(
+            store_requests() - before,
+            1,
+            "{chunks} recorded chunks: one store request per hit"
+        );
+    }
+}
