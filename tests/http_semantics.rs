@@ -26,7 +26,9 @@ const AFTER_LM: &str = "Wed, 15 Nov 2023 00:00:00 GMT";
 /// from 100 ms so that parallel tests on a loaded machine don't turn hits into store timeouts
 /// (these tests are about HTTP semantics, not the fail-open path).
 fn start(patch: Value) -> Stack {
-    let mut cfg = json!({"store": {"timeout_ms": 2000}});
+    // The in-proxy tier is off: a refresh through one worker must be seen by the next request
+    // whichever worker takes it (the tier's own bound is tests/memory_tier.rs').
+    let mut cfg = json!({"store": {"timeout_ms": 2000}, "memory": {"max_bytes": 0}});
     merge_patch(&mut cfg, &patch);
     Stack::start(StackOptions::with_config(cfg))
 }

@@ -20,6 +20,12 @@ use support::{Resp, Stack, StackOptions};
 // Helpers
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+/// These tests poke the shared store directly (stop it, plant garbage, read it back): the
+/// in-proxy tier, which may answer from a copy for up to its max age, is off.
+fn store_only() -> StackOptions {
+    StackOptions::with_config(json!({"memory": {"max_bytes": 0}}))
+}
+
 fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -135,7 +141,7 @@ fn raw_exchange(port: u16, request: &str) -> (String, Vec<u8>) {
 /// store error; once Redis is back, caching resumes without restarting Envoy.
 #[test]
 fn redis_down_fails_open_then_caching_resumes() {
-    let st = Stack::start(StackOptions::default());
+    let st = Stack::start(store_only());
     st.stop_redis();
 
     for i in 0..20 {
@@ -318,7 +324,7 @@ fn stalled_store_adds_bounded_latency() {
 /// nothing; the next request goes to the origin again.
 #[test]
 fn origin_reset_publishes_nothing() {
-    let st = Stack::start(StackOptions::default());
+    let st = Stack::start(store_only());
     let target = "/reset?reset_after=2&chunks=5&pause_ms=50&cc=max-age%3D60";
     let full = text_body(target);
 
@@ -370,7 +376,7 @@ fn origin_reset_publishes_nothing() {
 #[test]
 fn concurrent_misses_leave_one_whole_entry() {
     const N: usize = 20;
-    let st = Stack::start(StackOptions::default());
+    let st = Stack::start(store_only());
     // The delay keeps every request's lookup ahead of the first publish.
     let target = "/race?unique=1&cc=max-age%3D60&delay_ms=300";
     let base = text_body(target);
@@ -473,7 +479,7 @@ fn concurrent_misses_leave_one_whole_entry() {
 /// origin (`detail=invalid-entry`), its response overwrites the entry, and a later request is
 /// a hit with that response's body.
 fn invalid_entry_is_refetched_and_repaired(corrupt: impl FnOnce(&[u8]) -> Vec<u8>) {
-    let st = Stack::start(StackOptions::default());
+    let st = Stack::start(store_only());
     // unique=1: every origin response differs, so a hit shows which fetch wrote the entry.
     let target = "/entry?unique=1&cc=max-age%3D60";
     let first = st.get(target, &[]);
@@ -593,7 +599,7 @@ fn bad_config_zero_timeout_is_refused() {
 /// with the body's content-length and no body, without reaching the origin.
 #[test]
 fn head_served_from_get_entry_and_never_creates_one() {
-    let st = Stack::start(StackOptions::default());
+    let st = Stack::start(store_only());
     let target = "/head?size=1000&cc=max-age%3D60&header=X-Stored:yes";
 
     let head_miss = st.request("HEAD", target, &[], &[]);
