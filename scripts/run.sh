@@ -56,7 +56,8 @@ PLUGIN_CONFIG=$(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))
   "namespace": "demo",
   "default_ttl_s": 0,
   "max_ttl_s": 3600,
-  "cache_name": "fleet-cache"
+  "cache_name": "fleet-cache",
+  "purge": { "token": "demo-purge-token-change-me" }
 }
 JSON
 )
@@ -82,13 +83,14 @@ for _ in $(seq 1 20); do
   if curl -s -D - -o /dev/null "$URL" | grep -qi 'cache-status:.*hit'; then break; fi
   sleep 0.1
 done
-echo "Second request (served from Redis):"
+echo "Second request (served from the shared cache):"
 curl -s -D - -o /dev/null "$URL" | grep -i -E '^(HTTP|cache-status|age)'
 cat <<EOF
 
 fleet-cache is running:
   send requests to   http://127.0.0.1:$LISTEN_PORT/   (e.g. /hello, /stream: a chunked SSE stream)
   Envoy admin/stats  http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep fleet_cache
+  purge a URL        curl -X PURGE -H 'x-purge-token: demo-purge-token-change-me' http://127.0.0.1:$LISTEN_PORT/hello
   logs and PIDs in   $RUN/
   stop with          make stop
 EOF
