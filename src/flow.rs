@@ -241,7 +241,7 @@ struct Revalidation {
 /// A value found for a key, decoded and borrowed from where it was found.
 enum Found<'b> {
     Response {
-        meta: ResponseMeta,
+        meta: Rc<ResponseMeta>,
         body: Body<'b>,
         value: Stored<'b>,
         from_memory: bool,
@@ -290,6 +290,8 @@ pub struct Flow {
 pub struct Worker {
     pub budget: Rc<MemoryBudget>,
     pub memory: RefCell<MemoryTier>,
+    /// The last `Date` value formatted, and its second: hits in the same second reuse it.
+    pub date: RefCell<(u64, String)>,
 }
 
 impl Worker {
@@ -297,7 +299,18 @@ impl Worker {
         Rc::new(Worker {
             budget: MemoryBudget::new(cfg.max_recording_bytes),
             memory: RefCell::new(MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)),
+            date: RefCell::new((u64::MAX, String::new())),
         })
+    }
+
+    /// `Date` for a reply at `now_ms` (IMF-fixdate), formatted once per second.
+    pub fn http_date(&self, now_ms: u64) -> String {
+        let second = now_ms / 1000;
+        let mut cached = self.date.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, policy::format_http_date(now_ms));
+        }
+        cached.1.clone()
     }
 }
 
@@ -457,7 +470,7 @@ impl Flow {
             Ok(Decoded::Response { meta, body }) => {
                 let start = entry::BODY_START;
                 Found::Response {
-                    meta,
+                    meta: Rc::new(meta),
                     body: Body::Borrowed(body),
                     value: Stored::Borrowed(value, start),
                     from_memory: false,
@@ -564,7 +577,13 @@ impl Flow {
 
     /// Keeps a response read from the store in the in-proxy tier while it is fresh and usable
     /// without validation (a copy of the value: only when the tier is on).
-    fn remember_response(&self, key: &str, meta: &ResponseMeta, value: &Stored<'_>, now_ms: u64) {
+    fn remember_response(
+        &self,
+        key: &str,
+        meta: &Rc<ResponseMeta>,
+        value: &Stored<'_>,
+        now_ms: u64,
+    ) {
         if !self.worker.memory.borrow().enabled() || meta.no_cache {
             return;
         }
@@ -583,7 +602,7 @@ impl Flow {
         };
         let body_end = body_start + meta.body_len as usize;
         let item = Remembered::Response {
-            meta: meta.clone(),
+            meta: Rc::clone(meta),
             value: shared,
             body_start,
             body_end,
@@ -605,7 +624,7 @@ impl Flow {
         now_ms: u64,
         lookup: Lookup,
         stored_at: StoredAt,
-        meta: ResponseMeta,
+        meta: Rc<ResponseMeta>,
         body: Body<'b>,
         from_memory: bool,
     ) -> LookupStep<'b> {
@@ -617,6 +636,7 @@ impl Flow {
         };
         if policy::reuse(freshness, &lookup.req_cc) == Reuse::Validate {
             self.events.push(Event::Miss);
+            let meta = Rc::unwrap_or_clone(meta);
             return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body.bytes());
         }
         // Several ranges make a multipart answer: the origin's to build.
@@ -634,7 +654,7 @@ impl Flow {
         if from_memory {
             self.events.push(Event::MemoryHit);
         }
-        let mut stored = meta.headers;
+        let mut stored = meta.headers.clone();
         let upstream_status = take_header(&mut stored, "cache-status");
         let mut ours = cache_status::hit(&self.cfg.cache_name, freshness.ttl_s());
         if from_memory {
@@ -673,7 +693,7 @@ impl Flow {
         };
         headers.push(("cache-status".into(), ours));
         headers.push(("age".into(), freshness.age_s.to_string()));
-        headers.push(("date".into(), policy::format_http_date(now_ms)));
+        headers.push(("date".into(), self.worker.http_date(now_ms)));
         self.state = State::ServingHit;
         // For HEAD, Envoy's local reply sends the headers with the body's content-length and
         // no body, which is exactly a HEAD answer: the same reply serves both methods.
@@ -894,7 +914,7 @@ impl Flow {
             cache_status::append(upstream_status.as_deref(), &ours),
         ));
         headers.push(("age".into(), meta.initial_age_s.to_string()));
-        headers.push(("date".into(), policy::format_http_date(now_ms)));
+        headers.push(("date".into(), self.worker.http_date(now_ms)));
         // Our local reply comes back through the response callbacks: leave it alone.
         self.state = State::ServingHit;
         ResponseStep {

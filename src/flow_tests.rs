@@ -93,6 +93,7 @@ fn worker(budget: usize, memory_bytes: usize) -> Rc<Worker> {
     Rc::new(Worker {
         budget: MemoryBudget::new(budget),
         memory: RefCell::new(MemoryTier::new(memory_bytes, 1_000)),
+        date: RefCell::new((u64::MAX, String::new())),
     })
 }
 

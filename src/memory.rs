@@ -15,7 +15,8 @@ use std::rc::Rc;
 pub enum Remembered {
     /// A response: its metadata, and the whole stored value with the body's place in it.
     Response {
-        meta: ResponseMeta,
+        /// Shared with the flows that serve it: a hit clones only the headers it replies with.
+        meta: Rc<ResponseMeta>,
         value: Rc<[u8]>,
         body_start: usize,
         body_end: usize,
