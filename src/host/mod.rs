@@ -8,8 +8,10 @@ use crate::config::Config;
 use crate::flow::Worker;
 use crate::metrics::Counter;
 use crate::publish::PublishQueue;
+use crate::store::webdis::Callout;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use proxy_wasm::traits::Context;
+use proxy_wasm::types::{MetricType, Status};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,6 +64,27 @@ impl Metrics {
             let _ = hostcalls::increment_metric(*id, n as i64);
         }
     }
+}
+
+/// Sends a store command to the store cluster from `ctx` (its answer comes back to `ctx`).
+pub fn dispatch_store(
+    ctx: &dyn Context,
+    cfg: &Config,
+    callout: &Callout,
+    body: Option<&[u8]>,
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    ctx.dispatch_http_call(
+        &cfg.store.cluster,
+        vec![
+            (":method", callout.method),
+            (":path", &callout.path),
+            (":authority", &cfg.store.authority),
+        ],
+        body,
+        vec![],
+        Duration::from_millis(timeout_ms),
+    )
 }
 
 /// Ticks drive the publish queue while it has work; idle VMs don't tick.

@@ -2,7 +2,7 @@
 //! and owns the publish queue (writes must outlive their streams so their answers are seen).
 
 use super::stream::CacheStream;
-use super::{Metrics, Shared};
+use super::{Metrics, Shared, dispatch_store};
 use crate::config::Config;
 use crate::flow::Worker;
 use crate::metrics::Counter;
@@ -14,7 +14,6 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 #[derive(Default)]
 pub struct CacheRoot {
@@ -138,17 +137,7 @@ impl CacheRoot {
                     (webdis::invalidate(keys), None)
                 }
             };
-            let sent = self.dispatch_http_call(
-                &cfg.store.cluster,
-                vec![
-                    (":method", callout.method),
-                    (":path", &callout.path),
-                    (":authority", &cfg.store.authority),
-                ],
-                body,
-                vec![],
-                Duration::from_millis(cfg.store.publish_timeout_ms),
-            );
+            let sent = dispatch_store(self, cfg, &callout, body, cfg.store.publish_timeout_ms);
             match sent {
                 Ok(token) => shared.queue.borrow_mut().sent(token, job),
                 Err(e) => {

@@ -2,7 +2,7 @@
 //! dispatched from here (its answer must come back to this request); writes go to the root's
 //! queue.
 
-use super::{Shared, unix_ms, utf8_pairs};
+use super::{Shared, dispatch_store, unix_ms, utf8_pairs};
 use crate::flow::{Flow, LookupStep, OwnedReply, PurgeCommand, RequestStep, Source};
 use crate::http::{RequestHead, ResponseHead};
 use crate::metrics::{self, Counter};
@@ -11,7 +11,6 @@ use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
-use std::time::Duration;
 
 pub struct CacheStream {
     shared: Rc<Shared>,
@@ -46,40 +45,18 @@ impl CacheStream {
     /// Sends a lookup; returns false when it could not even be dispatched.
     fn dispatch_lookup(&self, key: &str) -> bool {
         let cfg = &self.shared.config;
-        let callout = webdis::get(key);
-        self.dispatch_http_call(
-            &cfg.store.cluster,
-            vec![
-                (":method", callout.method),
-                (":path", &callout.path),
-                (":authority", &cfg.store.authority),
-            ],
-            None,
-            vec![],
-            Duration::from_millis(cfg.store.timeout_ms),
-        )
-        .is_ok()
+        dispatch_store(self, cfg, &webdis::get(key), None, cfg.store.timeout_ms).is_ok()
     }
 
-    /// Sends a purge; returns false when it could not even be dispatched.
+    /// Sends a purge; returns false when it could not even be dispatched. The client waits
+    /// for it, but it is a write: it gets the write deadline.
     fn dispatch_purge(&self, purge: &PurgeCommand) -> bool {
         let cfg = &self.shared.config;
         let callout = match purge {
             PurgeCommand::Resources(keys) => webdis::invalidate(keys),
             PurgeCommand::Tags(keys) => webdis::purge_tags(keys),
         };
-        self.dispatch_http_call(
-            &cfg.store.cluster,
-            vec![
-                (":method", callout.method),
-                (":path", &callout.path),
-                (":authority", &cfg.store.authority),
-            ],
-            None,
-            vec![],
-            Duration::from_millis(cfg.store.publish_timeout_ms),
-        )
-        .is_ok()
+        dispatch_store(self, cfg, &callout, None, cfg.store.publish_timeout_ms).is_ok()
     }
 
     fn send_owned(&self, reply: &OwnedReply) {
