@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make bench`: fleet-cache against plain Envoy, Envoy's built-in cache and direct_response.
+"""`make bench`: fleet-cache against plain Envoy, Envoy's built-in cache, direct_response and a
+minimal proxy-wasm filter (bench/floor/).
 
 Starts everything on 127.0.0.1 (ports 23000-23999), each server detached in its own session
 with its PID recorded under target/bench/run/, measures with wrk, and stops what it started by
@@ -34,6 +35,9 @@ ENVOY = os.path.join(ROOT, ".venv", "envoy")
 WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "fleet_cache.wasm")
 ORIGIN_BIN = os.path.join(ROOT, "target", "release", "examples", "demo_origin")
 MISS_LUA = os.path.join(ROOT, "bench", "miss.lua")
+# Case 3w: the smallest proxy-wasm filter answering locally (bench/floor/, its own crate).
+FLOOR_MANIFEST = os.path.join(ROOT, "bench", "floor", "Cargo.toml")
+FLOOR_WASM = os.path.join(ROOT, "bench", "floor", "target", "wasm32-wasip1", "release", "floor.wasm")
 
 REPS = int(os.environ.get("BENCH_REPS", "2"))
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))
@@ -54,6 +58,7 @@ ENVOY_PORTS = {  # name: (listener, admin)
     "direct": (23130, 23131),
     "redis": (23140, 23141),
     "memory": (23150, 23151),
+    "floor": (23160, 23161),
 }
 
 SIZES = [("1k", 1024), ("64k", 64 * 1024), ("1m", 1024 * 1024)]
@@ -342,6 +347,18 @@ def direct_routes():
     return "\n".join(out)
 
 
+FLOOR_FILTER = f"""          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: floor
+                vm_config:
+                  vm_id: floor
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local: {{ filename: {FLOOR_WASM} }}"""
+
+
 def ours_yaml(name, plugin):
     """envoy/envoy.yaml, the project's own template, rendered as scripts/run.sh does."""
     listen, admin = ENVOY_PORTS[name]
@@ -356,8 +373,8 @@ def ours_yaml(name, plugin):
     return t
 
 
-def envoy_configs():
-    return {
+def envoy_configs(floor):
+    cfgs = {
         "noop": envoy_yaml("noop", "", ORIGIN_ROUTE),
         "builtin": envoy_yaml("builtin", BUILTIN_CACHE, ORIGIN_ROUTE),
         "direct": envoy_yaml("direct", "", direct_routes(),
@@ -365,6 +382,24 @@ def envoy_configs():
         "redis": ours_yaml("redis", PLUGIN_REDIS_ONLY),
         "memory": ours_yaml("memory", PLUGIN_MEMORY),
     }
+    if floor:
+        # The router is there because Envoy wants a terminal filter; the Wasm filter answers
+        # every request before it runs.
+        cfgs["floor"] = envoy_yaml("floor", FLOOR_FILTER, ORIGIN_ROUTE)
+    return cfgs
+
+
+def want_floor():
+    return not ONLY or "3w" in ONLY
+
+
+def build_floor():
+    """Case 3w's filter: built here (a few seconds the first time), not by `make build`."""
+    log("building bench/floor (case 3w)")
+    p = subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1",
+                        "--manifest-path", FLOOR_MANIFEST], cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0 or not os.path.exists(FLOOR_WASM):
+        raise SystemExit(f"bench: building bench/floor failed:\n{p.stderr[-3000:]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,6 +589,7 @@ def case_rows(memory_ok):
         add("1", "Envoy, no cache (reference)", "fast", tag, "noop", f"/f/{tag}")
         add("2", "Envoy built-in cache, hit", "fast", tag, "builtin", f"/f/{tag}")
         add("3", "Envoy direct_response (ceiling)", "fast", tag, "direct", f"/f/{tag}")
+        add("3w", "minimal proxy-wasm filter, local reply (floor)", "fast", tag, "floor", f"/f/{tag}")
         add("4", "fleet-cache, Redis hit", "fast", tag, "redis", f"/f/{tag}")
         if memory_ok:
             add("5", "fleet-cache, in-proxy hit", "fast", tag, "memory", f"/f/{tag}")
@@ -704,6 +740,8 @@ def machine_info():
                    or ["?"])[0]
     info["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     info["wasm_bytes"] = os.path.getsize(WASM)
+    if os.path.exists(FLOOR_WASM):
+        info["floor_wasm_bytes"] = os.path.getsize(FLOOR_WASM)
     g = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml"],
                            capture_output=True, text=True).stdout.strip()
@@ -896,7 +934,7 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
     L.append("")
     checks = target_checks(rows, ttfb, info)
     for name, ok, detail in checks:
-        mark = "met" if ok is True else ("not met" if ok is False else "n/a")
+        mark = {True: "met", False: "not met", "info": "info"}.get(ok, "n/a")
         L.append(f"- **{mark}**: {name}: {detail}")
     L.append("")
     L.append("## Configurations")
@@ -909,6 +947,9 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
     if "memory" in plugins:
         L.append(f"- case 5 (in-proxy hit): `{json.dumps(plugins['memory'])}`")
     L.append(f"- cases 6 and 7 (misses): the configuration of case {4 if ours == 'redis' else 5}")
+    if info.get("floor_wasm_bytes"):
+        L.append(f"- case 3w (proxy-wasm floor): `bench/floor/` (no configuration; floor.wasm "
+                 f"{info['floor_wasm_bytes']:,} bytes), the Envoy of case 1 with this filter before the router")
     L.append("")
     if warm_notes:
         L.append("## Warm-up checks")
@@ -928,6 +969,7 @@ def target_checks(rows, ttfb, info):
     c1 = rps_of(rows, "1", "fast", "1k")
     c6 = rps_of(rows, "6", "fast", "1k")
     c1b = rps_of(rows, "1b", "fast", "1k")
+    c3w = rps_of(rows, "3w", "fast", "1k")
 
     def ratio_check(name, a, b, floor, what):
         if a is None or b is None:
@@ -939,6 +981,18 @@ def target_checks(rows, ttfb, info):
     ratio_check("in-proxy hit within a few percent of direct_response, 1 KiB", c5, c3, 0.95,
                 "case 5 / case 3")
     ratio_check("Redis hit ≥ 1.0× plain proxying, 1 KiB", c4, c1, 1.0, "case 4 / case 1")
+
+    def info_ratio(name, a, b, what):
+        # Not a target: where the proxy-wasm floor (case 3w) lies, the best any Wasm filter can do.
+        if a is None or b is None:
+            out.append((name, "info", f"{what}: not measured"))
+        else:
+            out.append((name, "info", f"{what} = {a:,.0f} / {b:,.0f} = {a / b:.2f}"))
+
+    info_ratio("proxy-wasm floor vs built-in (3w/2), 1 KiB", c3w, c2,
+               "case 3w / case 2 (a minimal proxy-wasm filter's local reply against Envoy's built-in cache hit)")
+    info_ratio("in-proxy hit vs floor (5/3w), 1 KiB", c5, c3w,
+               "case 5 / case 3w (informational: 3w is the best any proxy-wasm filter can do here)")
     if c6 is not None and c1 is not None:
         extra = ""
         if c1b:
@@ -968,8 +1022,8 @@ def chart(rows, png):
 
     panels = [("fast", "1k", "fast origin, 1 KiB"), ("fast", "64k", "fast origin, 64 KiB"),
               ("fast", "1m", "fast origin, 1 MiB"), ("slow", "1k", f"slow origin ({SLOW_DELAY_MS} ms), 1 KiB")]
-    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "4": "#dd8452",
-              "5": "#c44e52", "6": "#8172b3"}
+    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e",
+              "4": "#dd8452", "5": "#c44e52", "6": "#8172b3"}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for ax, (profile, size, title) in zip(axes.flat, panels):
         rs = [r for r in rows if r["profile"] == profile and r["size"] == size and r.get("rps")]
@@ -1015,12 +1069,15 @@ def main():
     if busy:
         raise SystemExit(f"bench: ports in use by something else: {busy}")
 
+    floor = want_floor()
+    if floor:
+        build_floor()
     info = machine_info()
     load_before = loadavg()
     log(f"{info['nproc']} cores, load average {' '.join(load_before)}; results in bench/results/")
 
     start_backends()
-    cfgs = envoy_configs()
+    cfgs = envoy_configs(floor)
     for name, yaml in cfgs.items():
         start_envoy(name, yaml)
     memory_note = ""
@@ -1072,7 +1129,7 @@ def main():
             st, _, body = http_get(row["url"], 10)
             if st != 200:
                 raise SystemExit(f"bench: {row['url']} answered {st}")
-            if row["size"] in dict(SIZES) and row["id"] in ("1", "3") and row["profile"] == "fast" \
+            if row["size"] in dict(SIZES) and row["id"] in ("1", "3", "3w") and row["profile"] == "fast" \
                     and len(body) != dict(SIZES)[row["size"]]:
                 raise SystemExit(f"bench: {row['url']} returned {len(body)} bytes")
     if any(r.get("skip") for r in rows):
@@ -1108,7 +1165,8 @@ def main():
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump({"started": started, "machine": info, "load_before": load_before, "load_after": load_after,
                    "rows": rows, "runs": runs, "ttfb": ttfb, "memory_note": memory_note,
-                   "checks": [{"target": c[0], "met": c[1], "detail": c[2]} for c in checks]},
+                   "checks": [{"target": c[0], "met": None if c[1] == "info" else c[1],
+                               "informational": c[1] == "info", "detail": c[2]} for c in checks]},
                   f, indent=1, default=str)
     try:
         chart(rows, os.path.join(RESULTS, "latest.png"))
