@@ -37,17 +37,22 @@ impl Shared {
         }
     }
 
-    /// Stops the tick (nothing pending).
+    /// Back to the slow tick that flushes counters (nothing to publish).
     pub fn idle_publisher(&self) {
         if self.ticking.replace(false) {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+            let _ = hostcalls::set_tick_period(METRICS_FLUSH);
         }
     }
 }
 
-/// Host metric ids, indexed by [`Counter::index`].
+/// Host metric ids, indexed by [`Counter::index`], and the counts not yet handed to the host.
+///
+/// A host call per counter per request cost in-proxy hits ~15% of their throughput (measured:
+/// bench A/B), so counts accumulate in the VM and the root flushes them every
+/// [`METRICS_FLUSH`]: Envoy's stats lag by at most that.
 pub struct Metrics {
     ids: Vec<Option<u32>>,
+    pending: Vec<Cell<u64>>,
 }
 
 impl Metrics {
@@ -56,15 +61,31 @@ impl Metrics {
             .iter()
             .map(|c| hostcalls::define_metric(MetricType::Counter, c.name()).ok())
             .collect();
-        Metrics { ids }
+        Metrics {
+            ids,
+            pending: Counter::ALL.iter().map(|_| Cell::new(0)).collect(),
+        }
     }
 
     pub fn add(&self, counter: Counter, n: u64) {
-        if let Some(Some(id)) = self.ids.get(counter.index()) {
-            let _ = hostcalls::increment_metric(*id, n as i64);
+        if let Some(c) = self.pending.get(counter.index()) {
+            c.set(c.get() + n);
+        }
+    }
+
+    /// Hands the accumulated counts to the host.
+    pub fn flush(&self) {
+        for (id, pending) in self.ids.iter().zip(&self.pending) {
+            let n = pending.replace(0);
+            if let (Some(id), true) = (id, n > 0) {
+                let _ = hostcalls::increment_metric(*id, n as i64);
+            }
         }
     }
 }
+
+/// How often counters reach Envoy's stats (and the idle period of the root's tick).
+pub const METRICS_FLUSH: Duration = Duration::from_millis(100);
 
 /// Sends a store command to the store cluster from `ctx` (its answer comes back to `ctx`).
 pub fn dispatch_store(

@@ -2,7 +2,7 @@
 //! and owns the publish queue (writes must outlive their streams so their answers are seen).
 
 use super::stream::CacheStream;
-use super::{Metrics, Shared, dispatch_store};
+use super::{METRICS_FLUSH, Metrics, Shared, dispatch_store};
 use crate::config::Config;
 use crate::flow::Worker;
 use crate::metrics::Counter;
@@ -92,11 +92,14 @@ impl RootContext for CacheRoot {
             ticking: Cell::new(false),
             config: Rc::new(config),
         }));
+        // The slow tick flushes counters; publishing speeds it up while writes are pending.
+        self.set_tick_period(METRICS_FLUSH);
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(shared) = self.shared.clone() {
+            shared.metrics.flush();
             self.drain(&shared);
         }
     }

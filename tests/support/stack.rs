@@ -842,7 +842,10 @@ impl Stack {
     }
 
     /// One counter/gauge from `stats(i)` by exact name (e.g. `fleet_cache.hit`), or by suffix.
+    /// The filter hands its counters to Envoy every 100 ms (src/host/mod.rs `METRICS_FLUSH`):
+    /// this waits for the next flush first, so a count reflects every request already answered.
     pub fn stat(&self, i: usize, name: &str) -> Option<u64> {
+        thread::sleep(Duration::from_millis(250));
         self.stats(i).lines().find_map(|l| {
             let (n, v) = l.split_once(": ")?;
             (n == name || n.ends_with(&format!(".{name}"))).then(|| v.trim().parse().ok())?
