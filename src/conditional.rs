@@ -1,7 +1,7 @@
 //! Clients' conditional requests answered from a stored response (RFC 9110 §13): a client
 //! that already holds the current representation gets a 304 instead of the body.
 
-use crate::http::RequestHead;
+use crate::http::{RequestHead, header_values};
 use crate::policy::http_date_s;
 
 /// Whether the stored response satisfies the client's own validators.
@@ -17,12 +17,7 @@ pub enum Precondition {
 /// `If-Modified-Since` (§13.1.3) against the stored headers, for GET and HEAD. The caller
 /// applies it only to a stored 2xx: preconditions are ignored for other answers (§13.2.1).
 pub fn evaluate(req: &RequestHead, stored: &[(String, String)]) -> Precondition {
-    let stored_header = |name: &str| {
-        stored
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let stored_header = |name: &str| header_values(stored, name).next();
     if req.has("if-none-match") {
         // `*` matches any current representation, with or without an ETag.
         let current = stored_header("etag").and_then(opaque);

@@ -238,28 +238,40 @@ struct Revalidation {
     _reservation: Reservation,
 }
 
-/// A value found for a key, decoded and borrowed from where it was found.
+/// A value found for a key, decoded.
 enum Found<'b> {
     Response {
         meta: Rc<ResponseMeta>,
-        body: Body<'b>,
-        value: Stored<'b>,
-        from_memory: bool,
+        value: Value<'b>,
     },
     Variants(VariantsMeta),
 }
 
-/// The whole stored value and where its body starts in it.
-enum Stored<'b> {
-    Borrowed(&'b [u8], usize),
-    Shared(Rc<[u8]>, usize),
+/// A whole stored value (already validated): borrowed from the store's answer, or shared with
+/// the in-proxy tier.
+enum Value<'b> {
+    Borrowed(&'b [u8]),
+    Shared(Rc<[u8]>),
 }
 
-impl Stored<'_> {
+impl<'b> Value<'b> {
     fn len(&self) -> usize {
         match self {
-            Stored::Borrowed(v, _) => v.len(),
-            Stored::Shared(v, _) => v.len(),
+            Value::Borrowed(v) => v.len(),
+            Value::Shared(v) => v.len(),
+        }
+    }
+
+    fn is_in_memory(&self) -> bool {
+        matches!(self, Value::Shared(_))
+    }
+
+    /// The body: `body_len` bytes where the entry format puts it.
+    fn body(&self, body_len: usize) -> Body<'b> {
+        let (start, end) = (entry::BODY_START, entry::BODY_START + body_len);
+        match self {
+            Value::Borrowed(v) => Body::Borrowed(&v[start..end]),
+            Value::Shared(v) => Body::Shared(v.clone(), start, end),
         }
     }
 }
@@ -467,15 +479,11 @@ impl Flow {
             return self.forward(now_ms, lookup, miss, None);
         };
         let found = match entry::decode(value) {
-            Ok(Decoded::Response { meta, body }) => {
-                let start = entry::BODY_START;
-                Found::Response {
-                    meta: Rc::new(meta),
-                    body: Body::Borrowed(body),
-                    value: Stored::Borrowed(value, start),
-                    from_memory: false,
-                }
-            }
+            // The body is found again from the metadata: decode checked where it lies.
+            Ok(Decoded::Response { meta, body: _ }) => Found::Response {
+                meta: Rc::new(meta),
+                value: Value::Borrowed(value),
+            },
             Ok(Decoded::Variants(v)) => Found::Variants(v),
             Err(e) => {
                 self.events.push(Event::CorruptEntry(e));
@@ -525,20 +533,17 @@ impl Flow {
                 self.state = State::AwaitVariant(lookup, vkey);
                 LookupStep::Lookup(key)
             }
-            Found::Response {
-                meta,
-                body,
-                value,
-                from_memory,
-            } if meta.key_material == expected.material => {
+            Found::Response { meta, value } if meta.key_material == expected.material => {
                 let stored = StoredAt {
                     entry_key: expected.redis_key.clone(),
                     record_key: variant.is_some().then(|| lookup.primary.redis_key.clone()),
                     value_len: value.len() as u64,
                 };
+                let from_memory = value.is_in_memory();
                 if !from_memory {
                     self.remember_response(&stored.entry_key, &meta, &value, now_ms);
                 }
+                let body = value.body(meta.body_len as usize);
                 self.serve(now_ms, lookup, stored, meta, body, from_memory)
             }
             _ => {
@@ -554,16 +559,9 @@ impl Flow {
         let item = self.worker.memory.borrow_mut().get(key, now_ms)?;
         Some(match item {
             Remembered::Variants(v) => Found::Variants(v),
-            Remembered::Response {
+            Remembered::Response { meta, value } => Found::Response {
                 meta,
-                value,
-                body_start,
-                body_end,
-            } => Found::Response {
-                meta,
-                body: Body::Shared(value.clone(), body_start, body_end),
-                value: Stored::Shared(value, body_start),
-                from_memory: true,
+                value: Value::Shared(value),
             },
         })
     }
@@ -581,7 +579,7 @@ impl Flow {
         &self,
         key: &str,
         meta: &Rc<ResponseMeta>,
-        value: &Stored<'_>,
+        value: &Value<'_>,
         now_ms: u64,
     ) {
         if !self.worker.memory.borrow().enabled() || meta.no_cache {
@@ -596,16 +594,12 @@ impl Flow {
         if fresh_until_ms <= now_ms {
             return;
         }
-        let (shared, body_start) = match value {
-            Stored::Borrowed(v, start) => (Rc::<[u8]>::from(*v), *start),
-            Stored::Shared(v, start) => (v.clone(), *start),
-        };
-        let body_end = body_start + meta.body_len as usize;
         let item = Remembered::Response {
             meta: Rc::clone(meta),
-            value: shared,
-            body_start,
-            body_end,
+            value: match value {
+                Value::Borrowed(v) => Rc::from(*v),
+                Value::Shared(v) => v.clone(),
+            },
         };
         self.remember(key, item, now_ms, fresh_until_ms);
     }

@@ -1,6 +1,18 @@
 //! Request and response heads: the parts of a message the cache decides on, copied once from
 //! the host.
 
+/// All values of a header in a header list, in order (several lines of one name are one
+/// list, RFC 9110 §5.3); names compare case-insensitively.
+pub fn header_values<'a, 'n>(
+    headers: &'a [(String, String)],
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// A request's head: pseudo-headers split out, other headers with lower-cased names (as HTTP/2
 /// and Envoy give them).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,10 +44,7 @@ impl RequestHead {
 
     /// All values of a header, in order (several lines of one name are one list, RFC 9110 §5.3).
     pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_values(&self.headers, name)
     }
 
     /// The first value of a header.
@@ -89,10 +98,7 @@ pub struct ResponseHead {
 
 impl ResponseHead {
     pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_values(&self.headers, name)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

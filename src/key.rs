@@ -108,7 +108,8 @@ impl Material {
     }
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Lower-case hex of `bytes`, appended to `out`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(HEX[(b >> 4) as usize] as char);

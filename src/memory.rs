@@ -13,13 +13,12 @@ use std::rc::Rc;
 /// A value as the store had it, validated and decoded.
 #[derive(Debug, Clone)]
 pub enum Remembered {
-    /// A response: its metadata, and the whole stored value with the body's place in it.
+    /// A response: its metadata, and the whole stored value (the body lies where the entry
+    /// format puts it).
     Response {
         /// Shared with the flows that serve it: a hit clones only the headers it replies with.
         meta: Rc<ResponseMeta>,
         value: Rc<[u8]>,
-        body_start: usize,
-        body_end: usize,
     },
     Variants(VariantsMeta),
 }

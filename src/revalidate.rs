@@ -1,7 +1,7 @@
 //! Revalidation of a stored response with the origin (RFC 9111 §4.3): the conditional request
 //! built from its validators, and the stored headers updated by a 304.
 
-use crate::http::ResponseHead;
+use crate::http::{ResponseHead, header_values};
 use crate::policy;
 
 /// The request headers that ask the origin whether the stored response is still current:
@@ -13,8 +13,8 @@ pub fn conditional_headers(stored: &[(String, String)]) -> Vec<(String, String)>
         ("etag", "if-none-match"),
         ("last-modified", "if-modified-since"),
     ] {
-        if let Some((_, v)) = stored.iter().find(|(n, _)| n == name) {
-            out.push((cond.to_string(), v.clone()));
+        if let Some(v) = header_values(stored, name).next() {
+            out.push((cond.to_string(), v.to_string()));
         }
     }
     out

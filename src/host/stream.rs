@@ -60,12 +60,16 @@ impl CacheStream {
     }
 
     fn send_owned(&self, reply: &OwnedReply) {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
+        self.send_reply(reply.status, &reply.headers, &reply.body);
+    }
+
+    /// A local reply: Envoy adds content-length (and, for HEAD, omits the body).
+    fn send_reply(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
+        let headers: Vec<(&str, &str)> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        self.send_http_response(reply.status as u32, headers, Some(&reply.body));
+        self.send_http_response(status as u32, headers, Some(body));
     }
 
     /// Carries out a lookup step. Returns true when the request stays paused.
@@ -80,12 +84,7 @@ impl CacheStream {
                 self.proceed(next)
             }
             LookupStep::Respond(reply) => {
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                self.send_http_response(reply.status as u32, headers, Some(reply.body.bytes()));
+                self.send_reply(reply.status, &reply.headers, reply.body.bytes());
                 true
             }
             LookupStep::Revalidate(conditions) => {

@@ -9,6 +9,7 @@
 #[cfg(test)]
 use super::Refresh;
 use super::{StoreError, Write};
+use crate::key::push_hex;
 
 /// An HTTP request to send to the store cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,11 +145,7 @@ pub fn put(write: &Write) -> Callout {
         None => path.push_str("0/-"),
         Some(v) => {
             path.push_str("1/");
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for b in &v.record {
-                path.push(HEX[(b >> 4) as usize] as char);
-                path.push(HEX[(b & 15) as usize] as char);
-            }
+            push_hex(&mut path, &v.record);
         }
     }
     path.push_str(".raw");
@@ -241,7 +238,8 @@ pub fn purge_tags(tag_set_keys: &[String]) -> Callout {
     }
 }
 
-/// Parses an integer answer (`:<n>`).
+/// Parses an integer answer (`:<n>`): the scripts' answer to writes (1), invalidations and
+/// purges (how many resources existed).
 pub fn parse_count(status: Option<u16>, body: &[u8]) -> Result<u64, StoreError> {
     check_status(status)?;
     let digits = body
@@ -253,16 +251,6 @@ pub fn parse_count(status: Option<u16>, body: &[u8]) -> Result<u64, StoreError> 
         .filter(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
         .and_then(|d| d.parse().ok())
         .ok_or(StoreError::Garbage)
-}
-
-/// Parses the answer to [`put`]: the scripts return the integer 1.
-pub fn parse_put(status: Option<u16>, body: &[u8]) -> Result<(), StoreError> {
-    check_status(status)?;
-    if body == b":1\r\n" {
-        Ok(())
-    } else {
-        Err(StoreError::Garbage)
-    }
 }
 
 #[cfg(test)]
@@ -388,11 +376,12 @@ mod tests {
 
     #[test]
     fn put_answers() {
-        assert_eq!(parse_put(Some(200), b":1\r\n"), Ok(()));
+        // Writes answer an integer too (the scripts return 1): parsed by parse_count.
+        assert_eq!(parse_count(Some(200), b":1\r\n"), Ok(1));
         assert_eq!(
-            parse_put(Some(200), b"-ERR x\r\n"),
+            parse_count(Some(200), b"-ERR x\r\n"),
             Err(StoreError::Garbage)
         );
-        assert_eq!(parse_put(Some(503), b""), Err(StoreError::Unavailable));
+        assert_eq!(parse_count(Some(503), b""), Err(StoreError::Unavailable));
     }
 }
