@@ -4,7 +4,9 @@
 //! (`store.timeout_ms: must be at least 1`), because the only place an operator sees it is one
 //! line of Envoy's log.
 
-use serde::Deserialize;
+mod fields;
+
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// The filter's settings, validated. Built once per plugin configuration and shared by every
@@ -94,11 +96,9 @@ pub struct KeyConfig {
     pub headers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    #[serde(rename = "GET")]
     Get,
-    #[serde(rename = "HEAD")]
     Head,
 }
 
@@ -112,15 +112,13 @@ impl Method {
 }
 
 /// What to do with a response that sets a cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SetCookiePolicy {
-    /// Don't store it: the cookie is usually meant for one client.
+    /// Don't store it (`"no-store"`): the cookie is usually meant for one client.
     #[default]
-    #[serde(rename = "no-store")]
     NoStore,
-    /// Store the response without its `Set-Cookie` headers (the client that caused the fetch
-    /// still gets them).
-    #[serde(rename = "strip")]
+    /// Store the response without its `Set-Cookie` headers (`"strip"`; the client that caused
+    /// the fetch still gets them).
     Strip,
 }
 
@@ -156,10 +154,8 @@ impl fmt::Debug for PurgeConfig {
 /// The statuses RFC 9110 §15.1 calls cacheable by default (heuristically cacheable).
 pub const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
-// The raw, serde-facing shape. Kept apart from `Config` so validated types never hold
-// unchecked values.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
+// The raw shape, as read from JSON (every field defaulted, unknown fields refused). Kept apart
+// from `Config` so validated types never hold unchecked values.
 struct RawConfig {
     store: RawStore,
     namespace: String,
@@ -182,8 +178,6 @@ struct RawConfig {
     memory: RawMemory,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawMemory {
     max_bytes: u64,
     max_age_ms: u64,
@@ -198,8 +192,6 @@ impl Default for RawMemory {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawPurge {
     token: String,
     header: String,
@@ -240,8 +232,6 @@ impl Default for RawConfig {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawStore {
     cluster: String,
     authority: String,
@@ -260,8 +250,7 @@ impl Default for RawStore {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 struct RawKey {
     query_ignore: Vec<String>,
     query_sort: bool,
@@ -275,33 +264,207 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 impl Config {
     /// Parses and validates the plugin configuration. Empty input means all defaults.
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
-        let raw: RawConfig = if json.iter().all(u8::is_ascii_whitespace) {
+        let raw = if json.iter().all(u8::is_ascii_whitespace) {
             RawConfig::default()
         } else {
-            // serde accepts a struct written as an array; a config is an object, nothing else.
+            // A config is an object, nothing else.
             if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
                 return Err(err("", "the configuration must be a JSON object"));
             }
-            let value: serde_json::Value =
-                serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
+            let value: Value = serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
+            let Some(top) = value.as_object() else {
+                return Err(err("", "the configuration must be a JSON object"));
+            };
             for section in ["store", "key", "purge", "memory"] {
-                if value.get(section).is_some_and(|v| !v.is_object()) {
+                if top.get(section).is_some_and(|v| !v.is_object()) {
                     return Err(err(section, "must be a JSON object"));
                 }
             }
-            serde_path_to_error::deserialize(value).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                // Unknown fields are reported by serde in the message; the path then names
-                // the enclosing object, which is still the right place to look.
-                ConfigError {
-                    field: if path == "." { String::new() } else { path },
-                    reason: inner.to_string(),
-                }
-            })?
+            RawConfig::read(top)?
         };
         raw.validate()
     }
+}
+
+// Readers of the raw sections. Each starts from the defaults and takes the object's entries in
+// their order (the first error is the one reported), refusing unknown fields; `fields` words
+// the errors as serde did. Every section's value was checked to be an object by `parse`.
+
+const TOP_FIELDS: &[&str] = &[
+    "store",
+    "namespace",
+    "default_ttl_s",
+    "max_ttl_s",
+    "heuristic_percent",
+    "heuristic_max_s",
+    "keep_stale_s",
+    "ignore_client_no_cache",
+    "cdn_cache_control",
+    "max_body_bytes",
+    "max_recording_bytes",
+    "methods",
+    "statuses",
+    "key",
+    "set_cookie",
+    "cache_name",
+    "tag_header",
+    "purge",
+    "memory",
+];
+const METHODS: &[&str] = &["GET", "HEAD"];
+const SET_COOKIE: &[&str] = &["no-store", "strip"];
+
+fn section<'v>(v: &'v Value, field: &str) -> Result<&'v Map<String, Value>, ConfigError> {
+    v.as_object()
+        .ok_or_else(|| err(field, "must be a JSON object"))
+}
+
+impl RawConfig {
+    fn read(obj: &Map<String, Value>) -> Result<RawConfig, ConfigError> {
+        let mut raw = RawConfig::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "store" => raw.store = RawStore::read(section(v, "store")?)?,
+                "namespace" => raw.namespace = fields::string(v, "namespace")?,
+                "default_ttl_s" => raw.default_ttl_s = fields::u64(v, "default_ttl_s")?,
+                "max_ttl_s" => raw.max_ttl_s = fields::u64(v, "max_ttl_s")?,
+                "heuristic_percent" => raw.heuristic_percent = fields::u8(v, "heuristic_percent")?,
+                "heuristic_max_s" => raw.heuristic_max_s = fields::u64(v, "heuristic_max_s")?,
+                "keep_stale_s" => raw.keep_stale_s = fields::u64(v, "keep_stale_s")?,
+                "ignore_client_no_cache" => {
+                    raw.ignore_client_no_cache = fields::boolean(v, "ignore_client_no_cache")?
+                }
+                "cdn_cache_control" => {
+                    raw.cdn_cache_control = fields::string(v, "cdn_cache_control")?
+                }
+                "max_body_bytes" => raw.max_body_bytes = fields::u64(v, "max_body_bytes")?,
+                "max_recording_bytes" => {
+                    raw.max_recording_bytes = fields::u64(v, "max_recording_bytes")?
+                }
+                "methods" => {
+                    let items = fields::array(v, "methods")?;
+                    raw.methods = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        let m = match fields::variant(item, &format!("methods[{i}]"), METHODS)? {
+                            0 => Method::Get,
+                            _ => Method::Head,
+                        };
+                        raw.methods.push(m);
+                    }
+                }
+                "statuses" => {
+                    let items = fields::array(v, "statuses")?;
+                    raw.statuses = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        raw.statuses
+                            .push(fields::u16(item, &format!("statuses[{i}]"))?);
+                    }
+                }
+                "key" => raw.key = RawKey::read(section(v, "key")?)?,
+                "set_cookie" => {
+                    raw.set_cookie = match fields::variant(v, "set_cookie", SET_COOKIE)? {
+                        0 => SetCookiePolicy::NoStore,
+                        _ => SetCookiePolicy::Strip,
+                    }
+                }
+                "cache_name" => raw.cache_name = fields::string(v, "cache_name")?,
+                "tag_header" => raw.tag_header = fields::string(v, "tag_header")?,
+                "purge" => raw.purge = RawPurge::read(section(v, "purge")?)?,
+                "memory" => raw.memory = RawMemory::read(section(v, "memory")?)?,
+                _ => return Err(fields::unknown_field("", k, TOP_FIELDS)),
+            }
+        }
+        Ok(raw)
+    }
+}
+
+impl RawStore {
+    fn read(obj: &Map<String, Value>) -> Result<RawStore, ConfigError> {
+        let mut raw = RawStore::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "cluster" => raw.cluster = fields::string(v, "store.cluster")?,
+                "authority" => raw.authority = fields::string(v, "store.authority")?,
+                "timeout_ms" => raw.timeout_ms = fields::u64(v, "store.timeout_ms")?,
+                "publish_timeout_ms" => {
+                    raw.publish_timeout_ms = fields::u64(v, "store.publish_timeout_ms")?
+                }
+                _ => {
+                    return Err(fields::unknown_field(
+                        "store",
+                        k,
+                        &["cluster", "authority", "timeout_ms", "publish_timeout_ms"],
+                    ));
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+impl RawKey {
+    fn read(obj: &Map<String, Value>) -> Result<RawKey, ConfigError> {
+        let mut raw = RawKey::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "query_ignore" => raw.query_ignore = strings(v, "key.query_ignore")?,
+                "query_sort" => raw.query_sort = fields::boolean(v, "key.query_sort")?,
+                "headers" => raw.headers = strings(v, "key.headers")?,
+                _ => {
+                    return Err(fields::unknown_field(
+                        "key",
+                        k,
+                        &["query_ignore", "query_sort", "headers"],
+                    ));
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+impl RawPurge {
+    fn read(obj: &Map<String, Value>) -> Result<RawPurge, ConfigError> {
+        let mut raw = RawPurge::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "token" => raw.token = fields::string(v, "purge.token")?,
+                "header" => raw.header = fields::string(v, "purge.header")?,
+                _ => return Err(fields::unknown_field("purge", k, &["token", "header"])),
+            }
+        }
+        Ok(raw)
+    }
+}
+
+impl RawMemory {
+    fn read(obj: &Map<String, Value>) -> Result<RawMemory, ConfigError> {
+        let mut raw = RawMemory::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "max_bytes" => raw.max_bytes = fields::u64(v, "memory.max_bytes")?,
+                "max_age_ms" => raw.max_age_ms = fields::u64(v, "memory.max_age_ms")?,
+                _ => {
+                    return Err(fields::unknown_field(
+                        "memory",
+                        k,
+                        &["max_bytes", "max_age_ms"],
+                    ));
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// A JSON array of strings, each error naming its element (`key.headers[2]`).
+fn strings(v: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
+    let items = fields::array(v, path)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        out.push(fields::string(item, &format!("{path}[{i}]"))?);
+    }
+    Ok(out)
 }
 
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -641,6 +804,88 @@ mod tests {
             assert_eq!(e.field, field, "{json}: {e}");
             assert!(e.to_string().starts_with(field), "{e}");
         }
+    }
+
+    #[test]
+    fn errors_keep_serde_wording() {
+        // The messages operators saw when the config was read by serde derive; an Envoy log
+        // line is all they get, so they stay as they were.
+        let cases = [
+            (
+                r#"{"store":{"timeout_ms":"fast"}}"#,
+                r#"store.timeout_ms: invalid type: string "fast", expected u64"#,
+            ),
+            (
+                r#"{"store":{"timeout_ms":-1}}"#,
+                "store.timeout_ms: invalid value: integer `-1`, expected u64",
+            ),
+            (
+                r#"{"store":{"timeout_ms":1e3}}"#,
+                "store.timeout_ms: invalid type: floating point `1000.0`, expected u64",
+            ),
+            (
+                r#"{"heuristic_percent":256}"#,
+                "heuristic_percent: invalid value: integer `256`, expected u8",
+            ),
+            (
+                r#"{"statuses":[200,null]}"#,
+                "statuses[1]: invalid type: null, expected u16",
+            ),
+            (
+                r#"{"ignore_client_no_cache":1}"#,
+                "ignore_client_no_cache: invalid type: integer `1`, expected a boolean",
+            ),
+            (
+                r#"{"key":{"headers":{}}}"#,
+                "key.headers: invalid type: map, expected a sequence",
+            ),
+            (
+                r#"{"key":{"query_ignore":[true]}}"#,
+                "key.query_ignore[0]: invalid type: boolean `true`, expected a string",
+            ),
+            (
+                r#"{"methods":["POST"]}"#,
+                "methods[0]: unknown variant `POST`, expected `GET` or `HEAD`",
+            ),
+            (
+                r#"{"methods":[["GET"]]}"#,
+                "methods[0]: invalid type: sequence, expected string or map",
+            ),
+            (
+                r#"{"set_cookie":{"strip":1}}"#,
+                "set_cookie.strip: invalid type: integer `1`, expected unit",
+            ),
+            (
+                r#"{"set_cookie":{}}"#,
+                "set_cookie: invalid value: map, expected map with a single key",
+            ),
+            (
+                r#"{"purge":{"bogus":""}}"#,
+                "purge.bogus: unknown field `bogus`, expected `token` or `header`",
+            ),
+            (
+                r#"{"store":{"timeout":5}}"#,
+                "store.timeout: unknown field `timeout`, expected one of `cluster`, \
+                 `authority`, `timeout_ms`, `publish_timeout_ms`",
+            ),
+            // Fields are taken in the object's (sorted) order: the first error is serde's.
+            (
+                r#"{"store":{"timeout_ms":"x","bogus":1}}"#,
+                "store.bogus: unknown field `bogus`, expected one of `cluster`, `authority`, \
+                 `timeout_ms`, `publish_timeout_ms`",
+            ),
+            (
+                r#"{"max_ttl_s":"x","default_ttl_s":"y"}"#,
+                r#"default_ttl_s: invalid type: string "y", expected u64"#,
+            ),
+        ];
+        for (json, message) in cases {
+            assert_eq!(parse(json).unwrap_err().to_string(), message, "{json}");
+        }
+        // The unit-variant object form serde accepted still reads.
+        let c = parse(r#"{"methods":[{"HEAD":null}],"set_cookie":{"strip":null}}"#).unwrap();
+        assert_eq!(c.methods, vec![Method::Head]);
+        assert_eq!(c.set_cookie, SetCookiePolicy::Strip);
     }
 
     #[test]
