@@ -12,6 +12,7 @@ pub mod entry;
 pub mod flow;
 pub mod http;
 pub mod key;
+pub mod lookups;
 pub mod memory;
 pub mod metrics;
 pub mod policy;
@@ -28,7 +29,7 @@ mod host;
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(host::root::CacheRoot::default())
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(host::root::CacheRoot::new(id))
     });
 }}

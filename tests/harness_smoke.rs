@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use fleet_cache::store::webdis;
 use support::origin::{HELLO_BODY, percent_encode, unique_suffix};
 use support::{Origin, Stack, StackOptions, binary_body};
 
@@ -226,13 +227,9 @@ fn webdis_acl_and_binary_values() {
     assert_eq!(put.status, 200, "{}", put.text());
     assert_eq!(put.body, b":1\r\n");
 
-    let got = st.webdis_request(
-        "GET",
-        &format!("/GET/{}.raw", percent_encode(key.as_bytes())),
-        &[],
-    );
+    let got = st.webdis_request("GET", &webdis::lookup([key.as_str()].into_iter()).path, &[]);
     assert_eq!(got.status, 200);
-    let mut expect = format!("${}\r\n", value.len()).into_bytes();
+    let mut expect = format!("*1\r\n${}\r\n", value.len()).into_bytes();
     expect.extend_from_slice(&value);
     expect.extend_from_slice(b"\r\n");
     assert_eq!(got.body, expect);
@@ -242,12 +239,19 @@ fn webdis_acl_and_binary_values() {
     assert_eq!(st.keys(), vec![key.clone()]);
 
     assert_eq!(
-        st.webdis_request("GET", "/GET/missing.raw", &[]).body,
-        b"$-1\r\n"
+        st.webdis_request(
+            "GET",
+            &webdis::lookup(["missing", "x"].into_iter()).path,
+            &[]
+        )
+        .body,
+        b"*2\r\n$0\r\n\r\n$0\r\n\r\n"
     );
     assert_eq!(st.webdis_request("GET", "/PING", &[]).status, 200);
-    // The ACL allows only what the filter sends (GET, EVAL) and PING.
+    // The ACL allows only what the filter sends (EVAL) and PING.
     for refused in [
+        "/GET/x.raw",
+        "/MGET/x.raw",
         "/DEL/x",
         "/FLUSHALL",
         "/CONFIG/GET/maxmemory",
@@ -281,10 +285,10 @@ fn webdis_acl_and_binary_values() {
 
     // Redis stop/start behind Webdis, and CLIENT PAUSE.
     st.stop_redis();
-    assert_eq!(st.webdis_request("GET", "/GET/x.raw", &[]).status, 503);
+    assert_eq!(st.webdis_request("GET", "/PING.raw", &[]).status, 503);
     st.start_redis();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while st.webdis_request("GET", "/GET/x.raw", &[]).status != 200 {
+    while st.webdis_request("GET", "/PING.raw", &[]).status != 200 {
         assert!(
             Instant::now() < deadline,
             "webdis did not reconnect to redis"
@@ -293,7 +297,7 @@ fn webdis_acl_and_binary_values() {
     }
     st.pause_redis(300);
     let t = Instant::now();
-    assert_eq!(st.webdis_request("GET", "/GET/x.raw", &[]).status, 200);
+    assert_eq!(st.webdis_request("GET", "/PING.raw", &[]).status, 200);
     assert!(
         t.elapsed() >= Duration::from_millis(200),
         "{:?}",

@@ -184,7 +184,7 @@ fn redis_down_fails_open_then_caching_resumes() {
     // through it succeeds so that the checks below don't race that.
     let mut ok_in_a_row = 0;
     let reconnected = poll(Duration::from_secs(5), || {
-        if st.webdis_request("GET", "/GET/probe.raw", &[]).status == 200 {
+        if st.webdis_request("GET", "/PING.raw", &[]).status == 200 {
             ok_in_a_row += 1;
         } else {
             ok_in_a_row = 0;

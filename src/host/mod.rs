@@ -1,20 +1,24 @@
 //! The proxy-wasm adapter: translates host callbacks into core events and core decisions into
 //! host calls. No cache logic lives here.
 
+pub mod lookup;
 pub mod root;
 pub mod stream;
+pub mod wake;
 
 use crate::config::Config;
-use crate::flow::Worker;
+use crate::flow::{Flow, Worker};
+use crate::lookups::Lookups;
 use crate::metrics::Counter;
 use crate::publish::PublishQueue;
 use crate::store::webdis::Callout;
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::Context;
 use proxy_wasm::types::{MetricType, Status};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wake::Wake;
 
 /// What a VM's root context shares with its streams.
 pub struct Shared {
@@ -26,12 +30,28 @@ pub struct Shared {
     /// Whether the root's tick is armed. Re-arming resets Envoy's timer, so a stream of
     /// publishes less than a tick apart must not keep pushing the tick back.
     pub ticking: Cell<bool>,
+    /// Lookups waiting to be sent or answered, batched by the root.
+    pub lookups: RefCell<Lookups>,
+    /// The flows of the streams waiting for a lookup, by context id: the root hands them
+    /// the answer. A stream that ends removes itself.
+    pub waiting: RefCell<HashMap<u32, Rc<RefCell<Flow>>>>,
+    /// Wakes the root to send lookups and writes now.
+    pub wake: Wake,
+    /// The root context's id: host calls made on a stream's behalf must be switched back.
+    pub root_id: u32,
 }
 
 impl Shared {
-    /// Arms the root's publish tick unless it already is. Callable from any context of the
-    /// VM: the host applies it to the root context.
-    pub fn wake_publisher(&self) {
+    /// Has the root send pending lookups and writes as soon as this callback returns.
+    pub fn wake(&self) {
+        if !self.wake.wake() {
+            self.tick_publisher();
+        }
+    }
+
+    /// Arms the root's tick unless it already is (writes to retry). Callable from any context
+    /// of the VM: the host applies it to the root context.
+    pub fn tick_publisher(&self) {
         if !self.ticking.replace(true) {
             let _ = hostcalls::set_tick_period(PUBLISH_TICK);
         }
@@ -87,15 +107,15 @@ impl Metrics {
 /// How often counters reach Envoy's stats (and the idle period of the root's tick).
 pub const METRICS_FLUSH: Duration = Duration::from_millis(100);
 
-/// Sends a store command to the store cluster from `ctx` (its answer comes back to `ctx`).
+/// Sends a store command to the store cluster from the context being called (its answer
+/// comes back to that context).
 pub fn dispatch_store(
-    ctx: &dyn Context,
     cfg: &Config,
     callout: &Callout,
     body: Option<&[u8]>,
     timeout_ms: u64,
 ) -> Result<u32, Status> {
-    ctx.dispatch_http_call(
+    hostcalls::dispatch_http_call(
         &cfg.store.cluster,
         vec![
             (":method", callout.method),
@@ -108,8 +128,13 @@ pub fn dispatch_store(
     )
 }
 
-/// Ticks drive the publish queue while it has work; idle VMs don't tick.
+/// Ticks retry writes the host refused to dispatch; idle VMs don't tick.
 pub const PUBLISH_TICK: Duration = Duration::from_millis(1);
+
+/// The host's clock in Unix milliseconds (0 if the host can't tell).
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time().map(unix_ms).unwrap_or(0)
+}
 
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

@@ -2,7 +2,8 @@
 //! and owns the publish queue (writes must outlive their streams so their answers are seen).
 
 use super::stream::CacheStream;
-use super::{METRICS_FLUSH, Metrics, Shared, dispatch_store};
+use super::wake::Wake;
+use super::{METRICS_FLUSH, Metrics, Shared, dispatch_store, lookup};
 use crate::config::Config;
 use crate::flow::Worker;
 use crate::metrics::Counter;
@@ -15,8 +16,8 @@ use proxy_wasm::types::ContextType;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-#[derive(Default)]
 pub struct CacheRoot {
+    id: u32,
     shared: Option<Rc<Shared>>,
     /// Whether the last write failed: warnings are logged when writes start and stop
     /// failing, not once per write (an outage would flood the log; metrics count each one).
@@ -34,6 +35,9 @@ impl Context for CacheRoot {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
+        if lookup::answered(&shared, token, status, &body) {
+            return;
+        }
         // Entries answer 1, invalidations a count: either way an integer.
         let result = webdis::parse_count(status, &body);
         debug!("fleet-cache: publish answer {status:?}: {result:?}");
@@ -90,6 +94,10 @@ impl RootContext for CacheRoot {
             queue: RefCell::new(PublishQueue::new(max_queue)),
             worker: Worker::new(&config),
             ticking: Cell::new(false),
+            lookups: RefCell::default(),
+            waiting: RefCell::default(),
+            wake: Wake::register(),
+            root_id: self.id,
             config: Rc::new(config),
         }));
         // The slow tick flushes counters; publishing speeds it up while writes are pending.
@@ -100,13 +108,19 @@ impl RootContext for CacheRoot {
     fn on_tick(&mut self) {
         if let Some(shared) = self.shared.clone() {
             shared.metrics.flush();
-            self.drain(&shared);
+            self.send_all(&shared);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        if let Some(shared) = self.shared.clone() {
+            self.send_all(&shared);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(CacheStream::new(shared)))
+        Some(Box::new(CacheStream::new(context_id, shared)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -115,6 +129,22 @@ impl RootContext for CacheRoot {
 }
 
 impl CacheRoot {
+    pub fn new(id: u32) -> CacheRoot {
+        CacheRoot {
+            id,
+            shared: None,
+            publish_failing: false,
+        }
+    }
+
+    /// Sends the writes and the lookups the streams woke the root for. Writes first: sending
+    /// lookups may serve streams, after which nothing may be dispatched (see `lookup`).
+    fn send_all(&self, shared: &Shared) {
+        shared.wake.woken();
+        self.drain(shared);
+        lookup::send(shared);
+    }
+
     /// Sends what the queue allows; stops ticking when nothing is left to send.
     fn drain(&self, shared: &Shared) {
         let cfg = &shared.config;
@@ -140,7 +170,7 @@ impl CacheRoot {
                     (webdis::invalidate(keys), None)
                 }
             };
-            let sent = dispatch_store(self, cfg, &callout, body, cfg.store.publish_timeout_ms);
+            let sent = dispatch_store(cfg, &callout, body, cfg.store.publish_timeout_ms);
             match sent {
                 Ok(token) => shared.queue.borrow_mut().sent(token, job),
                 Err(e) => {
@@ -157,7 +187,7 @@ impl CacheRoot {
             }
         }
         if shared.queue.borrow().wants_tick() {
-            shared.wake_publisher();
+            shared.tick_publisher();
         } else {
             shared.idle_publisher();
         }

@@ -2,50 +2,41 @@
 //! dispatched from here (its answer must come back to this request); writes go to the root's
 //! queue.
 
-use super::{Shared, dispatch_store, unix_ms, utf8_pairs};
+use super::{Shared, dispatch_store, now_ms, utf8_pairs};
 use crate::flow::{Flow, LookupStep, OwnedReply, PurgeCommand, RequestStep, Source};
 use crate::http::{RequestHead, ResponseHead};
 use crate::metrics::{self, Counter};
 use crate::store::{StoreError, StoreWrite, webdis};
-use log::debug;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct CacheStream {
+    /// This stream's context id: how the root finds it to hand over a lookup's answer.
+    id: u32,
     shared: Rc<Shared>,
-    flow: Flow,
+    /// Shared with the root while a lookup is out (see [`Shared::waiting`]).
+    flow: Rc<RefCell<Flow>>,
     /// False when the request was passed through without the flow (a header the host
     /// can't hand back as text): every later callback is then a no-op.
     active: bool,
 }
 
 impl CacheStream {
-    pub fn new(shared: Rc<Shared>) -> CacheStream {
+    pub fn new(id: u32, shared: Rc<Shared>) -> CacheStream {
         let flow = Flow::new(shared.config.clone(), shared.worker.clone());
         CacheStream {
+            id,
             shared,
-            flow,
+            flow: Rc::new(RefCell::new(flow)),
             active: false,
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        unix_ms(self.get_current_time())
-    }
-
-    fn count_events(&mut self) {
-        for event in self.flow.take_events() {
-            for c in metrics::counters_for(event) {
-                self.shared.metrics.add(*c, 1);
-            }
-        }
-    }
-
-    /// Sends a lookup; returns false when it could not even be dispatched.
-    fn dispatch_lookup(&self, key: &str) -> bool {
-        let cfg = &self.shared.config;
-        dispatch_store(self, cfg, &webdis::get(key), None, cfg.store.timeout_ms).is_ok()
+    fn count_events(&self) {
+        count_events(&self.shared, &self.flow);
     }
 
     /// Sends a purge; returns false when it could not even be dispatched. The client waits
@@ -56,60 +47,88 @@ impl CacheStream {
             PurgeCommand::Resources(keys) => webdis::invalidate(keys),
             PurgeCommand::Tags(keys) => webdis::purge_tags(keys),
         };
-        dispatch_store(self, cfg, &callout, None, cfg.store.publish_timeout_ms).is_ok()
-    }
-
-    fn send_owned(&self, reply: &OwnedReply) {
-        self.send_reply(reply.status, &reply.headers, &reply.body);
-    }
-
-    /// A local reply: Envoy adds content-length (and, for HEAD, omits the body).
-    fn send_reply(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        self.send_http_response(status as u32, headers, Some(body));
-    }
-
-    /// Carries out a lookup step. Returns true when the request stays paused.
-    fn proceed(&mut self, step: LookupStep<'_>) -> bool {
-        match step {
-            LookupStep::Lookup(key) => {
-                if self.dispatch_lookup(&key) {
-                    return true;
-                }
-                let now = self.now_ms();
-                let next = self.flow.handle_store_reply(now, Err(StoreError::Dispatch));
-                self.proceed(next)
-            }
-            LookupStep::Respond(reply) => {
-                self.send_reply(reply.status, &reply.headers, reply.body.bytes());
-                true
-            }
-            LookupStep::Revalidate(conditions) => {
-                // The request is still held: its headers can change before it goes on.
-                for (name, value) in &conditions {
-                    self.set_http_request_header(name, Some(value));
-                }
-                false
-            }
-            LookupStep::Continue => false,
-        }
+        dispatch_store(cfg, &callout, None, cfg.store.publish_timeout_ms).is_ok()
     }
 
     fn publish(&self, write: StoreWrite) {
         let pushed = self.shared.queue.borrow_mut().push(write);
         if pushed {
-            // Wake the root: it sends the write from its own context on the next tick.
-            self.shared.wake_publisher();
+            // The root sends the write from its own context, right after this callback.
+            self.shared.wake();
         } else {
             self.shared.metrics.add(Counter::PublishDropped, 1);
         }
     }
 }
 
+fn count_events(shared: &Shared, flow: &RefCell<Flow>) {
+    for event in flow.borrow_mut().take_events() {
+        for c in metrics::counters_for(event) {
+            shared.metrics.add(*c, 1);
+        }
+    }
+}
+
+fn send_owned(reply: &OwnedReply) {
+    send_reply(reply.status, &reply.headers, &reply.body);
+}
+
+/// A local reply on the effective context: Envoy adds content-length (and, for HEAD, omits
+/// the body).
+fn send_reply(status: u16, headers: &[(String, String)], body: &[u8]) {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(status as u32, headers, Some(body));
+}
+
+/// Carries out a lookup step for stream `id` (the effective context). Returns true when the
+/// request stays paused.
+fn proceed(shared: &Shared, id: u32, flow: &Rc<RefCell<Flow>>, step: LookupStep<'_>) -> bool {
+    match step {
+        LookupStep::Lookup(key) => {
+            // The root sends it, batched with whatever else this VM's streams wait for.
+            shared.waiting.borrow_mut().insert(id, flow.clone());
+            if shared.lookups.borrow_mut().request(id, key) {
+                shared.wake();
+            }
+            true
+        }
+        LookupStep::Respond(reply) => {
+            send_reply(reply.status, &reply.headers, reply.body.bytes());
+            true
+        }
+        LookupStep::Revalidate(conditions) => {
+            // The request is still held: its headers can change before it goes on.
+            for (name, value) in &conditions {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+            }
+            false
+        }
+        LookupStep::Continue => false,
+    }
+}
+
+/// Carries out a step that arrived while the request was paused (the store's answer), and
+/// releases the request unless the step keeps it.
+pub fn carry_on(shared: &Shared, id: u32, flow: &Rc<RefCell<Flow>>, step: LookupStep<'_>) {
+    let paused = proceed(shared, id, flow, step);
+    count_events(shared, flow);
+    if !paused {
+        let _ = hostcalls::resume_http_request();
+    }
+}
+
+impl Drop for CacheStream {
+    fn drop(&mut self) {
+        // A reset stream's lookup may still be out: its answer has no one to serve.
+        self.shared.waiting.borrow_mut().remove(&self.id);
+    }
+}
+
 impl Context for CacheStream {
+    /// Only purges are dispatched by the stream itself (lookups and writes by the root).
     fn on_http_call_response(&mut self, _token: u32, _: usize, body_size: usize, _: usize) {
         let status = self
             .get_http_call_response_header_bytes(":status")
@@ -117,25 +136,13 @@ impl Context for CacheStream {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        if self.flow.is_awaiting_purge() {
-            let reply = self
-                .flow
-                .handle_purge_reply(webdis::parse_count(status, &body));
-            self.send_owned(&reply);
-            self.count_events();
+        if !self.flow.borrow().is_awaiting_purge() {
             return;
         }
-        let reply = webdis::parse_get(status, &body);
-        if let Err(e) = reply {
-            debug!("fleet-cache: lookup failed: {e:?} (status {status:?})");
-        }
-        let now = self.now_ms();
-        let step = self.flow.handle_store_reply(now, reply);
-        let paused = self.proceed(step);
+        let result = webdis::parse_count(status, &body);
+        let reply = self.flow.borrow_mut().handle_purge_reply(result);
+        send_owned(&reply);
         self.count_events();
-        if !paused {
-            self.resume_http_request();
-        }
     }
 }
 
@@ -146,49 +153,42 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         }
         self.active = true;
-        let now = self.now_ms();
         let step = self
             .flow
-            .handle_request_headers(now, RequestHead::from_pairs(pairs));
-        let action = match step {
+            .borrow_mut()
+            .handle_request_headers(now_ms(), RequestHead::from_pairs(pairs));
+        let shared = &self.shared;
+        let paused = match step {
             RequestStep::Lookup(key) => {
-                if self.dispatch_lookup(&key) {
-                    Action::Pause
-                } else {
-                    let next = self.flow.handle_store_reply(now, Err(StoreError::Dispatch));
-                    if self.proceed(next) {
-                        Action::Pause
-                    } else {
-                        Action::Continue
-                    }
-                }
+                proceed(shared, self.id, &self.flow, LookupStep::Lookup(key))
             }
-            RequestStep::Continue => Action::Continue,
+            RequestStep::Continue => false,
             RequestStep::Reply(reply) => {
-                self.send_owned(&reply);
-                Action::Pause
+                send_owned(&reply);
+                true
             }
-            RequestStep::Decided(step) => {
-                if self.proceed(step) {
-                    Action::Pause
-                } else {
-                    Action::Continue
-                }
-            }
+            RequestStep::Decided(step) => proceed(shared, self.id, &self.flow, step),
             RequestStep::Purge(purge) => {
                 if !self.dispatch_purge(&purge) {
-                    let reply = self.flow.handle_purge_reply(Err(StoreError::Dispatch));
-                    self.send_owned(&reply);
+                    let reply = self
+                        .flow
+                        .borrow_mut()
+                        .handle_purge_reply(Err(StoreError::Dispatch));
+                    send_owned(&reply);
                 }
-                Action::Pause
+                true
             }
         };
         self.count_events();
-        action
+        if paused {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        if !self.active || self.flow.is_serving_hit() {
+        if !self.active || self.flow.borrow().is_serving_hit() {
             return Action::Continue;
         }
         let (pairs, all_utf8) = utf8_pairs(self.get_http_response_headers_bytes());
@@ -208,10 +208,10 @@ impl HttpContext for CacheStream {
             (true, false) => Source::Unreplayable,
             (true, true) => Source::Origin,
         };
-        let now = self.now_ms();
-        let step = self
-            .flow
-            .handle_response_headers(now, &resp, end_of_stream, source);
+        let step =
+            self.flow
+                .borrow_mut()
+                .handle_response_headers(now_ms(), &resp, end_of_stream, source);
         if let Some(cs) = step.cache_status {
             self.set_http_response_header("cache-status", Some(&cs));
         }
@@ -228,14 +228,14 @@ impl HttpContext for CacheStream {
         if let Some(reply) = step.respond {
             // The origin's 304 is replaced by the stored response: Envoy sends this local reply
             // straight to the client (the response has not started downstream yet).
-            self.send_owned(&reply);
+            send_owned(&reply);
             return Action::Pause;
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.active || !self.flow.wants_body() {
+        if !self.active || !self.flow.borrow().wants_body() {
             return Action::Continue;
         }
         // Continue (never Pause): the chunk goes on to the client at once and the buffer holds
@@ -245,7 +245,7 @@ impl HttpContext for CacheStream {
                 Some(c) => c,
                 None => {
                     // A hole in the recording would be a wrong body on every hit.
-                    self.flow.abort_recording();
+                    self.flow.borrow_mut().abort_recording();
                     self.count_events();
                     return Action::Continue;
                 }
@@ -253,7 +253,11 @@ impl HttpContext for CacheStream {
         } else {
             Vec::new()
         };
-        if let Some(write) = self.flow.handle_response_body(&chunk, end_of_stream) {
+        let write = self
+            .flow
+            .borrow_mut()
+            .handle_response_body(&chunk, end_of_stream);
+        if let Some(write) = write {
             self.publish(StoreWrite::Entry(write));
         }
         self.count_events();
@@ -262,7 +266,7 @@ impl HttpContext for CacheStream {
 
     fn on_http_response_trailers(&mut self, _: usize) -> Action {
         if self.active {
-            self.flow.handle_response_trailers();
+            self.flow.borrow_mut().handle_response_trailers();
             self.count_events();
         }
         Action::Continue
@@ -270,7 +274,7 @@ impl HttpContext for CacheStream {
 
     fn on_log(&mut self) {
         if self.active {
-            self.flow.handle_stream_end();
+            self.flow.borrow_mut().handle_stream_end();
             self.count_events();
         }
     }

@@ -33,11 +33,27 @@ pub fn encode_arg(out: &mut String, arg: &[u8]) {
     }
 }
 
-/// `GET key`, answered in RESP framing.
-pub fn get(key: &str) -> Callout {
-    let mut path = String::with_capacity(10 + key.len() * 2);
-    path.push_str("/GET/");
-    encode_arg(&mut path, key.as_bytes());
+/// Reads a batch of keys: `MGET`, with a missing key's nil turned into an empty string.
+/// Webdis' `.raw` output drops nil elements from arrays (`*2` then one value for a hit and a
+/// miss), so nils can't cross it; no stored value is empty (entries start with their magic,
+/// variant records are never empty), so empty means missing. Sent as [`LOOKUP_ARG`].
+#[cfg(test)]
+const LOOKUP: &str = "local v=redis.call('MGET',unpack(KEYS)) for i=1,#v do if not v[i] then v[i]='' end end return v";
+
+/// [`LOOKUP`] as a Webdis argument, encoded once (a test checks it matches).
+const LOOKUP_ARG: &str = "local%20v%3Dredis%2Ecall%28%27MGET%27%2Cunpack%28KEYS%29%29%20for%20i%3D1%2C%23v%20do%20if%20not%20v%5Bi%5D%20then%20v%5Bi%5D%3D%27%27%20end%20end%20return%20v";
+
+/// One lookup callout for a batch of keys (a lone key too: one command, one parser),
+/// answered in RESP framing ([`parse_lookup`]).
+pub fn lookup<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Callout {
+    let mut path = String::with_capacity(LOOKUP_ARG.len() + 16 + 96 * keys.len());
+    path.push_str("/EVAL/");
+    path.push_str(LOOKUP_ARG);
+    path.push_str(&format!("/{}", keys.len()));
+    for key in keys {
+        path.push('/');
+        encode_arg(&mut path, key.as_bytes());
+    }
     path.push_str(".raw");
     Callout {
         method: "GET",
@@ -168,36 +184,61 @@ fn check_status(status: Option<u16>) -> Result<(), StoreError> {
     }
 }
 
-/// Parses the answer to [`get`]: `Ok(None)` for a missing key, `Ok(Some(value))` borrowing
-/// from `body`.
-pub fn parse_get(status: Option<u16>, body: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+/// Parses the answer to [`lookup`] of `n` keys: one value per key in key order, `None` for a
+/// missing key, each borrowing from `body`. Anything but exactly `n` well-framed values is
+/// garbage for the whole batch: a misframed answer can't say which value is whose.
+pub fn parse_lookup(
+    status: Option<u16>,
+    body: &[u8],
+    n: usize,
+) -> Result<Vec<Option<&[u8]>>, StoreError> {
     check_status(status)?;
-    let Some(rest) = body.strip_prefix(b"$") else {
+    let (count, mut rest) = resp_line(body, b'*')?;
+    if count != Some(n) {
         return Err(StoreError::Garbage);
-    };
-    let Some(nl) = rest.iter().position(|&b| b == b'\r') else {
-        return Err(StoreError::Garbage);
-    };
-    let len = std::str::from_utf8(&rest[..nl]).map_err(|_| StoreError::Garbage)?;
-    if len == "-1" {
-        return if rest.len() == nl + 2 && rest[nl + 1] == b'\n' {
-            Ok(None)
-        } else {
-            Err(StoreError::Garbage)
+    }
+    let mut values = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, after) = resp_line(rest, b'$')?;
+        let Some(len) = len else {
+            // Nil can't come from the script; missing all the same.
+            values.push(None);
+            rest = after;
+            continue;
         };
+        // Checked: a hostile length must not wrap around into a valid-looking slice.
+        let end = len.checked_add(2).ok_or(StoreError::Garbage)?;
+        let value = match (after.get(..len), after.get(len..end)) {
+            (Some(value), Some(b"\r\n")) => value,
+            _ => return Err(StoreError::Garbage),
+        };
+        values.push(Some(value).filter(|v| !v.is_empty()));
+        rest = &after[end..];
     }
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+    if !rest.is_empty() {
         return Err(StoreError::Garbage);
     }
-    let len: usize = len.parse().map_err(|_| StoreError::Garbage)?;
-    let start = nl + 2;
-    // Checked: a hostile length must not wrap around into a valid-looking slice.
-    let end = start.checked_add(len).ok_or(StoreError::Garbage)?;
-    if rest.get(nl + 1) != Some(&b'\n') || end.checked_add(2) != Some(rest.len()) {
-        return Err(StoreError::Garbage);
-    }
-    match (rest.get(start..end), rest.get(end..)) {
-        (Some(value), Some(b"\r\n")) => Ok(Some(value)),
+    Ok(values)
+}
+
+/// One RESP header line `<kind><len>\r\n`: the length (`None` for `-1`, a nil) and what
+/// follows the line.
+fn resp_line(buf: &[u8], kind: u8) -> Result<(Option<usize>, &[u8]), StoreError> {
+    let rest = buf.strip_prefix(&[kind]).ok_or(StoreError::Garbage)?;
+    let nl = rest
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or(StoreError::Garbage)?;
+    let after = &rest[nl + 2..];
+    match &rest[..nl] {
+        b"-1" => Ok((None, after)),
+        digits if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
+            let len = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or(StoreError::Garbage)?;
+            Ok((Some(len), after))
+        }
         _ => Err(StoreError::Garbage),
     }
 }
@@ -260,9 +301,11 @@ mod tests {
 
     #[test]
     fn keys_are_percent_encoded_with_explicit_extension() {
-        let c = get("ns:ab12");
+        let c = lookup(["ns:ab12"].into_iter());
         assert_eq!(c.method, "GET");
-        assert_eq!(c.path, "/GET/ns%3Aab12.raw");
+        assert_eq!(c.path, format!("/EVAL/{LOOKUP_ARG}/1/ns%3Aab12.raw"));
+        let two = lookup(["a", "b.c"].into_iter());
+        assert_eq!(two.path, format!("/EVAL/{LOOKUP_ARG}/2/a/b%2Ec.raw"));
         let mut s = String::new();
         encode_arg(&mut s, b"a/b+c.json \0");
         assert_eq!(s, "a%2Fb%2Bc%2Ejson%20%00");
@@ -342,35 +385,61 @@ mod tests {
     }
 
     #[test]
-    fn get_answers() {
-        assert_eq!(parse_get(Some(200), b"$-1\r\n"), Ok(None));
+    fn the_lookup_script_is_encoded_once_and_right() {
+        let mut encoded = String::new();
+        encode_arg(&mut encoded, LOOKUP.as_bytes());
+        assert_eq!(encoded, LOOKUP_ARG);
+    }
+
+    #[test]
+    fn lookup_answers() {
+        let one = |body: &'static [u8]| parse_lookup(Some(200), body, 1);
+        assert_eq!(one(b"*1\r\n$-1\r\n"), Ok(vec![None]));
+        assert_eq!(one(b"*1\r\n$3\r\na\0b\r\n"), Ok(vec![Some(&b"a\0b"[..])]));
+        // Empty is the script's missing key.
+        assert_eq!(one(b"*1\r\n$0\r\n\r\n"), Ok(vec![None]));
+        // A value may hold CRLF: only the length frames it.
+        assert_eq!(one(b"*1\r\n$2\r\n\r\n\r\n"), Ok(vec![Some(&b"\r\n"[..])]));
         assert_eq!(
-            parse_get(Some(200), b"$3\r\na\0b\r\n"),
-            Ok(Some(&b"a\0b"[..]))
+            parse_lookup(Some(200), b"*3\r\n$1\r\nx\r\n$0\r\n\r\n$2\r\nyz\r\n", 3),
+            Ok(vec![Some(&b"x"[..]), None, Some(&b"yz"[..])])
         );
-        assert_eq!(parse_get(Some(200), b"$0\r\n\r\n"), Ok(Some(&b""[..])));
-        assert_eq!(parse_get(Some(503), b""), Err(StoreError::Unavailable));
-        assert_eq!(parse_get(Some(504), b""), Err(StoreError::Timeout));
-        assert_eq!(parse_get(Some(403), b""), Err(StoreError::Status(403)));
-        assert_eq!(parse_get(None, b""), Err(StoreError::Garbage));
+        assert_eq!(
+            parse_lookup(Some(503), b"", 1),
+            Err(StoreError::Unavailable)
+        );
+        assert_eq!(parse_lookup(Some(504), b"", 1), Err(StoreError::Timeout));
+        assert_eq!(
+            parse_lookup(Some(403), b"", 1),
+            Err(StoreError::Status(403))
+        );
+        assert_eq!(parse_lookup(None, b"", 1), Err(StoreError::Garbage));
         for garbage in [
             &b""[..],
             b"-ERR wrong type\r\n",
-            b"$5\r\nabc\r\n",
-            b"$3\r\nabcdef\r\n",
-            b"$x\r\n",
-            b"$-1\r\nextra",
-            b"{\"GET\":\"x\"}",
-            b"$3\r\nabc",
-            b"$18446744073709551614\r\n",
-            b"$4294967294\r\n",
-            b"$99999999999999999999999\r\n",
+            b"-NOPERM this user has no permissions\r\n",
+            b"$3\r\nabc\r\n",
+            b"*2\r\n$-1\r\n$-1\r\n",
+            b"*0\r\n",
+            b"*1\r\n",
+            b"*1\r\n$5\r\nabc\r\n",
+            b"*1\r\n$3\r\nabcdef\r\n",
+            b"*1\r\n$x\r\n",
+            b"*1\r\n$\r\n",
+            b"*1\r\n$+3\r\nabc\r\n",
+            b"*1\r\n$-1\r\nextra",
+            b"*1\r\n$-2\r\n",
+            b"{\"EVAL\":[\"x\"]}",
+            b"*1\r\n$0\r\n",
+            b"*1\r\n$0\r\nab",
+            b"*1\r\n$3\r\nabc",
+            b"*1\r\n$18446744073709551614\r\n",
+            b"*1\r\n$18446744073709551615\r\n",
+            b"*1\r\n$4294967294\r\n",
+            b"*1\r\n$99999999999999999999999\r\n",
+            b"*99999999999999999999999\r\n",
         ] {
-            assert_eq!(
-                parse_get(Some(200), garbage),
-                Err(StoreError::Garbage),
-                "{garbage:?}"
-            );
+            assert_eq!(one(garbage), Err(StoreError::Garbage), "{garbage:?}");
         }
     }
 

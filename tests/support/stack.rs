@@ -827,7 +827,7 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{method} {path} to the origin: {e}"))
     }
 
-    /// A raw request to Webdis (`path` like `/GET/<key>.raw`).
+    /// A raw request to Webdis (`path` like `/PING.raw`).
     pub fn webdis_request(&self, method: &str, path: &str, body: &[u8]) -> Resp {
         client::request(self.webdis_port, method, path, &[], body)
             .unwrap_or_else(|e| panic!("{method} {path} to webdis: {e}"))

@@ -1,0 +1,127 @@
+//! Lookups of one proxy's concurrent requests share store callouts (src/lookups.rs): keys
+//! that queue while callouts are out leave together, a key already asked is not asked again,
+//! and a client that leaves while its lookup waits disturbs no one. Redis is paused with
+//! CLIENT PAUSE to make requests queue deterministically.
+
+mod support;
+
+use serde_json::json;
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+use support::{Resp, Stack, StackOptions};
+
+/// Redis only (no in-proxy tier), and a deadline well past the pauses below.
+fn redis_only() -> StackOptions {
+    StackOptions::with_config(json!({
+        "memory": {"max_bytes": 0},
+        "store": {"timeout_ms": 3000}
+    }))
+}
+
+fn wait_published(s: &Stack, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.stat(0, "fleet_cache_published").unwrap_or(0) < n {
+        assert!(Instant::now() < deadline, "publishes: {}", s.envoy_log(0));
+    }
+}
+
+fn store_callouts(s: &Stack) -> u64 {
+    s.stat(0, "cluster.fleet_cache_store.upstream_rq_total")
+        .unwrap_or(0)
+}
+
+fn is_hit(r: &Resp) -> bool {
+    r.header("cache-status")
+        .is_some_and(|c| c.starts_with("fleet-cache; hit"))
+}
+
+/// Sends every path at once (one thread each) while Redis is paused, so that all of them
+/// wait for the store together; returns the responses in path order.
+fn all_at_once_while_paused(s: &Stack, paths: &[String], pause_ms: u64) -> Vec<Resp> {
+    s.pause_redis(pause_ms);
+    thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .iter()
+            .map(|p| scope.spawn(move || s.get(p, &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn requests_waiting_together_share_callouts_and_each_gets_its_own_entry() {
+    let s = Stack::start(redis_only());
+    let paths: Vec<String> = (0..24)
+        .map(|i| format!("/batch{i}?size={}&cc=max-age%3D60", 1000 + i))
+        .collect();
+    let misses: Vec<Resp> = paths.iter().map(|p| s.get(p, &[])).collect();
+    wait_published(&s, paths.len() as u64);
+
+    let before = store_callouts(&s);
+    let hits = all_at_once_while_paused(&s, &paths, 300);
+    let callouts = store_callouts(&s) - before;
+    for ((path, miss), hit) in paths.iter().zip(&misses).zip(&hits) {
+        assert!(is_hit(hit), "{path}: {:?}", hit.headers);
+        assert_eq!(hit.body, miss.body, "{path}: its own entry, byte for byte");
+    }
+    // Each of Envoy's 2 workers sends at most 2 batches while Redis is paused, then whatever
+    // queued meanwhile in one or two more (16 keys per batch at most).
+    assert!(
+        callouts < paths.len() as u64 / 2,
+        "{callouts} store callouts for {} concurrent lookups",
+        paths.len()
+    );
+}
+
+#[test]
+fn a_key_already_asked_is_not_asked_again() {
+    let s = Stack::start(redis_only());
+    let path = "/hot?size=5000&cc=max-age%3D60".to_string();
+    let miss = s.get(&path, &[]);
+    wait_published(&s, 1);
+
+    let before = store_callouts(&s);
+    let hits = all_at_once_while_paused(&s, &vec![path.clone(); 16], 300);
+    let callouts = store_callouts(&s) - before;
+    for hit in &hits {
+        assert!(is_hit(hit), "{:?}", hit.headers);
+        assert_eq!(hit.body, miss.body);
+    }
+    // One lookup per worker that received requests (Envoy runs 2).
+    assert!(
+        callouts <= 2,
+        "{callouts} store callouts for 16 hits of one key"
+    );
+}
+
+#[test]
+fn a_client_gone_while_its_lookup_waits_disturbs_no_one() {
+    let s = Stack::start(redis_only());
+    let path = "/left?size=3000&cc=max-age%3D60";
+    let miss = s.get(path, &[]);
+    wait_published(&s, 1);
+
+    s.pause_redis(400);
+    // Clients that send the request and leave while the lookup waits for the store...
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(("127.0.0.1", s.envoy_port(0))).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+        thread::sleep(Duration::from_millis(20));
+        drop(c);
+    }
+    // ...and one that waits, for the same key (it joins the lookup the first asked).
+    let stayed = s.get(path, &[]);
+    assert!(is_hit(&stayed), "{:?}", stayed.headers);
+    assert_eq!(stayed.body, miss.body);
+
+    // The proxy is healthy after the answers that had no one to serve.
+    let after = s.get(path, &[]);
+    assert!(is_hit(&after), "{:?}", after.headers);
+    let log = s.envoy_log(0);
+    assert!(
+        !log.contains("panicked") && !log.contains("wasm trap"),
+        "{log}"
+    );
+}
