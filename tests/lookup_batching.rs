@@ -125,3 +125,93 @@ fn a_client_gone_while_its_lookup_waits_disturbs_no_one() {
         "{log}"
     );
 }
+
+/// Where shared queues are a restricted capability (Envoy's `capability_restriction_config`),
+/// streams can't wake the root through one: the root's tick does it, and lookups and writes
+/// still go out.
+#[test]
+fn without_shared_queues_the_tick_wakes_the_root() {
+    // Everything the module imports or exports, except the shared queue calls.
+    const ALLOWED: &[&str] = &[
+        "proxy_abi_version_0_2_1",
+        "proxy_add_header_map_value",
+        "proxy_call_foreign_function",
+        "proxy_close_stream",
+        "proxy_continue_stream",
+        "proxy_define_metric",
+        "proxy_done",
+        "proxy_get_buffer_bytes",
+        "proxy_get_current_time_nanoseconds",
+        "proxy_get_header_map_pairs",
+        "proxy_get_header_map_value",
+        "proxy_get_log_level",
+        "proxy_get_property",
+        "proxy_get_shared_data",
+        "proxy_get_status",
+        "proxy_http_call",
+        "proxy_increment_metric",
+        "proxy_log",
+        "proxy_on_configure",
+        "proxy_on_context_create",
+        "proxy_on_delete",
+        "proxy_on_done",
+        "proxy_on_http_call_response",
+        "proxy_on_log",
+        "proxy_on_memory_allocate",
+        "proxy_on_request_body",
+        "proxy_on_request_headers",
+        "proxy_on_request_trailers",
+        "proxy_on_response_body",
+        "proxy_on_response_headers",
+        "proxy_on_response_trailers",
+        "proxy_on_tick",
+        "proxy_on_vm_start",
+        "proxy_remove_header_map_value",
+        "proxy_replace_header_map_value",
+        "proxy_send_local_response",
+        "proxy_set_buffer_bytes",
+        "proxy_set_effective_context",
+        "proxy_set_header_map_pairs",
+        "proxy_set_property",
+        "proxy_set_shared_data",
+        "proxy_set_tick_period_milliseconds",
+        "fd_write",
+        "environ_get",
+        "environ_sizes_get",
+        "random_get",
+        "clock_time_get",
+        "proc_exit",
+        "args_get",
+        "args_sizes_get",
+    ];
+    let mut allowed = String::from(
+        "\n                capability_restriction_config:\n                  allowed_capabilities:",
+    );
+    for name in ALLOWED {
+        allowed.push_str(&format!("\n                    {name}: {{}}"));
+    }
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml"))
+            .unwrap()
+            .replacen(
+                "root_id: fleet_cache",
+                &format!("root_id: fleet_cache{allowed}"),
+                1,
+            );
+    let mut opts = redis_only();
+    opts.envoy_template = Some(template);
+    let s = Stack::start(opts);
+    assert!(
+        s.wait_envoy_log(0, "no shared queue"),
+        "the restriction did not apply: {}",
+        s.envoy_log(0)
+    );
+
+    let path = "/restricted?size=2000&cc=max-age%3D60";
+    let miss = s.get(path, &[]);
+    assert_eq!(miss.status, 200);
+    wait_published(&s, 1);
+    let hit = s.get(path, &[]);
+    assert!(is_hit(&hit), "{:?}", hit.headers);
+    assert_eq!(hit.body, miss.body);
+}

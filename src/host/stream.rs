@@ -273,6 +273,8 @@ impl HttpContext for CacheStream {
     }
 
     fn on_log(&mut self) {
+        // The stream is over (answered or reset): nothing may be sent on its behalf any more.
+        self.shared.waiting.borrow_mut().remove(&self.id);
         if self.active {
             self.flow.borrow_mut().handle_stream_end();
             self.count_events();

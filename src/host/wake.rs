@@ -8,13 +8,51 @@
 //! twice would deliver to the last registrant only.
 //!
 //! Where the host refuses shared queues (a restricted capability set), the root's tick is the
-//! wake-up instead: one tick period later.
+//! wake-up instead: one tick period later. The SDK's shared-queue calls panic (trapping the
+//! VM) on the status a restricted call returns, so the three calls are made here directly.
 
 use super::PUBLISH_TICK;
 use log::warn;
-use proxy_wasm::hostcalls;
 use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
+use std::ptr::null_mut;
+
+// The proxy-wasm ABI's shared-queue calls (the same imports the SDK declares), returning the
+// raw status: 0 is OK, anything else (not found, empty, a restricted capability) is a no.
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    fn proxy_register_shared_queue(name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_enqueue_shared_queue(id: u32, value: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(id: u32, value: *mut *mut u8, value_size: *mut usize) -> u32;
+}
+
+fn register(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: the host reads `name` within its length and writes one u32 to `id`.
+    let status = unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) };
+    (status == 0).then_some(id)
+}
+
+fn enqueue_empty(id: u32) -> bool {
+    // SAFETY: an empty value: the host reads nothing.
+    unsafe { proxy_enqueue_shared_queue(id, [].as_ptr(), 0) == 0 }
+}
+
+/// Takes one item off the queue; false when there was none (or the host refused).
+fn dequeue(id: u32) -> bool {
+    let mut data: *mut u8 = null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a pointer and a length; a non-null pointer is a buffer it
+    // allocated through the module's allocator (`proxy_on_memory_allocate`, the SDK's, which
+    // allocates a Vec<u8> of exactly `size` bytes), so it is freed as that Vec.
+    unsafe {
+        let status = proxy_dequeue_shared_queue(id, &mut data, &mut size);
+        if !data.is_null() && size > 0 {
+            drop(Vec::from_raw_parts(data, size, size));
+        }
+        status == 0
+    }
+}
 
 pub struct Wake {
     /// The VM's own queue, or `None` to wake by tick.
@@ -28,16 +66,13 @@ impl Wake {
     /// go to the context that registered it).
     pub fn register() -> Wake {
         let name = format!("fleet_cache.wake.{:016x}", RandomState::new().hash_one(0u8));
-        let queue = match hostcalls::register_shared_queue(&name) {
-            Ok(q) => Some(q),
-            Err(e) => {
-                warn!(
-                    "fleet-cache: no shared queue ({e:?}); lookups and writes wait for the \
-                     root's {PUBLISH_TICK:?} tick instead"
-                );
-                None
-            }
-        };
+        let queue = register(&name);
+        if queue.is_none() {
+            warn!(
+                "fleet-cache: no shared queue (a restricted capability?); lookups and writes \
+                 wait for the root's {PUBLISH_TICK:?} tick instead"
+            );
+        }
         Wake {
             queue,
             armed: Cell::new(false),
@@ -50,15 +85,14 @@ impl Wake {
         if self.armed.replace(true) {
             return true;
         }
-        self.queue
-            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, None).is_ok())
+        self.queue.is_some_and(enqueue_empty)
     }
 
     /// The root is awake: empties the queue and lets the next work wake it again.
     pub fn woken(&self) {
         self.armed.set(false);
         if let Some(q) = self.queue {
-            while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(q) {}
+            while dequeue(q) {}
         }
     }
 }
