@@ -59,6 +59,7 @@ ENVOY_PORTS = {  # name: (listener, admin)
     "redis": (23140, 23141),
     "memory": (23150, 23151),
     "floor": (23160, 23161),
+    "floorc": (23170, 23171),
 }
 
 SIZES = [("1k", 1024), ("64k", 64 * 1024), ("1m", 1024 * 1024)]
@@ -79,6 +80,9 @@ PLUGIN_MEMORY = dict(PLUGIN_REDIS, memory={"max_bytes": 67108864, "max_age_ms": 
 # it is turned off with max_bytes 0. A build without it refuses the `memory` field: then case 4
 # runs with PLUGIN_REDIS as it is (see start of main()).
 PLUGIN_REDIS_ONLY = dict(PLUGIN_REDIS, memory={"max_bytes": 0})
+
+# Case 4k/5k: distinct keys each wrk thread cycles through.
+KEYS_PER_THREAD = 500
 
 WASM_SIZE_TARGET = 400_000  # bytes ("400 KB")
 
@@ -347,11 +351,19 @@ def direct_routes():
     return "\n".join(out)
 
 
-FLOOR_FILTER = f"""          - name: envoy.filters.http.wasm
+def floor_filter(configuration=None):
+    """Case 3w's filter; with `cache-hit`, case 3c's (bench/floor/src/lib.rs)."""
+    conf = ""
+    if configuration:
+        conf = f"""
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}"""
+    return f"""          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: floor
+                name: floor{conf}
                 vm_config:
                   vm_id: floor
                   runtime: envoy.wasm.runtime.v8
@@ -385,12 +397,13 @@ def envoy_configs(floor):
     if floor:
         # The router is there because Envoy wants a terminal filter; the Wasm filter answers
         # every request before it runs.
-        cfgs["floor"] = envoy_yaml("floor", FLOOR_FILTER, ORIGIN_ROUTE)
+        cfgs["floor"] = envoy_yaml("floor", floor_filter(), ORIGIN_ROUTE)
+        cfgs["floorc"] = envoy_yaml("floorc", floor_filter("cache-hit"), ORIGIN_ROUTE)
     return cfgs
 
 
 def want_floor():
-    return not ONLY or "3w" in ONLY
+    return not ONLY or "3w" in ONLY or "3c" in ONLY
 
 
 def build_floor():
@@ -574,6 +587,15 @@ def wrk(url, seconds, latency, script_args=None):
 # The cases. Each row: id, label, profile, size tag, Envoy name (or None), url, kind.
 
 
+def lookup_script_arg():
+    """The lookup script exactly as the filter sends it (src/store/webdis.rs `LOOKUP_ARG`)."""
+    src = open(os.path.join(ROOT, "src", "store", "webdis.rs")).read()
+    m = re.search(r'const LOOKUP_ARG: &str =\s*"([^"]+)";', src)
+    if not m:
+        raise SystemExit("bench: LOOKUP_ARG not found in src/store/webdis.rs")
+    return m.group(1)
+
+
 def case_rows(memory_ok):
     rows = []
 
@@ -590,9 +612,18 @@ def case_rows(memory_ok):
         add("2", "Envoy built-in cache, hit", "fast", tag, "builtin", f"/f/{tag}")
         add("3", "Envoy direct_response (ceiling)", "fast", tag, "direct", f"/f/{tag}")
         add("3w", "minimal proxy-wasm filter, local reply (floor)", "fast", tag, "floor", f"/f/{tag}")
+        add("3c", "proxy-wasm filter making a cache hit's host calls (floor of a cache)", "fast", tag,
+            "floorc", f"/f/{tag}")
         add("4", "fleet-cache, Redis hit", "fast", tag, "redis", f"/f/{tag}")
         if memory_ok:
             add("5", "fleet-cache, in-proxy hit", "fast", tag, "memory", f"/f/{tag}")
+    # Hits spread over many entries: no two connections want one key at once, so lookups can
+    # be batched but not shared (cases 4 and 5 hammer one key).
+    add("4k", f"fleet-cache, Redis hit, {KEYS_PER_THREAD * THREADS:,} keys", "fast", "1k", "redis",
+        "/f/1k", "keys")
+    if memory_ok:
+        add("5k", f"fleet-cache, in-proxy hit, {KEYS_PER_THREAD * THREADS:,} keys", "fast", "1k",
+            "memory", "/f/1k", "keys")
     # Misses run through the most complete configuration there is (with the in-proxy tier when
     # the build has it): every request pays a lookup, then the recording and the write.
     ours = "memory" if memory_ok else "redis"
@@ -612,8 +643,8 @@ def case_rows(memory_ok):
     add("ctx-demo", "demo_origin direct (no delay)", "context", "1k", None,
         "/d?size=1024&cc=public%2C%20max-age%3D3600", port=SLOW_PORT)
     for tag, _ in SIZES:
-        add("ctx-webdis", "Webdis GET .raw direct", "context", tag, None,
-            f"/GET/benchprobe%3A{tag}.raw", port=WEBDIS_PORT)
+        add("ctx-webdis", "Webdis, the filter's lookup of one key, direct", "context", tag, None,
+            f"/EVAL/{lookup_script_arg()}/1/benchprobe%3A{tag}.raw", port=WEBDIS_PORT)
     return rows
 
 
@@ -629,6 +660,10 @@ def run_one(row, rep, run_id):
     sargs = None
     if miss:
         sargs = [f"{run_id}r{rep}c{row['id']}{row['profile']}w", row["path"]]
+    elif row["kind"] == "keys":
+        # The same keys in warm-up and measurement: the warm-up stores them.
+        sargs = [f"{run_id}c{row['id']}", row["path"], str(KEYS_PER_THREAD)]
+        wrk(row["url"], WARMUP, False, sargs)
     wrk(row["url"], WARMUP, False, sargs)
     if miss:
         sargs[0] = sargs[0][:-1] + "m"
@@ -660,6 +695,7 @@ def run_one(row, rep, run_id):
         r["origin_rq"] = d("cluster.origin.upstream_rq_total")
         r["store_rq"] = d("cluster.fleet_cache_store.upstream_rq_total")
         r["fc_hits"] = d("wasmcustom.fleet_cache_hits")
+        r["fc_memory_hits"] = d("wasmcustom.fleet_cache_memory_hits")
         r["fc_misses"] = d("wasmcustom.fleet_cache_misses")
         r["fc_store_errors"] = d("wasmcustom.fleet_cache_store_errors")
         r["downstream_rq"] = d("http.ingress.downstream_rq_total")
@@ -759,7 +795,8 @@ def aggregate(rows, runs):
             vals = [r[k] for r in rs if r.get(k) is not None]
             row[k] = statistics.median(vals) if vals else None
         row["errors"] = sum(r.get("non2xx", 0) + r.get("sock_errors", 0) for r in rs)
-        for k in ("origin_rq", "store_rq", "fc_hits", "fc_misses", "fc_store_errors", "downstream_rq"):
+        for k in ("origin_rq", "store_rq", "fc_hits", "fc_memory_hits", "fc_misses", "fc_store_errors",
+                  "downstream_rq"):
             vals = [r[k] for r in rs if k in r]
             row[k] = sum(vals) if vals else None
         reqs = sum(r.get("requests", 0) for r in rs)
@@ -837,8 +874,11 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                 if r.get("downstream_rq"):
                     per = r["store_rq"] / r["downstream_rq"]
                     notes.append(f"store callouts/req {per:.2f}")
-                    if r["id"] == "4" and per < 0.9:
-                        notes.append("**not every hit reached Redis**")
+                    if r["id"] in ("4", "4k") and r.get("fc_memory_hits"):
+                        notes.append("**the in-proxy tier answered some hits**")
+                    elif r["id"] == "4" and per < 0.9:
+                        # Concurrent requests for one key share its lookup (src/lookups.rs).
+                        notes.append("concurrent hits shared lookups")
             if r.get("fc_store_errors"):
                 notes.append(f"store errors {r['fc_store_errors']}")
             if r["id"] == "1b":
@@ -894,7 +934,9 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                  " | ".join(f"{c[p]:.0f}" if c.get(p) is not None else "" for p in procs) + f" | {tot:.0f} |")
     L.append("")
 
-    c4 = find(rows, "4", "fast", "1k")
+    # Case 4k: every hit reads Redis (1,000 keys, no lookup shared); case 4's one hot key
+    # shares lookups between concurrent hits.
+    c4 = find(rows, "4k", "fast", "1k") or find(rows, "4", "fast", "1k")
     w1 = find(rows, "ctx-webdis", "context", "1k")
     c3 = find(rows, "3", "fast", "1k")
     if c4 and c4.get("rps") and c4.get("cpu_us_per_req"):
@@ -903,7 +945,10 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
         cu = {("envoy" if n.startswith("envoy-") else n): v for n, v in c4["cpu_us_per_req"].items()}
         parts = [f"Envoy {cu.get('envoy', 0):.0f} µs", f"Webdis {cu.get('webdis', 0):.0f} µs",
                  f"Redis {cu.get('redis', 0):.0f} µs", f"wrk {cu.get('wrk', 0):.0f} µs"]
-        L.append(f"- CPU per Redis hit: {', '.join(parts)}.")
+        L.append(f"- CPU per Redis hit (case {c4['id']}): {', '.join(parts)}.")
+        if c4.get("store_rq") and c4.get("downstream_rq"):
+            L.append(f"- Lookups per store callout in case {c4['id']}: "
+                     f"{c4['downstream_rq'] / c4['store_rq']:.1f} (batched by the filter).")
         if c3 and c3.get("cpu_us_per_req"):
             e3 = next((v for n, v in c3["cpu_us_per_req"].items() if n.startswith("envoy-")), None)
             if e3:
@@ -911,7 +956,7 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                          f"filter's hit path adds about {cu.get('envoy', 0) - e3:.0f} µs of Envoy CPU "
                          f"(callout, Wasm, entry decoding, reply).")
         if w1 and w1.get("rps"):
-            L.append(f"- Webdis answering GET .raw directly to wrk: {w1['rps']:,.0f} req/s "
+            L.append(f"- Webdis answering the filter's one-key lookup directly to wrk: {w1['rps']:,.0f} req/s "
                      f"(p50 {fmt_ms(w1['p50'])} ms), vs {c4['rps']:,.0f} req/s for hits through "
                      f"Envoy + Webdis ({c4['rps'] / w1['rps']:.2f}×). On 2 shared cores the processes "
                      f"compete for CPU: the totals above are what bounds req/s.")
@@ -950,6 +995,8 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
     if info.get("floor_wasm_bytes"):
         L.append(f"- case 3w (proxy-wasm floor): `bench/floor/` (no configuration; floor.wasm "
                  f"{info['floor_wasm_bytes']:,} bytes), the Envoy of case 1 with this filter before the router")
+        L.append("- case 3c: the same filter configured `cache-hit`: it reads all request headers and the "
+                 "clock and replies with the headers a replayed response carries (10), as any cache hit must")
     L.append("")
     if warm_notes:
         L.append("## Warm-up checks")
@@ -970,6 +1017,8 @@ def target_checks(rows, ttfb, info):
     c6 = rps_of(rows, "6", "fast", "1k")
     c1b = rps_of(rows, "1b", "fast", "1k")
     c3w = rps_of(rows, "3w", "fast", "1k")
+    c3c = rps_of(rows, "3c", "fast", "1k")
+    c4k = rps_of(rows, "4k", "fast", "1k")
 
     def ratio_check(name, a, b, floor, what):
         if a is None or b is None:
@@ -993,6 +1042,12 @@ def target_checks(rows, ttfb, info):
                "case 3w / case 2 (a minimal proxy-wasm filter's local reply against Envoy's built-in cache hit)")
     info_ratio("in-proxy hit vs floor (5/3w), 1 KiB", c5, c3w,
                "case 5 / case 3w (informational: 3w is the best any proxy-wasm filter can do here)")
+    info_ratio("cache-shaped floor vs built-in (3c/2), 1 KiB", c3c, c2,
+               "case 3c / case 2 (a filter making only the host calls of a cache hit)")
+    info_ratio("in-proxy hit vs cache-shaped floor (5/3c), 1 KiB", c5, c3c,
+               "case 5 / case 3c (what the cache's own work in the VM costs)")
+    info_ratio("Redis hit over 1,000 keys vs plain proxying (4k/1), 1 KiB", c4k, c1,
+               "case 4k / case 1 (no lookup shared, only batched)")
     if c6 is not None and c1 is not None:
         extra = ""
         if c1b:
@@ -1022,8 +1077,8 @@ def chart(rows, png):
 
     panels = [("fast", "1k", "fast origin, 1 KiB"), ("fast", "64k", "fast origin, 64 KiB"),
               ("fast", "1m", "fast origin, 1 MiB"), ("slow", "1k", f"slow origin ({SLOW_DELAY_MS} ms), 1 KiB")]
-    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e",
-              "4": "#dd8452", "5": "#c44e52", "6": "#8172b3"}
+    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e", "3c": "#b5e0c0",
+              "4": "#dd8452", "4k": "#f0b27a", "5": "#c44e52", "5k": "#e08a8d", "6": "#8172b3"}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for ax, (profile, size, title) in zip(axes.flat, panels):
         rs = [r for r in rows if r["profile"] == profile and r["size"] == size and r.get("rps")]
@@ -1129,7 +1184,7 @@ def main():
             st, _, body = http_get(row["url"], 10)
             if st != 200:
                 raise SystemExit(f"bench: {row['url']} answered {st}")
-            if row["size"] in dict(SIZES) and row["id"] in ("1", "3", "3w") and row["profile"] == "fast" \
+            if row["size"] in dict(SIZES) and row["id"] in ("1", "3", "3w", "3c") and row["profile"] == "fast" \
                     and len(body) != dict(SIZES)[row["size"]]:
                 raise SystemExit(f"bench: {row['url']} returned {len(body)} bytes")
     if any(r.get("skip") for r in rows):
