@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::flow::Worker;
 use crate::metrics::Counter;
 use crate::publish::{Outcome, PublishQueue};
-use crate::store::{StoreWrite, webdis};
+use crate::store::{StoreWrite, Write, webdis};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -41,29 +41,9 @@ impl Context for CacheRoot {
         // Entries answer 1, invalidations a count: either way an integer.
         let result = webdis::parse_count(status, &body);
         debug!("fleet-cache: publish answer {status:?}: {result:?}");
-        let outcome = shared.queue.borrow_mut().answered(token, result.is_ok());
-        match outcome {
-            Outcome::Published(bytes) => {
-                shared.metrics.add(Counter::Published, 1);
-                shared.metrics.add(Counter::BytesStored, bytes as u64);
-                if std::mem::take(&mut self.publish_failing) {
-                    info!("fleet-cache: writes to the store succeed again");
-                }
-            }
-            Outcome::Retrying => {
-                shared.metrics.add(Counter::PublishRetries, 1);
-                debug!("fleet-cache: publish failed ({result:?}), retrying once");
-            }
-            Outcome::Failed => {
-                shared.metrics.add(Counter::PublishFailures, 1);
-                debug!("fleet-cache: publish failed ({result:?}), dropped");
-                if !std::mem::replace(&mut self.publish_failing, true) {
-                    warn!(
-                        "fleet-cache: writes to the store fail ({result:?}); counting them in \
-                         fleet_cache_publish_failures until one succeeds"
-                    );
-                }
-            }
+        let outcomes = shared.queue.borrow_mut().answered(token, result.is_ok());
+        for outcome in outcomes {
+            self.count(&shared, outcome, &result);
         }
         self.drain(&shared);
     }
@@ -129,6 +109,38 @@ impl RootContext for CacheRoot {
 }
 
 impl CacheRoot {
+    /// Counts one job's outcome; logs when writes start and stop failing.
+    fn count<E: std::fmt::Debug>(
+        &mut self,
+        shared: &Shared,
+        outcome: Outcome,
+        result: &Result<u64, E>,
+    ) {
+        match outcome {
+            Outcome::Published(bytes) => {
+                shared.metrics.add(Counter::Published, 1);
+                shared.metrics.add(Counter::BytesStored, bytes as u64);
+                if std::mem::take(&mut self.publish_failing) {
+                    info!("fleet-cache: writes to the store succeed again");
+                }
+            }
+            Outcome::Retrying => {
+                shared.metrics.add(Counter::PublishRetries, 1);
+                debug!("fleet-cache: publish failed ({result:?}), retrying once");
+            }
+            Outcome::Failed => {
+                shared.metrics.add(Counter::PublishFailures, 1);
+                debug!("fleet-cache: publish failed ({result:?}), dropped");
+                if !std::mem::replace(&mut self.publish_failing, true) {
+                    warn!(
+                        "fleet-cache: writes to the store fail ({result:?}); counting them in \
+                         fleet_cache_publish_failures until one succeeds"
+                    );
+                }
+            }
+        }
+    }
+
     pub fn new(id: u32) -> CacheRoot {
         CacheRoot {
             id,
@@ -139,50 +151,69 @@ impl CacheRoot {
 
     /// Sends the writes and the lookups the streams woke the root for. Writes first: sending
     /// lookups may serve streams, after which nothing may be dispatched (see `lookup`).
-    fn send_all(&self, shared: &Shared) {
+    fn send_all(&mut self, shared: &Shared) {
         shared.wake.woken();
         self.drain(shared);
         lookup::send(shared);
     }
 
     /// Sends what the queue allows; stops ticking when nothing is left to send.
-    fn drain(&self, shared: &Shared) {
+    fn drain(&mut self, shared: &Shared) {
         let cfg = &shared.config;
         loop {
-            let Some(job) = shared.queue.borrow_mut().next_to_send() else {
+            let Some(batch) = shared.queue.borrow_mut().next_batch() else {
                 break;
             };
-            let (callout, body) = match &job.write {
-                StoreWrite::Entry(w) => {
-                    debug!(
-                        "fleet-cache: publishing {} ({} bytes, attempt {})",
-                        w.key,
-                        w.entry.len(),
-                        job.attempt
-                    );
-                    (webdis::put(w), Some(w.entry.as_slice()))
-                }
-                StoreWrite::Invalidate(keys) => {
-                    debug!(
-                        "fleet-cache: invalidating {keys:?} (attempt {})",
-                        job.attempt
-                    );
-                    (webdis::invalidate(keys), None)
-                }
-            };
-            let sent = dispatch_store(cfg, &callout, body, cfg.store.publish_timeout_ms);
-            match sent {
-                Ok(token) => shared.queue.borrow_mut().sent(token, job),
-                Err(e) => {
-                    let outcome = shared.queue.borrow_mut().not_sent(job);
-                    if outcome == Outcome::Failed {
-                        shared.metrics.add(Counter::PublishFailures, 1);
-                        debug!("fleet-cache: publish not dispatched ({e:?}), dropped");
-                        continue;
+            let first = &batch[0];
+            debug!(
+                "fleet-cache: writing {} job(s), first {} (attempt {})",
+                batch.len(),
+                first.write.first_key(),
+                first.attempt
+            );
+            let sent = match &first.write {
+                StoreWrite::Entry(w) => match w.refresh {
+                    Some(r) => dispatch_store(
+                        cfg,
+                        &webdis::put_refresh(w, r),
+                        Some(&w.entry),
+                        cfg.store.publish_timeout_ms,
+                    ),
+                    None => {
+                        let writes: Vec<&Write> = batch
+                            .iter()
+                            .filter_map(|j| match &j.write {
+                                StoreWrite::Entry(w) => Some(w),
+                                StoreWrite::Invalidate(_) => None,
+                            })
+                            .collect();
+                        dispatch_store(
+                            cfg,
+                            &webdis::put_entries(&writes),
+                            Some(&webdis::entries_body(&writes)),
+                            cfg.store.publish_timeout_ms,
+                        )
                     }
-                    shared.metrics.add(Counter::PublishRetries, 1);
-                    // Retry on the next tick rather than spin now.
-                    break;
+                },
+                StoreWrite::Invalidate(keys) => dispatch_store(
+                    cfg,
+                    &webdis::invalidate(keys),
+                    None,
+                    cfg.store.publish_timeout_ms,
+                ),
+            };
+            match sent {
+                Ok(token) => shared.queue.borrow_mut().sent(token, batch),
+                Err(e) => {
+                    let outcomes = shared.queue.borrow_mut().not_sent(batch);
+                    let retrying = outcomes.contains(&Outcome::Retrying);
+                    for outcome in outcomes {
+                        self.count(shared, outcome, &Err(e));
+                    }
+                    if retrying {
+                        // Retry on the next tick rather than spin now.
+                        break;
+                    }
                 }
             }
         }

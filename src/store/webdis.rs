@@ -6,7 +6,6 @@
 //! framing, `$-1` for a missing key); `SET .. PX` can't follow a PUT value, so writes are one
 //! `EVAL`, which also makes a variant and its index one atomic write.
 
-#[cfg(test)]
 use super::Refresh;
 use super::{StoreError, Write};
 use crate::key::push_hex;
@@ -61,26 +60,34 @@ pub fn lookup<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Callout {
     }
 }
 
-/// One entry, atomically with everything that must find it later. KEYS: the resource's key,
-/// then for a variant its own key and the resource's variants set, then the tag sets. ARGV:
-/// ttl ms, "1" for a variant else "0", the variants record in hex (it travels in the URL; "-"
-/// without variant), the entry (the PUT body).
+/// Entries, each atomically with everything that must find it later, in one script (one
+/// callout for a batch of writes; the batch is atomic as a whole, in queue order).
+///
+/// The PUT body (the last ARGV) is the entries' bytes back to back. Per entry, five ARGV:
+/// its number of KEYS, ttl ms, "1" for a variant else "0", the variants record in hex (it
+/// travels in the URL; "-" without variant), its byte length in the body. Its KEYS: the
+/// resource's key, then for a variant its own key and the resource's variants set, then the
+/// tag sets. A lone entry is the body itself (no copy in Lua).
 ///
 /// The variants record and set live at least as long as the longest variant written through
 /// them, so no variant is orphaned early; a tag set lists the resource keys carrying the tag.
-const SET_ENTRY: &str = "local t=tonumber(ARGV[1]) \
+const SET_ENTRIES: &str = "local body=ARGV[#ARGV] local k=1 local a=1 local off=1 \
+while a<#ARGV do \
+local nk=tonumber(ARGV[a]) local t=tonumber(ARGV[a+1]) local len=tonumber(ARGV[a+4]) \
+local v=body if #ARGV>6 then v=string.sub(body,off,off+len-1) end off=off+len \
 local n=1 \
-if ARGV[2]=='1' then \
-local rt=t local p=redis.call('PTTL',KEYS[1]) if p>rt then rt=p end \
-local r=string.gsub(ARGV[3],'..',function(h) return string.char(tonumber(h,16)) end) \
-redis.call('SET',KEYS[1],r,'PX',rt) \
-redis.call('SET',KEYS[2],ARGV[4],'PX',t) \
-redis.call('SADD',KEYS[3],KEYS[2]) \
-if redis.call('PTTL',KEYS[3])<rt then redis.call('PEXPIRE',KEYS[3],rt) end \
+if ARGV[a+2]=='1' then \
+local rt=t local p=redis.call('PTTL',KEYS[k]) if p>rt then rt=p end \
+local r=string.gsub(ARGV[a+3],'..',function(h) return string.char(tonumber(h,16)) end) \
+redis.call('SET',KEYS[k],r,'PX',rt) \
+redis.call('SET',KEYS[k+1],v,'PX',t) \
+redis.call('SADD',KEYS[k+2],KEYS[k+1]) \
+if redis.call('PTTL',KEYS[k+2])<rt then redis.call('PEXPIRE',KEYS[k+2],rt) end \
 n=3 \
-else redis.call('SET',KEYS[1],ARGV[4],'PX',t) end \
-for i=n+1,#KEYS do redis.call('SADD',KEYS[i],KEYS[1]) \
+else redis.call('SET',KEYS[k],v,'PX',t) end \
+for i=k+n,k+nk-1 do redis.call('SADD',KEYS[i],KEYS[k]) \
 if redis.call('PTTL',KEYS[i])<t then redis.call('PEXPIRE',KEYS[i],t) end end \
+k=k+nk a=a+5 end \
 return 1";
 
 /// Removes resources, each given as its key and its variants set: every variant in the set,
@@ -118,57 +125,87 @@ if #KEYS==2 then local p=redis.call('PTTL',KEYS[1]) \
 if p>=0 and p<tonumber(ARGV[1]) then redis.call('PEXPIRE',KEYS[1],ARGV[1]) end end \
 return 1";
 
-/// The PUT request of a write; its body is `write.entry`.
-pub fn put(write: &Write) -> Callout {
+/// The PUT request of a metadata refresh; its body is `write.entry` (the new tail).
+pub fn put_refresh(write: &Write, r: Refresh) -> Callout {
     let mut path = String::with_capacity(512);
     path.push_str("/EVAL/");
-    if let Some(r) = write.refresh {
-        encode_arg(&mut path, REFRESH.as_bytes());
-        if write.variant.is_some() {
-            path.push_str("/2/");
-            encode_arg(&mut path, write.key.as_bytes());
+    encode_arg(&mut path, REFRESH.as_bytes());
+    if write.variant.is_some() {
+        path.push_str("/2/");
+        encode_arg(&mut path, write.key.as_bytes());
+        path.push('/');
+    } else {
+        path.push_str("/1/");
+    }
+    let entry_key = write.variant.as_ref().map_or(&write.key, |v| &v.key);
+    encode_arg(&mut path, entry_key.as_bytes());
+    path.push_str(&format!(
+        "/{}/{}/{}.raw",
+        write.ttl_ms, r.keep, r.expected_len
+    ));
+    Callout {
+        method: "PUT",
+        path,
+    }
+}
+
+/// The PUT request of one or more entries (none a refresh); its body is their bytes back to
+/// back, in this order ([`entries_body`]).
+pub fn put_entries(writes: &[&Write]) -> Callout {
+    let mut path = String::with_capacity(768 + 256 * writes.len());
+    path.push_str("/EVAL/");
+    encode_arg(&mut path, SET_ENTRIES.as_bytes());
+    let key_count: usize = writes.iter().map(|w| entry_key_count(w)).sum();
+    path.push_str(&format!("/{key_count}"));
+    for w in writes {
+        path.push('/');
+        encode_arg(&mut path, w.key.as_bytes());
+        if let Some(v) = &w.variant {
             path.push('/');
-        } else {
-            path.push_str("/1/");
+            encode_arg(&mut path, v.key.as_bytes());
+            path.push('/');
+            encode_arg(&mut path, variants_set_key(&w.key).as_bytes());
         }
-        let entry_key = write.variant.as_ref().map_or(&write.key, |v| &v.key);
-        encode_arg(&mut path, entry_key.as_bytes());
-        path.push_str(&format!(
-            "/{}/{}/{}.raw",
-            write.ttl_ms, r.keep, r.expected_len
-        ));
-        return Callout {
-            method: "PUT",
-            path,
-        };
-    }
-    encode_arg(&mut path, SET_ENTRY.as_bytes());
-    let fixed = if write.variant.is_some() { 3 } else { 1 };
-    path.push_str(&format!("/{}/", fixed + write.tags.len()));
-    encode_arg(&mut path, write.key.as_bytes());
-    if let Some(v) = &write.variant {
-        path.push('/');
-        encode_arg(&mut path, v.key.as_bytes());
-        path.push('/');
-        encode_arg(&mut path, variants_set_key(&write.key).as_bytes());
-    }
-    for tag in &write.tags {
-        path.push('/');
-        encode_arg(&mut path, tag.as_bytes());
-    }
-    path.push_str(&format!("/{}/", write.ttl_ms));
-    match &write.variant {
-        None => path.push_str("0/-"),
-        Some(v) => {
-            path.push_str("1/");
-            push_hex(&mut path, &v.record);
+        for tag in &w.tags {
+            path.push('/');
+            encode_arg(&mut path, tag.as_bytes());
         }
+    }
+    for w in writes {
+        path.push_str(&format!("/{}/{}/", entry_key_count(w), w.ttl_ms));
+        match &w.variant {
+            None => path.push_str("0/-"),
+            Some(v) => {
+                path.push_str("1/");
+                push_hex(&mut path, &v.record);
+            }
+        }
+        path.push_str(&format!("/{}", w.entry.len()));
     }
     path.push_str(".raw");
     Callout {
         method: "PUT",
         path,
     }
+}
+
+/// The body of [`put_entries`]: a lone entry as it is, several copied back to back.
+pub fn entries_body<'w>(writes: &[&'w Write]) -> std::borrow::Cow<'w, [u8]> {
+    match writes {
+        [w] => std::borrow::Cow::Borrowed(&w.entry),
+        _ => std::borrow::Cow::Owned(
+            writes
+                .iter()
+                .flat_map(|w| w.entry.iter().copied())
+                .collect(),
+        ),
+    }
+}
+
+/// KEYS one entry takes in [`SET_ENTRIES`].
+fn entry_key_count(w: &Write) -> usize {
+    let fixed = if w.variant.is_some() { 3 } else { 1 };
+    fixed + w.tags.len()
 }
 
 /// Classifies the HTTP status of a store answer. Envoy itself answers 503 for a dead store,
@@ -321,47 +358,52 @@ mod tests {
             refresh: None,
             tags: vec![],
         };
-        let c = put(&w);
+        let c = put_entries(&[&w]);
         assert_eq!(c.method, "PUT");
-        assert!(c.path.starts_with("/EVAL/local%20t"));
-        assert!(c.path.ends_with("/1/ns%3Ak/5000/0/-.raw"), "{}", c.path);
+        assert!(c.path.starts_with("/EVAL/local%20body"));
+        assert!(c.path.ends_with("/1/ns%3Ak/1/5000/0/-/2.raw"), "{}", c.path);
+        assert_eq!(entries_body(&[&w]).as_ref(), &[1, 2]);
         let tagged = Write {
             tags: vec!["ns:tag:1".into()],
             ..w.clone()
         };
+        let p = put_entries(&[&tagged]).path;
         assert!(
-            put(&tagged)
-                .path
-                .ends_with("/2/ns%3Ak/ns%3Atag%3A1/5000/0/-.raw")
+            p.ends_with("/2/ns%3Ak/ns%3Atag%3A1/2/5000/0/-/2.raw"),
+            "{p}"
         );
-        let w = Write {
+        let variant = Write {
             variant: Some(VariantWrite {
                 key: "ns:v".into(),
                 record: vec![0, 0xab],
             }),
-            ..w
+            entry: vec![3, 4, 5],
+            ..w.clone()
         };
-        let p = put(&w).path;
+        let p = put_entries(&[&variant]).path;
         assert!(
-            p.ends_with("/3/ns%3Ak/ns%3Av/ns%3Ak%3Av/5000/1/00ab.raw"),
+            p.ends_with("/3/ns%3Ak/ns%3Av/ns%3Ak%3Av/3/5000/1/00ab/3.raw"),
             "{p}"
         );
-        let refresh = Some(Refresh {
+        // A batch: all KEYS first, then five ARGV per entry, in order; bodies back to back.
+        let batch = [&w, &tagged, &variant];
+        let p = put_entries(&batch).path;
+        assert!(
+            p.ends_with(
+                "/6/ns%3Ak/ns%3Ak/ns%3Atag%3A1/ns%3Ak/ns%3Av/ns%3Ak%3Av\
+                 /1/5000/0/-/2/2/5000/0/-/2/3/5000/1/00ab/3.raw"
+            ),
+            "{p}"
+        );
+        assert_eq!(entries_body(&batch).as_ref(), &[1, 2, 1, 2, 3, 4, 5]);
+
+        let r = Refresh {
             keep: 106,
             expected_len: 150,
-        });
-        let p = put(&Write {
-            refresh,
-            ..w.clone()
-        })
-        .path;
+        };
+        let p = put_refresh(&variant, r).path;
         assert!(p.ends_with("/2/ns%3Ak/ns%3Av/5000/106/150.raw"), "{p}");
-        let p = put(&Write {
-            refresh,
-            variant: None,
-            ..w
-        })
-        .path;
+        let p = put_refresh(&w, r).path;
         assert!(p.ends_with("/1/ns%3Ak/5000/106/150.raw"), "{p}");
     }
 

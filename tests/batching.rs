@@ -1,6 +1,7 @@
-//! Lookups of one proxy's concurrent requests share store callouts (src/lookups.rs): keys
-//! that queue while callouts are out leave together, a key already asked is not asked again,
-//! and a client that leaves while its lookup waits disturbs no one. Redis is paused with
+//! Concurrent requests of one proxy share store callouts. Lookups (src/lookups.rs): keys that
+//! queue while callouts are out leave together, a key already asked is not asked again, and a
+//! client that leaves while its lookup waits disturbs no one. Writes (src/publish.rs): entries
+//! that queue while write callouts are out are written together. Redis is paused with
 //! CLIENT PAUSE to make requests queue deterministically.
 
 mod support;
@@ -21,9 +22,17 @@ fn redis_only() -> StackOptions {
 }
 
 fn wait_published(s: &Stack, n: u64) {
+    wait_stat(s, "fleet_cache_published", n);
+}
+
+fn wait_stat(s: &Stack, name: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.stat(0, "fleet_cache_published").unwrap_or(0) < n {
-        assert!(Instant::now() < deadline, "publishes: {}", s.envoy_log(0));
+    while s.stat(0, name).unwrap_or(0) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{name} < {n}: {}",
+            s.envoy_log(0)
+        );
     }
 }
 
@@ -40,11 +49,20 @@ fn is_hit(r: &Resp) -> bool {
 /// Sends every path at once (one thread each) while Redis is paused, so that all of them
 /// wait for the store together; returns the responses in path order.
 fn all_at_once_while_paused(s: &Stack, paths: &[String], pause_ms: u64) -> Vec<Resp> {
+    all_at_once_while_paused_with(s, paths, pause_ms, &[])
+}
+
+fn all_at_once_while_paused_with(
+    s: &Stack,
+    paths: &[String],
+    pause_ms: u64,
+    headers: &[(&str, &str)],
+) -> Vec<Resp> {
     s.pause_redis(pause_ms);
     thread::scope(|scope| {
         let handles: Vec<_> = paths
             .iter()
-            .map(|p| scope.spawn(move || s.get(p, &[])))
+            .map(|p| scope.spawn(move || s.get(p, headers)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
@@ -124,6 +142,58 @@ fn a_client_gone_while_its_lookup_waits_disturbs_no_one() {
         !log.contains("panicked") && !log.contains("wasm trap"),
         "{log}"
     );
+}
+
+#[test]
+fn entries_waiting_together_are_written_together() {
+    const TOKEN: &str = "batching-test-purge-token";
+    let s = Stack::start(StackOptions::with_config(json!({
+        "memory": {"max_bytes": 0},
+        "store": {"timeout_ms": 3000},
+        "purge": {"token": TOKEN}
+    })));
+    // Plain entries, variants (Vary: Accept) and tagged entries, mixed in the same batches.
+    let paths: Vec<String> = (0..24)
+        .map(|i| {
+            let shape = match i % 3 {
+                0 => "",
+                1 => "&vary=Accept",
+                _ => "&header=surrogate-key:batched",
+            };
+            format!("/write{i}?size={}&cc=max-age%3D60{shape}", 2000 + i)
+        })
+        .collect();
+    let accept = ("accept", "text/x-batch");
+    // `no-cache` requests go to the origin without a lookup and store what they get: every
+    // store callout below is a write. The first writes wait on the paused Redis; the others
+    // queue behind them.
+    let before = store_callouts(&s);
+    let fetched =
+        all_at_once_while_paused_with(&s, &paths, 400, &[("cache-control", "no-cache"), accept]);
+    wait_published(&s, paths.len() as u64);
+    let writes = store_callouts(&s) - before;
+    assert!(
+        writes < paths.len() as u64 / 2,
+        "{writes} write callouts for {} entries",
+        paths.len()
+    );
+    assert_eq!(s.stat(0, "fleet_cache_publish_failures").unwrap_or(0), 0);
+    // Each entry landed whole, under its own key; variants under the variant's.
+    for (path, fetched) in paths.iter().zip(&fetched) {
+        assert_eq!(fetched.status, 200);
+        let hit = s.get(path, &[accept]);
+        assert!(is_hit(&hit), "{path}: {:?}", hit.headers);
+        assert_eq!(hit.body, fetched.body, "{path}");
+    }
+    // The tag sets list every tagged entry of the batches.
+    let purge = s.request(
+        "PURGE",
+        "/",
+        &[("x-purge-token", TOKEN), ("x-purge-tags", "batched")],
+        b"",
+    );
+    assert_eq!(purge.status, 200, "{purge:?}");
+    assert_eq!(purge.body, b"{\"purged\":8}\n");
 }
 
 /// Where shared queues are a restricted capability (Envoy's `capability_restriction_config`),
