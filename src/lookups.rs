@@ -8,6 +8,11 @@
 //! lookup leaves at once on its own; batches form only when requests queue anyway, so batching
 //! never adds a wait that the store's own queueing would not have.
 //!
+//! When nothing is pending or in flight, the stream sends its own lookup at once (no hop
+//! through the root). Others may join it; if that stream ends before the answer (its
+//! callout's answer is then never delivered), [`Lookups::orphaned`] puts the keys its joiners
+//! wait for back in line for the root.
+//!
 //! Pure bookkeeping by stream id and key; the root sends what [`Lookups::next_batch`] gives and
 //! hands each answer to [`Lookups::answered`]; a batch the host refuses to send is simply
 //! not reported back (its waiters are failed by the caller, nothing is kept).
@@ -35,7 +40,16 @@ pub struct Lookups {
     /// Keys not sent yet, oldest first.
     pending: Vec<Waiting>,
     /// Sent batches by callout token.
-    in_flight: HashMap<u32, Vec<Waiting>>,
+    in_flight: HashMap<u32, Flight>,
+}
+
+/// A sent batch.
+#[derive(Debug)]
+struct Flight {
+    /// The stream that sent it from its own context, if not the root: the answer goes to
+    /// that stream, and is lost if it ends first.
+    sender: Option<u32>,
+    batch: Vec<Waiting>,
 }
 
 impl Lookups {
@@ -44,7 +58,7 @@ impl Lookups {
     pub fn request(&mut self, stream: u32, key: String) -> bool {
         // An answer already on its way serves this stream too: it left after this stream's
         // request arrived at most one round trip ago, as fresh as any lookup it would send.
-        let sent = self.in_flight.values_mut().flatten();
+        let sent = self.in_flight.values_mut().flat_map(|f| f.batch.iter_mut());
         if let Some(w) = sent.chain(self.pending.iter_mut()).find(|w| w.key == key) {
             w.streams.push(stream);
             return false;
@@ -66,14 +80,50 @@ impl Lookups {
         Some(self.pending.drain(..n).collect())
     }
 
-    pub fn sent(&mut self, token: u32, batch: Vec<Waiting>) {
-        self.in_flight.insert(token, batch);
+    /// Whether nothing waits and nothing is out: a new lookup may leave at once from its
+    /// own stream.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// A batch was dispatched, by the root (`sender` None) or by a stream from its own
+    /// context.
+    pub fn sent(&mut self, token: u32, batch: Vec<Waiting>, sender: Option<u32>) {
+        self.in_flight.insert(token, Flight { sender, batch });
     }
 
     /// The batch a callout answered, in the order of its keys; `None` for a token that is not
     /// a lookup (a write's answer).
     pub fn answered(&mut self, token: u32) -> Option<Vec<Waiting>> {
-        self.in_flight.remove(&token)
+        self.in_flight.remove(&token).map(|f| f.batch)
+    }
+
+    /// Stream `stream` ended: the batches it sent will never be answered. Their keys go back
+    /// to the front of the line for the other streams waiting on them. Returns true when that
+    /// made work for the root.
+    pub fn orphaned(&mut self, stream: u32) -> bool {
+        let tokens: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.sender == Some(stream))
+            .map(|(t, _)| *t)
+            .collect();
+        let mut requeued = Vec::new();
+        for token in tokens {
+            let Some(flight) = self.in_flight.remove(&token) else {
+                continue;
+            };
+            for mut w in flight.batch {
+                w.streams.retain(|&s| s != stream);
+                if !w.streams.is_empty() {
+                    requeued.push(w);
+                }
+            }
+        }
+        let made_work = !requeued.is_empty();
+        requeued.append(&mut self.pending);
+        self.pending = requeued;
+        made_work
     }
 
     /// Whether keys wait for a free batch slot.
@@ -85,7 +135,7 @@ impl Lookups {
     pub fn waiting_streams(&self) -> usize {
         self.pending
             .iter()
-            .chain(self.in_flight.values().flatten())
+            .chain(self.in_flight.values().flat_map(|f| f.batch.iter()))
             .map(|w| w.streams.len())
             .sum()
     }
@@ -111,7 +161,7 @@ mod tests {
                 streams: vec![1]
             }]
         );
-        l.sent(7, batch);
+        l.sent(7, batch, None);
         assert_eq!(l.next_batch(), None);
         assert_eq!(keys(&l.answered(7).unwrap()), ["a"]);
         assert_eq!(l.waiting_streams(), 0);
@@ -123,7 +173,7 @@ mod tests {
         for (token, key) in (1..=MAX_IN_FLIGHT as u32).zip(["a", "b", "c"]) {
             l.request(token, key.into());
             let b = l.next_batch().unwrap();
-            l.sent(token, b);
+            l.sent(token, b, None);
         }
         assert!(l.request(10, "x".into()));
         assert!(l.request(11, "y".into()));
@@ -140,11 +190,11 @@ mod tests {
         let mut l = Lookups::default();
         l.request(1, "a".into());
         let b = l.next_batch().unwrap();
-        l.sent(5, b);
+        l.sent(5, b, None);
         // In flight: joins without making work.
         assert!(!l.request(2, "a".into()));
         // Pending: joins the pending key.
-        l.sent(6, vec![]);
+        l.sent(6, vec![], None);
         assert!(l.request(3, "b".into()));
         assert!(!l.request(4, "b".into()));
         assert_eq!(l.waiting_streams(), 4);
@@ -169,7 +219,7 @@ mod tests {
         let first = l.next_batch().unwrap();
         assert_eq!(first.len(), MAX_KEYS);
         assert_eq!(first[0].key, "k0");
-        l.sent(1, first);
+        l.sent(1, first, None);
         let rest = l.next_batch().unwrap();
         assert_eq!(
             keys(&rest),
@@ -185,6 +235,52 @@ mod tests {
     fn an_unknown_token_is_not_a_lookup() {
         let mut l = Lookups::default();
         assert_eq!(l.answered(42), None);
+    }
+
+    #[test]
+    fn a_stream_sends_its_own_lookup_only_when_all_is_idle() {
+        let mut l = Lookups::default();
+        assert!(l.is_idle());
+        l.request(1, "a".into());
+        assert!(!l.is_idle(), "pending");
+        let b = l.next_batch().unwrap();
+        l.sent(9, b, Some(1));
+        assert!(!l.is_idle(), "in flight");
+        l.answered(9);
+        assert!(l.is_idle());
+    }
+
+    #[test]
+    fn the_joiners_of_an_orphaned_lookup_go_back_first_in_line() {
+        let mut l = Lookups::default();
+        l.request(1, "a".into());
+        let b = l.next_batch().unwrap();
+        l.sent(9, b, Some(1));
+        assert!(!l.request(2, "a".into()), "joins stream 1's lookup");
+        assert!(l.request(3, "b".into()));
+        assert!(!l.orphaned(7), "not a sender");
+        assert!(l.orphaned(1));
+        assert_eq!(l.answered(9), None, "its answer will never come");
+        let b = l.next_batch().unwrap();
+        assert_eq!(
+            b,
+            vec![
+                Waiting {
+                    key: "a".into(),
+                    streams: vec![2]
+                },
+                Waiting {
+                    key: "b".into(),
+                    streams: vec![3]
+                }
+            ]
+        );
+        // A sender nobody joined leaves nothing behind.
+        l.request(4, "c".into());
+        let b = l.next_batch().unwrap();
+        l.sent(10, b, Some(4));
+        assert!(!l.orphaned(4));
+        assert_eq!(l.waiting_streams(), 0);
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Context for CacheRoot {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        if lookup::answered(&shared, token, status, &body) {
+        if lookup::answered(&shared, token, status, &body, None) {
             return;
         }
         // Entries answer 1, invalidations a count: either way an integer.

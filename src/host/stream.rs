@@ -2,7 +2,7 @@
 //! dispatched from here (its answer must come back to this request); writes go to the root's
 //! queue.
 
-use super::{Shared, dispatch_store, now_ms, utf8_pairs};
+use super::{Shared, dispatch_store, lookup, now_ms, utf8_pairs};
 use crate::flow::{Flow, LookupStep, OwnedReply, PurgeCommand, RequestStep, Source};
 use crate::http::{RequestHead, ResponseHead};
 use crate::metrics::{self, Counter};
@@ -83,15 +83,36 @@ fn send_reply(status: u16, headers: &[(String, String)], body: &[u8]) {
     let _ = hostcalls::send_http_response(status as u32, headers, Some(body));
 }
 
+/// Where a step is carried out from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// The stream's own callback.
+    Stream,
+    /// Another context's callback (the receiver of a lookup answer), on the stream's behalf.
+    Other,
+}
+
 /// Carries out a lookup step for stream `id` (the effective context). Returns true when the
 /// request stays paused.
-fn proceed(shared: &Shared, id: u32, flow: &Rc<RefCell<Flow>>, step: LookupStep<'_>) -> bool {
+fn proceed(
+    shared: &Shared,
+    id: u32,
+    flow: &Rc<RefCell<Flow>>,
+    step: LookupStep<'_>,
+    from: From,
+) -> bool {
     match step {
         LookupStep::Lookup(key) => {
-            // The root sends it, batched with whatever else this VM's streams wait for.
             shared.waiting.borrow_mut().insert(id, flow.clone());
+            let idle = shared.lookups.borrow().is_idle();
             if shared.lookups.borrow_mut().request(id, key) {
-                shared.wake();
+                if idle && from == From::Stream {
+                    // Nothing to batch with: sent now, from here, without a hop.
+                    lookup::send_from_stream(shared, id);
+                } else {
+                    // The root sends it, batched with whatever else waits.
+                    shared.wake();
+                }
             }
             true
         }
@@ -113,29 +134,43 @@ fn proceed(shared: &Shared, id: u32, flow: &Rc<RefCell<Flow>>, step: LookupStep<
 /// Carries out a step that arrived while the request was paused (the store's answer), and
 /// releases the request unless the step keeps it.
 pub fn carry_on(shared: &Shared, id: u32, flow: &Rc<RefCell<Flow>>, step: LookupStep<'_>) {
-    let paused = proceed(shared, id, flow, step);
+    let paused = proceed(shared, id, flow, step, From::Other);
     count_events(shared, flow);
     if !paused {
         let _ = hostcalls::resume_http_request();
     }
 }
 
+impl CacheStream {
+    /// The stream is over (answered or reset): nothing may be sent on its behalf any more,
+    /// and the lookups it sent itself will never be answered to it, so the streams that
+    /// joined them are handed to the root.
+    fn leave(&self) {
+        self.shared.waiting.borrow_mut().remove(&self.id);
+        if self.shared.lookups.borrow_mut().orphaned(self.id) {
+            self.shared.wake();
+        }
+    }
+}
+
 impl Drop for CacheStream {
     fn drop(&mut self) {
-        // A reset stream's lookup may still be out: its answer has no one to serve.
-        self.shared.waiting.borrow_mut().remove(&self.id);
+        self.leave();
     }
 }
 
 impl Context for CacheStream {
-    /// Only purges are dispatched by the stream itself (lookups and writes by the root).
-    fn on_http_call_response(&mut self, _token: u32, _: usize, body_size: usize, _: usize) {
+    /// A lookup this stream sent itself, or a purge.
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         let status = self
             .get_http_call_response_header_bytes(":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
+        if lookup::answered(&self.shared, token, status, &body, Some(self.id)) {
+            return;
+        }
         if !self.flow.borrow().is_awaiting_purge() {
             return;
         }
@@ -159,15 +194,19 @@ impl HttpContext for CacheStream {
             .handle_request_headers(now_ms(), RequestHead::from_pairs(pairs));
         let shared = &self.shared;
         let paused = match step {
-            RequestStep::Lookup(key) => {
-                proceed(shared, self.id, &self.flow, LookupStep::Lookup(key))
-            }
+            RequestStep::Lookup(key) => proceed(
+                shared,
+                self.id,
+                &self.flow,
+                LookupStep::Lookup(key),
+                From::Stream,
+            ),
             RequestStep::Continue => false,
             RequestStep::Reply(reply) => {
                 send_owned(&reply);
                 true
             }
-            RequestStep::Decided(step) => proceed(shared, self.id, &self.flow, step),
+            RequestStep::Decided(step) => proceed(shared, self.id, &self.flow, step, From::Stream),
             RequestStep::Purge(purge) => {
                 if !self.dispatch_purge(&purge) {
                     let reply = self
@@ -273,8 +312,7 @@ impl HttpContext for CacheStream {
     }
 
     fn on_log(&mut self) {
-        // The stream is over (answered or reset): nothing may be sent on its behalf any more.
-        self.shared.waiting.borrow_mut().remove(&self.id);
+        self.leave();
         if self.active {
             self.flow.borrow_mut().handle_stream_end();
             self.count_events();

@@ -42,13 +42,19 @@ const LOOKUP: &str = "local v=redis.call('MGET',unpack(KEYS)) for i=1,#v do if n
 /// [`LOOKUP`] as a Webdis argument, encoded once (a test checks it matches).
 const LOOKUP_ARG: &str = "local%20v%3Dredis%2Ecall%28%27MGET%27%2Cunpack%28KEYS%29%29%20for%20i%3D1%2C%23v%20do%20if%20not%20v%5Bi%5D%20then%20v%5Bi%5D%3D%27%27%20end%20end%20return%20v";
 
-/// One lookup callout for a batch of keys (a lone key too: one command, one parser),
-/// answered in RESP framing ([`parse_lookup`]).
+/// One lookup callout for a batch of keys, answered in RESP framing ([`parse_lookup`]). A
+/// lone key is a plain `GET` (a `$-1` nil is unambiguous there, and Webdis and Redis serve
+/// it with less work than a script: the common case at light load).
 pub fn lookup<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Callout {
-    let mut path = String::with_capacity(LOOKUP_ARG.len() + 16 + 96 * keys.len());
-    path.push_str("/EVAL/");
-    path.push_str(LOOKUP_ARG);
-    path.push_str(&format!("/{}", keys.len()));
+    let n = keys.len();
+    let mut path = String::with_capacity(LOOKUP_ARG.len() + 16 + 96 * n);
+    if n == 1 {
+        path.push_str("/GET");
+    } else {
+        path.push_str("/EVAL/");
+        path.push_str(LOOKUP_ARG);
+        path.push_str(&format!("/{n}"));
+    }
     for key in keys {
         path.push('/');
         encode_arg(&mut path, key.as_bytes());
@@ -230,15 +236,20 @@ pub fn parse_lookup(
     n: usize,
 ) -> Result<Vec<Option<&[u8]>>, StoreError> {
     check_status(status)?;
-    let (count, mut rest) = resp_line(body, b'*')?;
-    if count != Some(n) {
-        return Err(StoreError::Garbage);
+    // One key: the GET's bare bulk string; several: the script's array.
+    let mut rest = body;
+    if n != 1 {
+        let (count, after) = resp_line(body, b'*')?;
+        if count != Some(n) {
+            return Err(StoreError::Garbage);
+        }
+        rest = after;
     }
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
         let (len, after) = resp_line(rest, b'$')?;
         let Some(len) = len else {
-            // Nil can't come from the script; missing all the same.
+            // A missing key's GET (the script turns nils into empty strings).
             values.push(None);
             rest = after;
             continue;
@@ -340,7 +351,7 @@ mod tests {
     fn keys_are_percent_encoded_with_explicit_extension() {
         let c = lookup(["ns:ab12"].into_iter());
         assert_eq!(c.method, "GET");
-        assert_eq!(c.path, format!("/EVAL/{LOOKUP_ARG}/1/ns%3Aab12.raw"));
+        assert_eq!(c.path, "/GET/ns%3Aab12.raw");
         let two = lookup(["a", "b.c"].into_iter());
         assert_eq!(two.path, format!("/EVAL/{LOOKUP_ARG}/2/a/b%2Ec.raw"));
         let mut s = String::new();
@@ -435,22 +446,28 @@ mod tests {
 
     #[test]
     fn lookup_answers() {
+        // One key: GET's bulk string.
         let one = |body: &'static [u8]| parse_lookup(Some(200), body, 1);
-        assert_eq!(one(b"*1\r\n$-1\r\n"), Ok(vec![None]));
-        assert_eq!(one(b"*1\r\n$3\r\na\0b\r\n"), Ok(vec![Some(&b"a\0b"[..])]));
-        // Empty is the script's missing key.
-        assert_eq!(one(b"*1\r\n$0\r\n\r\n"), Ok(vec![None]));
+        assert_eq!(one(b"$-1\r\n"), Ok(vec![None]));
+        assert_eq!(one(b"$3\r\na\0b\r\n"), Ok(vec![Some(&b"a\0b"[..])]));
         // A value may hold CRLF: only the length frames it.
-        assert_eq!(one(b"*1\r\n$2\r\n\r\n\r\n"), Ok(vec![Some(&b"\r\n"[..])]));
+        assert_eq!(one(b"$2\r\n\r\n\r\n"), Ok(vec![Some(&b"\r\n"[..])]));
+        // Empty is missing (no stored value is empty).
+        assert_eq!(one(b"$0\r\n\r\n"), Ok(vec![None]));
+        // Several: the script's array, empty strings for missing keys.
         assert_eq!(
             parse_lookup(Some(200), b"*3\r\n$1\r\nx\r\n$0\r\n\r\n$2\r\nyz\r\n", 3),
             Ok(vec![Some(&b"x"[..]), None, Some(&b"yz"[..])])
         );
         assert_eq!(
+            parse_lookup(Some(200), b"*2\r\n$-1\r\n$1\r\nq\r\n", 2),
+            Ok(vec![None, Some(&b"q"[..])])
+        );
+        assert_eq!(
             parse_lookup(Some(503), b"", 1),
             Err(StoreError::Unavailable)
         );
-        assert_eq!(parse_lookup(Some(504), b"", 1), Err(StoreError::Timeout));
+        assert_eq!(parse_lookup(Some(504), b"", 2), Err(StoreError::Timeout));
         assert_eq!(
             parse_lookup(Some(403), b"", 1),
             Err(StoreError::Status(403))
@@ -460,28 +477,35 @@ mod tests {
             &b""[..],
             b"-ERR wrong type\r\n",
             b"-NOPERM this user has no permissions\r\n",
-            b"$3\r\nabc\r\n",
-            b"*2\r\n$-1\r\n$-1\r\n",
-            b"*0\r\n",
-            b"*1\r\n",
-            b"*1\r\n$5\r\nabc\r\n",
-            b"*1\r\n$3\r\nabcdef\r\n",
-            b"*1\r\n$x\r\n",
-            b"*1\r\n$\r\n",
-            b"*1\r\n$+3\r\nabc\r\n",
-            b"*1\r\n$-1\r\nextra",
-            b"*1\r\n$-2\r\n",
-            b"{\"EVAL\":[\"x\"]}",
-            b"*1\r\n$0\r\n",
-            b"*1\r\n$0\r\nab",
-            b"*1\r\n$3\r\nabc",
-            b"*1\r\n$18446744073709551614\r\n",
-            b"*1\r\n$18446744073709551615\r\n",
-            b"*1\r\n$4294967294\r\n",
-            b"*1\r\n$99999999999999999999999\r\n",
-            b"*99999999999999999999999\r\n",
+            b"*1\r\n$1\r\nx\r\n",
+            b"$5\r\nabc\r\n",
+            b"$3\r\nabcdef\r\n",
+            b"$x\r\n",
+            b"$\r\n",
+            b"$+3\r\nabc\r\n",
+            b"$-1\r\nextra",
+            b"$-2\r\n",
+            b"{\"GET\":\"x\"}",
+            b"$3\r\nabc",
+            b"$0\r\n",
+            b"$18446744073709551614\r\n",
+            b"$18446744073709551615\r\n",
+            b"$4294967294\r\n",
+            b"$99999999999999999999999\r\n",
         ] {
             assert_eq!(one(garbage), Err(StoreError::Garbage), "{garbage:?}");
+        }
+        let two = |body: &'static [u8]| parse_lookup(Some(200), body, 2);
+        for garbage in [
+            &b"$1\r\nx\r\n"[..],
+            b"*1\r\n$1\r\nx\r\n",
+            b"*3\r\n$-1\r\n$-1\r\n$-1\r\n",
+            b"*2\r\n$-1\r\n",
+            b"*2\r\n$1\r\nx\r\n$1\r\ny\r\nextra",
+            b"*99999999999999999999999\r\n",
+            b"*2\r\n$3\r\nabcdef\r\n$0\r\n\r\n",
+        ] {
+            assert_eq!(two(garbage), Err(StoreError::Garbage), "{garbage:?}");
         }
     }
 
