@@ -60,6 +60,7 @@ ENVOY_PORTS = {  # name: (listener, admin)
     "memory": (23150, 23151),
     "floor": (23160, 23161),
     "floorc": (23170, 23171),
+    "floorm": (23180, 23181),
 }
 
 SIZES = [("1k", 1024), ("64k", 64 * 1024), ("1m", 1024 * 1024)]
@@ -352,7 +353,8 @@ def direct_routes():
 
 
 def floor_filter(configuration=None):
-    """Case 3w's filter; with `cache-hit`, case 3c's (bench/floor/src/lib.rs)."""
+    """Case 3w's filter; with `cache-hit`, case 3c's; with `cache-miss`, case 3m's
+    (bench/floor/src/lib.rs)."""
     conf = ""
     if configuration:
         conf = f"""
@@ -369,6 +371,21 @@ def floor_filter(configuration=None):
                   runtime: envoy.wasm.runtime.v8
                   code:
                     local: {{ filename: {FLOOR_WASM} }}"""
+
+
+# Case 3m's store cluster: envoy/envoy.yaml's `fleet_cache_store`, the same name, so its
+# callouts are counted like fleet-cache's.
+FLOOR_STORE_CLUSTER = f"""  - name: fleet_cache_store
+    type: STATIC
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: fleet_cache_store
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {WEBDIS_PORT} }}
+"""
 
 
 def ours_yaml(name, plugin):
@@ -399,16 +416,18 @@ def envoy_configs(floor):
         # every request before it runs.
         cfgs["floor"] = envoy_yaml("floor", floor_filter(), ORIGIN_ROUTE)
         cfgs["floorc"] = envoy_yaml("floorc", floor_filter("cache-hit"), ORIGIN_ROUTE)
+        # Case 3m: requests reach the origin through the router; the filter calls Webdis.
+        cfgs["floorm"] = envoy_yaml("floorm", floor_filter("cache-miss"), ORIGIN_ROUTE) + FLOOR_STORE_CLUSTER
     return cfgs
 
 
 def want_floor():
-    return not ONLY or "3w" in ONLY or "3c" in ONLY
+    return not ONLY or bool(ONLY & {"3w", "3c", "3m"})
 
 
 def build_floor():
-    """Case 3w's filter: built here (a few seconds the first time), not by `make build`."""
-    log("building bench/floor (case 3w)")
+    """Cases 3w, 3c, 3m's filter: built here (a few seconds the first time), not by `make build`."""
+    log("building bench/floor (cases 3w, 3c, 3m)")
     p = subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1",
                         "--manifest-path", FLOOR_MANIFEST], cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0 or not os.path.exists(FLOOR_WASM):
@@ -419,7 +438,25 @@ def build_floor():
 # Starting the stack.
 
 
-def start_backends():
+def webdis_json(with_set):
+    """envoy/webdis.json rendered; for case 3m (`with_set`), a bench-only copy whose ACL also
+    lets SET through: the floor's write is `PUT /SET/<key>`, where fleet-cache writes with
+    EVAL (the shipped ACL: GET, EVAL, PING). Redis' own ACL (envoy/redis.conf) has +set."""
+    w = open(os.path.join(ROOT, "envoy", "webdis.json")).read()
+    w = (w.replace("{{REDIS_PORT}}", str(REDIS_PORT)).replace("{{WEBDIS_PORT}}", str(WEBDIS_PORT))
+         .replace("{{WEBDIS_LOG}}", os.path.join(RUN, "webdis.log")))
+    if not with_set:
+        return w
+    conf = json.loads(w)
+    enabled = [rule["enabled"] for rule in conf.get("acl", []) if "enabled" in rule and "http_basic_auth" not in rule]
+    if not enabled:
+        raise SystemExit("bench: envoy/webdis.json has no unauthenticated `enabled` ACL rule to add SET to (case 3m)")
+    if "SET" not in enabled[-1]:
+        enabled[-1].append("SET")
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def start_backends(webdis_set=False):
     os.makedirs(os.path.join(WWW, "f"), exist_ok=True)
     os.makedirs(os.path.join(RUN, "nginx-tmp"), exist_ok=True)
     for tag, n in SIZES:
@@ -434,10 +471,7 @@ def start_backends():
                       10, "redis"):
         fail("redis")
 
-    w = open(os.path.join(ROOT, "envoy", "webdis.json")).read()
-    w = (w.replace("{{REDIS_PORT}}", str(REDIS_PORT)).replace("{{WEBDIS_PORT}}", str(WEBDIS_PORT))
-         .replace("{{WEBDIS_LOG}}", os.path.join(RUN, "webdis.log")))
-    write(os.path.join(RUN, "webdis.json"), w)
+    write(os.path.join(RUN, "webdis.json"), webdis_json(webdis_set))
     PROCS.start("webdis", ["webdis", os.path.join(RUN, "webdis.json")])
     if not wait_until(lambda: http_get(f"http://127.0.0.1:{WEBDIS_PORT}/PING")[0] == 200, 10, "webdis"):
         fail("webdis")
@@ -539,6 +573,37 @@ def warm_builtin(url):
     return False, last
 
 
+def check_floor_miss(row, run_id):
+    """Case 3m: one request must be answered in full and make its two store callouts, both
+    answered 2xx by Webdis, and its write must land in Redis. Returns a warm-up note; a failure
+    stops the bench saying what is wrong."""
+    name = row["envoy"]
+    path = f"{row['path']}?bust={run_id}-check"
+    st0 = envoy_stats(name)
+    st, h, body = http_get(f"http://127.0.0.1:{ENVOY_PORTS[name][0]}{path}", 10)
+    size = dict(SIZES)[row["size"]]
+    if st != 200 or len(body) != size:
+        why = h.get("floor-error") or envoy_log_tail(name)
+        raise SystemExit(f"bench: case 3m: {path} answered {st}, {len(body)} bytes (want 200, {size}): {why}")
+    key = f"floor:{path}"
+    stored = None
+    ok2xx = 0
+    for _ in range(50):
+        stored = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "STRLEN", key],
+                                capture_output=True, text=True).stdout.strip()
+        st1 = envoy_stats(name)
+        ok2xx = st1.get("cluster.fleet_cache_store.upstream_rq_2xx", 0) - st0.get(
+            "cluster.fleet_cache_store.upstream_rq_2xx", 0)
+        if stored == str(size) and ok2xx >= 2:
+            return f"case 3m: lookup and write answered 2xx by Webdis, `{key}` stored ({stored} bytes)"
+        time.sleep(0.1)
+    codes = {k.rsplit(".", 1)[1]: v - st0.get(k, 0) for k, v in envoy_stats(name).items()
+             if k.startswith("cluster.fleet_cache_store.upstream_rq_") and k[-3:-2].isdigit()}
+    raise SystemExit(f"bench: case 3m: store callouts answered {codes or 'nothing'} (want 2 × 2xx), "
+                     f"Redis STRLEN {key} = {stored!r} (want {size}); Webdis log "
+                     f"{os.path.join(RUN, 'webdis.log')}; Envoy: {envoy_log_tail(name)}")
+
+
 # --------------------------------------------------------------------------------------------
 # wrk.
 
@@ -631,6 +696,8 @@ def case_rows(memory_ok):
     add("6n", "fleet-cache, miss, no-store response (lookup only)", "fast", "1k", ours, "/nostore/1k",
         "miss")
     add("1b", "Envoy, no cache, cache-busting wrk script", "fast", "1k", "noop", "/f/1k", "miss")
+    add("3m", "proxy-wasm filter making a naive miss's host calls: one lookup + one write callout "
+        "(floor of a shared-store miss)", "fast", "1k", "floorm", "/f/1k", "miss")
     # Slow origin: what a user gains.
     add("1", "Envoy, no cache (reference)", "slow", "1k", "noop", SLOW_PATH)
     add("2", "Envoy built-in cache, hit", "slow", "1k", "builtin", SLOW_PATH)
@@ -885,6 +952,8 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                 notes.append("like-for-like baseline of case 6")
             if r["id"] == "6n":
                 notes.append("case 6 without the write: lookup + forward")
+            if r["id"] == "3m" and r.get("downstream_rq"):
+                notes.append(f"store callouts/req {r['store_rq'] / r['downstream_rq']:.2f}")
             L.append(f"| {r['id']}. {r['label']} | {SIZE_LABEL[r['size']]} | {fmt_rps(r['rps'])} | "
                      f"{fmt_ms(r['p50'])} | {fmt_ms(r['p99'])} | {fmt_ratio(r['rps'], b1)} | "
                      f"{fmt_ratio(r['rps'], b2)} | {', '.join(fmt_rps(x) for x in r['rps_runs'])} | "
@@ -939,40 +1008,48 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
     c4 = find(rows, "4k", "fast", "1k") or find(rows, "4", "fast", "1k")
     w1 = find(rows, "ctx-webdis", "context", "1k")
     c3 = find(rows, "3", "fast", "1k")
+    where = []
     if c4 and c4.get("rps") and c4.get("cpu_us_per_req"):
-        L.append("## Where the time goes (1 KiB, CPU per request from the table above)")
-        L.append("")
         cu = {("envoy" if n.startswith("envoy-") else n): v for n, v in c4["cpu_us_per_req"].items()}
         parts = [f"Envoy {cu.get('envoy', 0):.0f} µs", f"Webdis {cu.get('webdis', 0):.0f} µs",
                  f"Redis {cu.get('redis', 0):.0f} µs", f"wrk {cu.get('wrk', 0):.0f} µs"]
-        L.append(f"- CPU per Redis hit (case {c4['id']}): {', '.join(parts)}.")
+        where.append(f"- CPU per Redis hit (case {c4['id']}): {', '.join(parts)}.")
         if c4.get("store_rq") and c4.get("downstream_rq"):
-            L.append(f"- Lookups per store callout in case {c4['id']}: "
-                     f"{c4['downstream_rq'] / c4['store_rq']:.1f} (batched by the filter).")
+            where.append(f"- Lookups per store callout in case {c4['id']}: "
+                         f"{c4['downstream_rq'] / c4['store_rq']:.1f} (batched by the filter).")
         if c3 and c3.get("cpu_us_per_req"):
             e3 = next((v for n, v in c3["cpu_us_per_req"].items() if n.startswith("envoy-")), None)
             if e3:
-                L.append(f"- Envoy alone answering a local reply (case 3) costs {e3:.0f} µs: the "
-                         f"filter's hit path adds about {cu.get('envoy', 0) - e3:.0f} µs of Envoy CPU "
-                         f"(callout, Wasm, entry decoding, reply).")
+                where.append(f"- Envoy alone answering a local reply (case 3) costs {e3:.0f} µs: the "
+                             f"filter's hit path adds about {cu.get('envoy', 0) - e3:.0f} µs of Envoy CPU "
+                             f"(callout, Wasm, entry decoding, reply).")
         if w1 and w1.get("rps"):
-            L.append(f"- Webdis answering the filter's one-key lookup directly to wrk: {w1['rps']:,.0f} req/s "
-                     f"(p50 {fmt_ms(w1['p50'])} ms), vs {c4['rps']:,.0f} req/s for hits through "
-                     f"Envoy + Webdis ({c4['rps'] / w1['rps']:.2f}×). On 2 shared cores the processes "
-                     f"compete for CPU: the totals above are what bounds req/s.")
+            where.append(f"- Webdis answering the filter's one-key lookup directly to wrk: {w1['rps']:,.0f} req/s "
+                         f"(p50 {fmt_ms(w1['p50'])} ms), vs {c4['rps']:,.0f} req/s for hits through "
+                         f"Envoy + Webdis ({c4['rps'] / w1['rps']:.2f}×). On 2 shared cores the processes "
+                         f"compete for CPU: the totals above are what bounds req/s.")
 
-        def cpu_of(cid):
-            r = find(rows, cid, "fast", "1k")
-            if not r or not r.get("cpu_us_per_req"):
-                return None
-            return {("envoy" if n.startswith("envoy-") else n): (v or 0) for n, v in r["cpu_us_per_req"].items()}
+    def cpu_of(cid):
+        r = find(rows, cid, "fast", "1k")
+        if not r or not r.get("cpu_us_per_req"):
+            return None
+        return {("envoy" if n.startswith("envoy-") else n): (v or 0) for n, v in r["cpu_us_per_req"].items()}
 
-        m1, mn, m6 = cpu_of("1b"), cpu_of("6n"), cpu_of("6")
-        if m1 and mn and m6:
-            L.append(f"- Misses, Envoy CPU per request: {m1['envoy']:.0f} µs proxying alone (1b), "
-                     f"{mn['envoy']:.0f} µs with the lookup (6n), {m6['envoy']:.0f} µs with lookup and "
-                     f"write (6); Webdis + Redis: {mn['webdis'] + mn['redis']:.0f} µs (6n), "
-                     f"{m6['webdis'] + m6['redis']:.0f} µs (6).")
+    # Misses: plain proxying, the naive floor (two callouts, no cache logic), fleet-cache's.
+    misses = [(what, cpu_of(cid)) for cid, what in (
+        ("1b", "proxying alone (1b)"),
+        ("3m", "a naive miss's lookup and write callouts, no cache logic (3m)"),
+        ("6n", "fleet-cache's lookup (6n)"),
+        ("6", "fleet-cache's lookup and write (6)"))]
+    misses = [(what, c) for what, c in misses if c]
+    if len(misses) >= 2:
+        where.append("- Misses, CPU per request: " + "; ".join(
+            f"{what}: Envoy {c.get('envoy', 0):.0f} µs, Webdis + Redis "
+            f"{c.get('webdis', 0) + c.get('redis', 0):.0f} µs" for what, c in misses) + ".")
+    if where:
+        L.append("## Where the time goes (1 KiB, CPU per request from the table above)")
+        L.append("")
+        L.extend(where)
         L.append("")
 
     L.append("## Targets")
@@ -997,6 +1074,12 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                  f"{info['floor_wasm_bytes']:,} bytes), the Envoy of case 1 with this filter before the router")
         L.append("- case 3c: the same filter configured `cache-hit`: it reads all request headers and the "
                  "clock and replies with the headers a replayed response carries (10), as any cache hit must")
+        L.append("- case 3m: the same filter configured `cache-miss`, plus envoy/envoy.yaml's "
+                 "`fleet_cache_store` cluster: per request it reads all request headers and the clock, "
+                 "sends one lookup to Webdis (`GET /GET/floor%3A<path>.raw`) and waits for it, reads all "
+                 "response headers, copies the body as it streams through, and at its end sends one write "
+                 "(`PUT /SET/floor%3A<path>.raw`, not waited for; Webdis' ACL gets SET added for the bench "
+                 "only; no TTL, as a PUT value can't be followed by `PX`)")
     L.append("")
     if warm_notes:
         L.append("## Warm-up checks")
@@ -1019,6 +1102,7 @@ def target_checks(rows, ttfb, info):
     c3w = rps_of(rows, "3w", "fast", "1k")
     c3c = rps_of(rows, "3c", "fast", "1k")
     c4k = rps_of(rows, "4k", "fast", "1k")
+    c3m = rps_of(rows, "3m", "fast", "1k")
 
     def ratio_check(name, a, b, floor, what):
         if a is None or b is None:
@@ -1048,6 +1132,10 @@ def target_checks(rows, ttfb, info):
                "case 5 / case 3c (what the cache's own work in the VM costs)")
     info_ratio("Redis hit over 1,000 keys vs plain proxying (4k/1), 1 KiB", c4k, c1,
                "case 4k / case 1 (no lookup shared, only batched)")
+    info_ratio("miss-shaped floor vs plain proxying (3m/1b), 1 KiB", c3m, c1b,
+               "case 3m / case 1b (what two naive store callouts per miss cost, no cache logic)")
+    info_ratio("fleet-cache miss vs miss-shaped floor (6/3m), 1 KiB", c6, c3m,
+               "case 6 / case 3m (above 1: fleet-cache's batching beats naive callouts)")
     if c6 is not None and c1 is not None:
         extra = ""
         if c1b:
@@ -1077,7 +1165,7 @@ def chart(rows, png):
 
     panels = [("fast", "1k", "fast origin, 1 KiB"), ("fast", "64k", "fast origin, 64 KiB"),
               ("fast", "1m", "fast origin, 1 MiB"), ("slow", "1k", f"slow origin ({SLOW_DELAY_MS} ms), 1 KiB")]
-    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e", "3c": "#b5e0c0",
+    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e", "3c": "#b5e0c0", "3m": "#d4edda",
               "4": "#dd8452", "4k": "#f0b27a", "5": "#c44e52", "5k": "#e08a8d", "6": "#8172b3"}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for ax, (profile, size, title) in zip(axes.flat, panels):
@@ -1131,7 +1219,7 @@ def main():
     load_before = loadavg()
     log(f"{info['nproc']} cores, load average {' '.join(load_before)}; results in bench/results/")
 
-    start_backends()
+    start_backends(webdis_set=floor and (not ONLY or "3m" in ONLY))
     cfgs = envoy_configs(floor)
     for name, yaml in cfgs.items():
         start_envoy(name, yaml)
@@ -1164,6 +1252,9 @@ def main():
     warm_notes = []
     # Warm the caches and check each hit case really hits.
     for row in rows:
+        if row["id"] == "3m":
+            warm_notes.append(check_floor_miss(row, run_id))
+            continue
         if row["kind"] != "get":
             continue
         if row["id"] in ("4", "5"):

@@ -8,8 +8,17 @@
 //! (freshness), and a reply with the headers a replayed response carries (those of the
 //! bench's nginx origin, plus `age`, `date` and `cache-status`). The difference between this
 //! and fleet-cache's in-proxy hit is the cache's own work in the VM.
+//!
+//! With `cache-miss` (case 3m) it lets every request through to the origin and makes, naively,
+//! the host calls any shared-store cache miss makes: all request headers read, the clock read,
+//! one lookup callout to Webdis (`GET /GET/<key>.raw`, the request paused until it answers,
+//! whatever it answers), all response headers read, every body chunk copied into the VM as it
+//! streams through, and at the end one write callout (`PUT /SET/<key>.raw`, the body as the
+//! value), not waited for. No batching, no sharing, no cache logic: two store callouts per
+//! request, what fleet-cache's miss (case 6) is measured against.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::traits::*;
 use proxy_wasm::types::*;
@@ -20,21 +29,43 @@ const MAX_BODY: usize = 1 << 20;
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         // Filled once per VM: a request only borrows a prefix of it.
-        Box::new(Root { body: vec![b'x'; MAX_BODY].into(), cache_hit: false })
+        Box::new(Root { body: vec![b'x'; MAX_BODY].into(), mode: Mode::Floor })
     });
 }}
 
+/// What the filter does, from its plugin configuration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No configuration: case 3w, a local reply.
+    Floor,
+    /// `cache-hit`: case 3c's host calls.
+    CacheHit,
+    /// `cache-miss`: case 3m's host calls.
+    CacheMiss,
+}
+
+/// Case 3m's store: the Envoy cluster of Webdis (named as fleet-cache's, so the bench counts
+/// its callouts the same way) and the authority its callouts carry.
+const STORE_CLUSTER: &str = "fleet_cache_store";
+const STORE_AUTHORITY: &str = "webdis";
+const STORE_TIMEOUT: Duration = Duration::from_millis(1000);
+
 struct Root {
     body: Rc<[u8]>,
-    /// Configuration `cache-hit`: case 3c's host calls.
-    cache_hit: bool,
+    mode: Mode,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        self.cache_hit = self.get_plugin_configuration().as_deref() == Some(b"cache-hit");
+        self.mode = match self.get_plugin_configuration().as_deref() {
+            None | Some(b"") => Mode::Floor,
+            Some(b"cache-hit") => Mode::CacheHit,
+            Some(b"cache-miss") => Mode::CacheMiss,
+            // A typo in the bench must not measure the wrong thing: Envoy refuses the config.
+            Some(_) => return false,
+        };
         true
     }
 
@@ -45,17 +76,36 @@ impl RootContext for Root {
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Floor {
             body: self.body.clone(),
-            cache_hit: self.cache_hit,
+            mode: self.mode,
+            key: None,
+            lookup: None,
+            recorded: Vec::new(),
         }))
     }
 }
 
 struct Floor {
     body: Rc<[u8]>,
-    cache_hit: bool,
+    mode: Mode,
+    /// Case 3m: the request's store key, Webdis-encoded; set once the lookup is dispatched
+    /// (only then is the response recorded and written).
+    key: Option<String>,
+    /// Case 3m: the lookup callout the request waits for.
+    lookup: Option<u32>,
+    /// Case 3m: the response body, copied chunk by chunk as it streams through.
+    recorded: Vec<u8>,
 }
 
-impl Context for Floor {}
+impl Context for Floor {
+    fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
+        // A miss is expected (`$-1`); whatever Webdis answered, the request goes on. The write's
+        // answer, if it comes while the stream lives, is ignored.
+        if self.lookup == Some(token) {
+            self.lookup = None;
+            self.resume_http_request();
+        }
+    }
+}
 
 /// A replayed response's headers: nginx's for a static file (minus per-fetch ones), then what
 /// a cache adds.
@@ -71,7 +121,10 @@ const CACHE_HIT_HEADERS: &[(&str, &str)] = &[
 
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        if self.cache_hit {
+        if self.mode == Mode::CacheMiss {
+            return self.miss_lookup();
+        }
+        if self.mode == Mode::CacheHit {
             let headers = self.get_http_request_headers();
             let path = headers.iter().find(|(n, _)| n == ":path");
             let Some(n) = path.and_then(|(_, p)| size_of_path(p)) else {
@@ -100,6 +153,99 @@ impl HttpContext for Floor {
             None => self.send_http_response(404, vec![], None),
         }
         Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.key.is_some() {
+            // A recording cache reads them all (storability, what to store).
+            let headers = self.get_http_response_headers();
+            std::hint::black_box(headers);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.key.is_none() {
+            return Action::Continue;
+        }
+        // Copied into the VM and let through at once: Envoy buffers nothing.
+        if body_size > 0
+            && let Some(chunk) = self.get_http_response_body(0, body_size)
+        {
+            self.recorded.extend_from_slice(&chunk);
+        }
+        if end_of_stream && let Some(key) = self.key.take() {
+            let path = format!("/SET/{key}.raw");
+            // Fire and forget: the stream does not wait for the write.
+            let _ = self.dispatch_http_call(
+                STORE_CLUSTER,
+                vec![
+                    (":method", "PUT"),
+                    (":path", &path),
+                    (":authority", STORE_AUTHORITY),
+                ],
+                Some(&self.recorded),
+                vec![],
+                STORE_TIMEOUT,
+            );
+        }
+        Action::Continue
+    }
+}
+
+impl Floor {
+    /// Case 3m, request side: headers and clock read, one lookup callout, the request paused
+    /// until it answers.
+    fn miss_lookup(&mut self) -> Action {
+        let headers = self.get_http_request_headers();
+        let now = self.get_current_time();
+        std::hint::black_box(now);
+        let mut key = String::new();
+        let target = headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map_or("", |(_, p)| p.as_str());
+        encode_arg(&mut key, format!("floor:{target}").as_bytes());
+        let path = format!("/GET/{key}.raw");
+        match self.dispatch_http_call(
+            STORE_CLUSTER,
+            vec![
+                (":method", "GET"),
+                (":path", &path),
+                (":authority", STORE_AUTHORITY),
+            ],
+            None,
+            vec![],
+            STORE_TIMEOUT,
+        ) {
+            Ok(token) => {
+                self.lookup = Some(token);
+                self.key = Some(key);
+                Action::Pause
+            }
+            Err(e) => {
+                // The bench's warm-up check sees this and says why.
+                let why = format!("lookup dispatch to {STORE_CLUSTER} failed: {e:?}");
+                self.send_http_response(503, vec![("floor-error", &why)], None);
+                Action::Pause
+            }
+        }
+    }
+}
+
+/// A Webdis argument: every byte outside `[A-Za-z0-9_-]` percent-encoded (Webdis splits on
+/// `/`, decodes `+` as a space and strips a known extension), as fleet-cache's
+/// `src/store/webdis.rs` `encode_arg` does.
+fn encode_arg(out: &mut String, arg: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in arg {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
     }
 }
 
