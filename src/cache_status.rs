@@ -34,8 +34,10 @@ impl Fwd {
 }
 
 /// `<name>; hit; ttl=<remaining freshness>` (negative when a client accepted a stale one).
-pub fn hit(name: &str, ttl_s: i64) -> String {
-    format!("{name}; hit; ttl={ttl_s}")
+/// Appended to `out`: a hit builds its header in one string, after any upstream cache's.
+pub fn push_hit(out: &mut String, name: &str, ttl_s: i64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{name}; hit; ttl={ttl_s}");
 }
 
 /// `<name>; detail=<why>`: answered by the cache without a stored response or a forward
@@ -80,7 +82,9 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(hit("c", 30), "c; hit; ttl=30");
+        let mut hit = String::from("up; hit, ");
+        push_hit(&mut hit, "c", 30);
+        assert_eq!(hit, "up; hit, c; hit; ttl=30");
         assert_eq!(
             forwarded("c", Fwd::UriMiss, Some(200), true, None),
             "c; fwd=uri-miss; fwd-status=200; stored"

@@ -78,14 +78,18 @@ pub fn not_modified_headers(stored: &[(String, String)]) -> Vec<(String, String)
     let has_etag = stored.iter().any(|(n, _)| n == "etag");
     stored
         .iter()
-        .filter(|(n, _)| {
-            matches!(
-                n.as_str(),
-                "cache-control" | "content-location" | "etag" | "expires" | "vary"
-            ) || (n == "last-modified" && !has_etag)
-        })
+        .filter(|(n, _)| kept_in_not_modified(n, has_etag))
         .cloned()
         .collect()
+}
+
+/// Whether a stored header line (lower-case name) goes into a 304 built from the entry;
+/// `has_etag`: the entry has an ETag (then Last-Modified is left out).
+pub fn kept_in_not_modified(name: &str, has_etag: bool) -> bool {
+    matches!(
+        name,
+        "cache-control" | "content-location" | "etag" | "expires" | "vary"
+    ) || (name == "last-modified" && !has_etag)
 }
 
 #[cfg(test)]

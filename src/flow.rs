@@ -9,7 +9,7 @@ use crate::cache_status::{self, Fwd};
 use crate::conditional::{self, Precondition};
 use crate::config::{Config, Method};
 use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, VariantsMeta};
-use crate::http::{RequestHead, ResponseHead};
+use crate::http::{self, RequestHead, ResponseHead};
 use crate::key::{CacheKey, Vary};
 use crate::memory::{MemoryTier, Remembered};
 use crate::policy::{
@@ -18,6 +18,7 @@ use crate::policy::{
 };
 use crate::purge::{self, PurgeRequest};
 use crate::range::{self, RangeAnswer};
+pub use crate::reply::{Body, Reply, ReplyHeaders};
 use crate::revalidate;
 use crate::store::{Refresh, StoreError, VariantWrite, Write};
 use std::cell::RefCell;
@@ -93,55 +94,6 @@ pub enum LookupStep<'b> {
     Revalidate(Vec<(String, String)>),
     /// Release the request to the origin.
     Continue,
-}
-
-/// A local reply built from an entry.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply<'b> {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Body<'b>,
-}
-
-/// A reply body without a copy: a slice of the store's answer, or of a value kept in the
-/// in-proxy tier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body<'b> {
-    Borrowed(&'b [u8]),
-    /// The bytes `start..end` of a shared value.
-    Shared(Rc<[u8]>, usize, usize),
-}
-
-impl Body<'_> {
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Body::Borrowed(b) => b,
-            Body::Shared(v, start, end) => &v[*start..*end],
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.bytes().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The bytes `first..=last` of this body (positions already checked by the caller).
-    fn range(self, first: usize, last: usize) -> Self {
-        match self {
-            Body::Borrowed(b) => Body::Borrowed(&b[first..=last]),
-            Body::Shared(v, start, _) => Body::Shared(v, start + first, start + last + 1),
-        }
-    }
-
-    fn nothing(self) -> Self {
-        match self {
-            Body::Borrowed(b) => Body::Borrowed(&b[..0]),
-            Body::Shared(v, start, _) => Body::Shared(v, start, start),
-        }
-    }
 }
 
 /// What to do after the response headers.
@@ -227,6 +179,17 @@ struct StoredAt {
     record_key: Option<String>,
     /// The whole stored value's length: a refresh applies only to that same value.
     value_len: u64,
+}
+
+/// How an entry about to be served was found (the keys are only copied if it must be
+/// revalidated).
+struct FoundAt {
+    /// The variant's key, for a varying resource.
+    variant: Option<CacheKey>,
+    /// The whole stored value's length.
+    value_len: u64,
+    /// Found in the in-proxy tier.
+    from_memory: bool,
 }
 
 /// A stale entry being revalidated: what a 304 is answered from.
@@ -391,16 +354,17 @@ impl Flow {
         match policy::request_policy(&self.cfg, &req) {
             RequestPolicy::Lookup(method) => {
                 let primary = CacheKey::primary(&self.cfg, &req);
-                let key = primary.redis_key.clone();
+                let recalled = self.recall(&primary.redis_key, now_ms);
                 let lookup = Lookup {
                     req_cc: CacheControl::parse(req.values("cache-control")),
                     req,
                     method,
                     primary,
                 };
-                if let Some(found) = self.recall(&key, now_ms) {
+                if let Some(found) = recalled {
                     return RequestStep::Decided(self.handle_found(now_ms, lookup, None, found));
                 }
+                let key = lookup.primary.redis_key.clone();
                 self.events.push(Event::Lookup);
                 self.state = State::AwaitPrimary(lookup);
                 RequestStep::Lookup(key)
@@ -534,17 +498,18 @@ impl Flow {
                 LookupStep::Lookup(key)
             }
             Found::Response { meta, value } if meta.key_material == expected.material => {
-                let stored = StoredAt {
-                    entry_key: expected.redis_key.clone(),
-                    record_key: variant.is_some().then(|| lookup.primary.redis_key.clone()),
-                    value_len: value.len() as u64,
-                };
                 let from_memory = value.is_in_memory();
                 if !from_memory {
-                    self.remember_response(&stored.entry_key, &meta, &value, now_ms);
+                    self.remember_response(&expected.redis_key, &meta, &value, now_ms);
                 }
+                let value_len = value.len() as u64;
                 let body = value.body(meta.body_len as usize);
-                self.serve(now_ms, lookup, stored, meta, body, from_memory)
+                let found = FoundAt {
+                    variant,
+                    value_len,
+                    from_memory,
+                };
+                self.serve(now_ms, lookup, found, meta, body)
             }
             _ => {
                 self.events.push(Event::KeyMismatch);
@@ -617,11 +582,11 @@ impl Flow {
         &mut self,
         now_ms: u64,
         lookup: Lookup,
-        stored_at: StoredAt,
+        found: FoundAt,
         meta: Rc<ResponseMeta>,
         body: Body<'b>,
-        from_memory: bool,
     ) -> LookupStep<'b> {
+        let from_memory = found.from_memory;
         let freshness = StoredFreshness {
             lifetime_s: meta.lifetime_s,
             age_s: policy::current_age_s(meta.stored_at_ms, meta.initial_age_s, now_ms),
@@ -631,6 +596,19 @@ impl Flow {
         if policy::reuse(freshness, &lookup.req_cc) == Reuse::Validate {
             self.events.push(Event::Miss);
             let meta = Rc::unwrap_or_clone(meta);
+            let stored_at = StoredAt {
+                entry_key: found
+                    .variant
+                    .as_ref()
+                    .unwrap_or(&lookup.primary)
+                    .redis_key
+                    .clone(),
+                record_key: found
+                    .variant
+                    .is_some()
+                    .then(|| lookup.primary.redis_key.clone()),
+                value_len: found.value_len,
+            };
             return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body.bytes());
         }
         // Several ranges make a multipart answer: the origin's to build.
@@ -648,46 +626,53 @@ impl Flow {
         if from_memory {
             self.events.push(Event::MemoryHit);
         }
-        let mut stored = meta.headers.clone();
-        let upstream_status = take_header(&mut stored, "cache-status");
-        let mut ours = cache_status::hit(&self.cfg.cache_name, freshness.ttl_s());
-        if from_memory {
-            ours.push_str("; detail=memory");
-        }
-        let ours = cache_status::append(upstream_status.as_deref(), &ours);
+        let stored = &meta.headers;
+        let ours = hit_status(
+            &self.cfg.cache_name,
+            freshness.ttl_s(),
+            from_memory,
+            http::header_values(stored, "cache-status"),
+        );
+        let not_ours = |n: &str| n != "cache-status";
+        // The lines added below: cache-status, age, date, and maybe content-range.
+        const ADDED: usize = 4;
         // RFC 9110 §13.2.1: preconditions apply only to a 2xx answer.
         let (status, mut headers, body) = if (200..300).contains(&meta.status)
-            && conditional::evaluate(&lookup.req, &stored) == Precondition::NotModified
+            && conditional::evaluate(&lookup.req, stored) == Precondition::NotModified
         {
+            let has_etag = stored.iter().any(|(n, _)| n == "etag");
+            let kept = |n: &str| conditional::kept_in_not_modified(n, has_etag);
             (
                 304,
-                conditional::not_modified_headers(&stored),
+                ReplyHeaders::stored(&meta, ADDED, kept),
                 body.nothing(),
             )
         } else {
             match range {
                 RangeAnswer::Partial { first, last } => {
                     let len = body.len();
-                    stored.push((
-                        "content-range".into(),
-                        format!("bytes {first}-{last}/{len}"),
-                    ));
-                    (206, stored, body.range(first as usize, last as usize))
+                    let mut h = ReplyHeaders::stored(&meta, ADDED, not_ours);
+                    h.push("content-range", format!("bytes {first}-{last}/{len}"));
+                    (206, h, body.range(first as usize, last as usize))
                 }
                 RangeAnswer::Unsatisfiable => {
                     let len = body.len();
-                    let mut h = vec![("content-range".to_string(), format!("bytes */{len}"))];
-                    h.extend(stored.into_iter().filter(|(n, _)| {
-                        !matches!(n.as_str(), "content-type" | "content-encoding")
-                    }));
+                    let mut h = ReplyHeaders::stored(&meta, ADDED, |n| {
+                        not_ours(n) && !matches!(n, "content-type" | "content-encoding")
+                    });
+                    h.push("content-range", format!("bytes */{len}"));
                     (416, h, body.nothing())
                 }
-                RangeAnswer::Full | RangeAnswer::Multiple => (meta.status, stored, body),
+                RangeAnswer::Full | RangeAnswer::Multiple => (
+                    meta.status,
+                    ReplyHeaders::stored(&meta, ADDED, not_ours),
+                    body,
+                ),
             }
         };
-        headers.push(("cache-status".into(), ours));
-        headers.push(("age".into(), freshness.age_s.to_string()));
-        headers.push(("date".into(), self.worker.http_date(now_ms)));
+        headers.push("cache-status", ours);
+        headers.push("age", freshness.age_s.to_string());
+        headers.push("date", self.worker.http_date(now_ms));
         self.state = State::ServingHit;
         // For HEAD, Envoy's local reply sends the headers with the body's content-length and
         // no body, which is exactly a HEAD answer: the same reply serves both methods.
@@ -745,12 +730,14 @@ impl Flow {
         // RFC 9111 §5.2.1.7: nothing usable stored and the client won't wait for the origin.
         if lookup.req_cc.only_if_cached {
             self.state = State::ServingHit;
+            let mut headers = ReplyHeaders::added();
+            headers.push(
+                "cache-status",
+                cache_status::detail_only(&self.cfg.cache_name, "only-if-cached"),
+            );
             return LookupStep::Respond(Reply {
                 status: 504,
-                headers: vec![(
-                    "cache-status".into(),
-                    cache_status::detail_only(&self.cfg.cache_name, "only-if-cached"),
-                )],
+                headers,
                 body: Body::Borrowed(b""),
             });
         }
@@ -1087,6 +1074,26 @@ impl Flow {
             tags: rec.tags,
         })
     }
+}
+
+/// A hit's `Cache-Status`: ours after the stored response's own (an upstream cache's), in one
+/// string.
+fn hit_status<'a>(
+    name: &str,
+    ttl_s: i64,
+    from_memory: bool,
+    upstream: impl Iterator<Item = &'a str>,
+) -> String {
+    let mut s = String::with_capacity(name.len() + 48);
+    for v in upstream.map(str::trim).filter(|v| !v.is_empty()) {
+        s.push_str(v);
+        s.push_str(", ");
+    }
+    cache_status::push_hit(&mut s, name, ttl_s);
+    if from_memory {
+        s.push_str("; detail=memory");
+    }
+    s
 }
 
 /// Removes every line of a header and returns them joined.

@@ -141,7 +141,11 @@ impl Seen {
                 return Some(k);
             }
             LookupStep::Respond(reply) => {
-                self.hit = Some((reply.status, reply.headers, reply.body.bytes().to_vec()));
+                self.hit = Some((
+                    reply.status,
+                    reply.headers.to_vec(),
+                    reply.body.bytes().to_vec(),
+                ));
                 assert!(flow.is_serving_hit());
                 // Our own local reply comes back through the response callbacks.
                 let s = flow.handle_response_headers(

@@ -34,7 +34,17 @@ impl CacheKey {
 
     /// The primary key of a request: without Vary.
     pub fn primary(cfg: &Config, req: &RequestHead) -> CacheKey {
-        let mut m = Material::default();
+        let (path, query) = match req.path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (req.path.as_str(), None),
+        };
+        // Sized once: the key is built for every request, hits included.
+        let mut m = Material(Vec::with_capacity(
+            64 + cfg.namespace.len()
+                + req.authority.len()
+                + req.path.len()
+                + 96 * cfg.key.headers.len(),
+        ));
         m.field(b"fleet-cache/1");
         m.field(cfg.namespace.as_bytes());
         let scheme = if req.scheme.is_empty() {
@@ -42,15 +52,11 @@ impl CacheKey {
         } else {
             req.scheme.as_str()
         };
-        let scheme = scheme.to_ascii_lowercase();
-        m.field(scheme.as_bytes());
-        m.field(normalize_authority(&req.authority, &scheme).as_bytes());
-        let (path, query) = match req.path.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (req.path.as_str(), None),
-        };
+        m.field_with(|out| push_lower(out, scheme));
+        let host = authority_without_default_port(&req.authority, scheme);
+        m.field_with(|out| push_lower(out, host));
         m.field(path.as_bytes());
-        m.field(normalize_query(query, &cfg.key).as_bytes());
+        m.field_with(|out| push_query(out, query, &cfg.key));
         for name in &cfg.key.headers {
             m.field(name.as_bytes());
             m.header(name, req);
@@ -97,6 +103,16 @@ impl Material {
         self.0.extend_from_slice(bytes);
     }
 
+    /// A field written in place by `write` (no intermediate string); its length prefix is
+    /// filled in after.
+    fn field_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        write(&mut self.0);
+        let len = (self.0.len() - at - 4) as u32;
+        self.0[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
     /// A request header's normalised value; an absent header and an empty one are different
     /// requests (a marker byte no header value can contain tells them apart).
     fn header(&mut self, name: &str, req: &RequestHead) {
@@ -120,41 +136,70 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
 /// Lower-cases the host and drops the scheme's default port: `Example.COM:80` over http is
 /// `example.com`.
 pub fn normalize_authority(authority: &str, scheme: &str) -> String {
-    let lower = authority.trim().to_ascii_lowercase();
-    let default_port = match scheme {
-        "https" => ":443",
-        _ => ":80",
+    authority_without_default_port(authority, scheme).to_ascii_lowercase()
+}
+
+/// The authority trimmed and without the scheme's default port; case left as sent.
+fn authority_without_default_port<'a>(authority: &'a str, scheme: &str) -> &'a str {
+    let authority = authority.trim();
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
     };
-    match lower.strip_suffix(default_port) {
+    match authority.strip_suffix(default_port) {
         // Not `[::1]` alone: only strip a port that follows a host.
-        Some(host) if !host.is_empty() => host.to_string(),
-        _ => lower,
+        Some(host) if !host.is_empty() => host,
+        _ => authority,
     }
+}
+
+fn push_lower(out: &mut Vec<u8>, s: &str) {
+    out.extend(s.bytes().map(|b| b.to_ascii_lowercase()));
 }
 
 /// Drops ignored parameters and, when configured, sorts the rest by name (a stable sort keeps
 /// repeated parameters in their order). Parameters are compared as sent, without decoding.
 pub fn normalize_query(query: Option<&str>, cfg: &KeyConfig) -> String {
+    let mut out = Vec::new();
+    push_query(&mut out, query, cfg);
+    // Whole parameters of a `str`, joined by an ASCII byte: still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(n, _)| n)
+}
+
+/// [`normalize_query`], appended to `out`.
+fn push_query(out: &mut Vec<u8>, query: Option<&str>, cfg: &KeyConfig) {
     let Some(query) = query else {
-        return String::new();
+        return;
     };
-    let mut params: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let name = p.split_once('=').map_or(*p, |(n, _)| n);
-            !cfg.query_ignore
-                .iter()
-                .any(|ig| match ig.strip_suffix('*') {
-                    Some(prefix) => name.starts_with(prefix),
-                    None => name == ig,
-                })
-        })
-        .collect();
+    let kept = query.split('&').filter(|p| !p.is_empty()).filter(|p| {
+        let name = param_name(p);
+        !cfg.query_ignore
+            .iter()
+            .any(|ig| match ig.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == ig,
+            })
+    });
+    let join = |out: &mut Vec<u8>, params: &mut dyn Iterator<Item = &str>| {
+        for (i, p) in params.enumerate() {
+            if i > 0 {
+                out.push(b'&');
+            }
+            out.extend_from_slice(p.as_bytes());
+        }
+    };
     if cfg.query_sort {
-        params.sort_by_key(|p| p.split_once('=').map_or(*p, |(n, _)| n));
+        let mut params: Vec<&str> = kept.collect();
+        params.sort_by_key(|p| param_name(p));
+        join(out, &mut params.into_iter());
+    } else {
+        join(out, &mut { kept });
     }
-    params.join("&")
 }
 
 /// Headers whose value is a comma-separated list of case-insensitive items, so `a ,B` and
@@ -244,6 +289,28 @@ mod tests {
         assert!(k.starts_with("default:"));
         assert_eq!(k.len(), "default:".len() + 64);
         assert!(k["default:".len()..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// Keys are what the whole fleet's stored entries are found by: a change in how they are
+    /// derived orphans every entry (and mixes versions during a rollout). Pinned here.
+    #[test]
+    fn keys_are_stable_across_versions() {
+        let mut cfg = Config::default();
+        cfg.key.query_sort = true;
+        cfg.key.query_ignore = vec!["utm_*".into()];
+        cfg.key.headers = vec!["accept-encoding".into()];
+        let mut r = req("/a/b?z=1&utm_x=2&a=3", &[("accept-encoding", "GZIP, br")]);
+        r.scheme = "HTTPS".into();
+        r.authority = "Example.COM:443".into();
+        let plain = key(&Config::default(), &req("/f/1k", &[]));
+        assert_eq!(
+            key(&cfg, &r),
+            "default:57bd11e33def93b388047c960cd6195a99e0e3df47aa7fef419e622fe3eddfdd"
+        );
+        assert_eq!(
+            plain,
+            "default:85f7a3e65e729d6c66bc5553ac2df08cddc38eb781e5180710d95e75b963f3f9"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod publish;
 pub mod purge;
 pub mod range;
+pub mod reply;
 pub mod revalidate;
 pub mod store;
 

@@ -34,9 +34,11 @@ struct Slot {
 
 #[derive(Debug)]
 pub struct MemoryTier {
-    slots: HashMap<String, Slot>,
+    /// Keys are shared with `recency`: a hit moves a key in the recency order without
+    /// copying it.
+    slots: HashMap<Rc<str>, Slot>,
     /// tick -> key, oldest first.
-    recency: BTreeMap<u64, String>,
+    recency: BTreeMap<u64, Rc<str>>,
     next_tick: u64,
     bytes: usize,
     max_bytes: usize,
@@ -82,10 +84,13 @@ impl MemoryTier {
             self.remove(key);
             return None;
         }
-        self.recency.remove(&slot.tick);
+        let key = self
+            .recency
+            .remove(&slot.tick)
+            .unwrap_or_else(|| Rc::from(key));
         slot.tick = self.next_tick;
         self.next_tick += 1;
-        self.recency.insert(slot.tick, key.to_string());
+        self.recency.insert(slot.tick, key);
         Some(slot.item.clone())
     }
 
@@ -123,10 +128,11 @@ impl MemoryTier {
         }
         let tick = self.next_tick;
         self.next_tick += 1;
-        self.recency.insert(tick, key.to_string());
+        let key: Rc<str> = Rc::from(key);
+        self.recency.insert(tick, key.clone());
         self.bytes += bytes;
         self.slots.insert(
-            key.to_string(),
+            key,
             Slot {
                 item,
                 expires_at_ms: now_ms.saturating_add(self.max_age_ms).min(fresh_until_ms),

@@ -70,16 +70,17 @@ fn count_events(shared: &Shared, flow: &RefCell<Flow>) {
 }
 
 fn send_owned(reply: &OwnedReply) {
-    send_reply(reply.status, &reply.headers, &reply.body);
+    let headers = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    send_reply(reply.status, headers, &reply.body);
 }
 
 /// A local reply on the effective context: Envoy adds content-length (and, for HEAD, omits
 /// the body).
-fn send_reply(status: u16, headers: &[(String, String)], body: &[u8]) {
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
+fn send_reply(status: u16, headers: Vec<(&str, &str)>, body: &[u8]) {
     let _ = hostcalls::send_http_response(status as u32, headers, Some(body));
 }
 
@@ -117,7 +118,11 @@ fn proceed(
             true
         }
         LookupStep::Respond(reply) => {
-            send_reply(reply.status, &reply.headers, reply.body.bytes());
+            send_reply(
+                reply.status,
+                reply.headers.iter().collect(),
+                reply.body.bytes(),
+            );
             true
         }
         LookupStep::Revalidate(conditions) => {
