@@ -1,12 +1,17 @@
 //! Lookup batching: the streams of one VM that wait for the store share callouts.
 //!
 //! A store callout costs Envoy far more CPU than the lookup itself costs Webdis and Redis
-//! (bench: ~190 µs of Envoy CPU per callout; Webdis answers an 8-key `MGET` at 5× the keys per
-//! second of single `GET`s). So the root context sends lookups, not each stream: while
-//! [`MAX_IN_FLIGHT`] batches are out, new keys wait and go together in the next one, and a key
-//! already pending or in flight is not asked twice (its waiters join). Under light load every
-//! lookup leaves at once on its own; batches form only when requests queue anyway, so batching
-//! never adds a wait that the store's own queueing would not have.
+//! (bench: ~160 µs of Envoy CPU per callout; Webdis answers an 8-key `MGET` at 5× the keys per
+//! second of single `GET`s). So the root context sends lookups, not each stream: while a batch
+//! is out, new keys wait and go together in the next one, and a key already pending or in
+//! flight is not asked twice (its waiters join). Under light load every lookup leaves at once
+//! on its own; batches form only while one is out.
+//!
+//! One batch out at a time makes the biggest batches, and on busy cores that wins: the bench
+//! measured 0.70× -> 0.81-0.91× plain proxying for hits over 1,000 keys, with a lower p50
+//! (`bench/results/20261125-0646-ab-lookups-in-flight-1-vs-2.md`). But alone it would cap a
+//! worker at [`MAX_KEYS`] lookups per store round trip (3,200/s at 5 ms), so a full batch
+//! leaves at once, up to [`MAX_IN_FLIGHT`] out.
 //!
 //! When nothing is pending or in flight, the stream sends its own lookup at once (no hop
 //! through the root). Others may join it; if that stream ends before the answer (its
@@ -19,10 +24,8 @@
 
 use std::collections::HashMap;
 
-/// Batches per VM in flight at once. One would make a request that arrives just after a
-/// dispatch wait a whole extra round trip; a few keep that wait short while still batching
-/// whatever arrives during a round trip.
-pub const MAX_IN_FLIGHT: usize = 2;
+/// Batches per VM in flight at once, when full batches wait (otherwise one).
+pub const MAX_IN_FLIGHT: usize = 4;
 
 /// Keys per batch: bounds the URL and the answer a single callout carries into the VM (each
 /// value is at most `max_body_bytes` plus metadata).
@@ -53,8 +56,9 @@ struct Flight {
 }
 
 impl Lookups {
-    /// Stream `stream` waits for `key`. Returns true when this made work for the sender (the
-    /// root must be woken to call [`Lookups::next_batch`]).
+    /// Stream `stream` waits for `key`. Returns true when this made a batch ready to send (the
+    /// root must be woken to call [`Lookups::next_batch`]); a key that only waits for the
+    /// batch out to come back wakes nobody.
     pub fn request(&mut self, stream: u32, key: String) -> bool {
         // An answer already on its way serves this stream too: it left after this stream's
         // request arrived at most one round trip ago, as fresh as any lookup it would send.
@@ -67,13 +71,20 @@ impl Lookups {
             key,
             streams: vec![stream],
         });
-        true
+        self.can_send()
     }
 
-    /// The next batch to send, if the in-flight bound allows one. The caller reports it with
+    /// Whether a batch may leave now: none is out, or a full one waits and the bound allows.
+    pub fn can_send(&self) -> bool {
+        !self.pending.is_empty()
+            && (self.in_flight.is_empty()
+                || (self.pending.len() >= MAX_KEYS && self.in_flight.len() < MAX_IN_FLIGHT))
+    }
+
+    /// The next batch to send, if [`Lookups::can_send`]. The caller reports it with
     /// [`Lookups::sent`] once dispatched.
     pub fn next_batch(&mut self) -> Option<Vec<Waiting>> {
-        if self.pending.is_empty() || self.in_flight.len() >= MAX_IN_FLIGHT {
+        if !self.can_send() {
             return None;
         }
         let n = self.pending.len().min(MAX_KEYS);
@@ -109,6 +120,7 @@ impl Lookups {
             .map(|(t, _)| *t)
             .collect();
         let mut requeued = Vec::new();
+        let removed_any = !tokens.is_empty();
         for token in tokens {
             let Some(flight) = self.in_flight.remove(&token) else {
                 continue;
@@ -120,15 +132,10 @@ impl Lookups {
                 }
             }
         }
-        let made_work = !requeued.is_empty();
         requeued.append(&mut self.pending);
         self.pending = requeued;
-        made_work
-    }
-
-    /// Whether keys wait for a free batch slot.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        // Keys that waited for the orphaned batch to come back may go now, joiners or not.
+        removed_any && self.can_send()
     }
 
     /// Streams waiting, pending or in flight: what the tests check is left behind.
@@ -169,21 +176,48 @@ mod tests {
     }
 
     #[test]
-    fn keys_wait_while_the_in_flight_bound_is_reached_then_go_together() {
+    fn keys_wait_while_a_batch_is_out_then_go_together() {
         let mut l = Lookups::default();
-        for (token, key) in (1..=MAX_IN_FLIGHT as u32).zip(["a", "b", "c"]) {
-            l.request(token, key.into());
-            let b = l.next_batch().unwrap();
-            l.sent(token, b, None);
-        }
-        assert!(l.request(10, "x".into()));
-        assert!(l.request(11, "y".into()));
-        assert_eq!(l.next_batch(), None, "bound reached: x and y wait");
-        assert!(l.has_pending());
+        assert!(l.request(1, "a".into()));
+        let b = l.next_batch().unwrap();
+        l.sent(1, b, None);
+        assert!(!l.request(10, "x".into()), "waits: nobody to wake");
+        assert!(!l.request(11, "y".into()));
+        assert_eq!(l.next_batch(), None, "a batch is out: x and y wait");
         l.answered(1).unwrap();
+        assert!(l.can_send());
         let batch = l.next_batch().unwrap();
         assert_eq!(keys(&batch), ["x", "y"]);
-        assert!(!l.has_pending());
+        assert!(!l.can_send());
+    }
+
+    #[test]
+    fn full_batches_leave_at_once_up_to_the_bound() {
+        let mut l = Lookups::default();
+        l.request(0, "first".into());
+        let b = l.next_batch().unwrap();
+        l.sent(0, b, None);
+        let mut token = 1;
+        let mut key = 0;
+        let mut fill = |l: &mut Lookups| {
+            let mut woke = false;
+            for _ in 0..MAX_KEYS {
+                woke = l.request(1000 + key, format!("k{key}"));
+                key += 1;
+            }
+            woke
+        };
+        for _ in 1..MAX_IN_FLIGHT {
+            assert!(fill(&mut l), "the key that fills a batch wakes the sender");
+            let b = l.next_batch().unwrap();
+            assert_eq!(b.len(), MAX_KEYS);
+            l.sent(token, b, None);
+            token += 1;
+        }
+        assert!(!fill(&mut l), "the bound is reached");
+        assert_eq!(l.next_batch(), None);
+        l.answered(1).unwrap();
+        assert_eq!(l.next_batch().unwrap().len(), MAX_KEYS);
     }
 
     #[test]
@@ -196,7 +230,7 @@ mod tests {
         assert!(!l.request(2, "a".into()));
         // Pending: joins the pending key.
         l.sent(6, vec![], None);
-        assert!(l.request(3, "b".into()));
+        assert!(!l.request(3, "b".into()), "waits for the batches out");
         assert!(!l.request(4, "b".into()));
         assert_eq!(l.waiting_streams(), 4);
         assert_eq!(l.answered(5).unwrap()[0].streams, [1, 2]);
@@ -221,6 +255,8 @@ mod tests {
         assert_eq!(first.len(), MAX_KEYS);
         assert_eq!(first[0].key, "k0");
         l.sent(1, first, None);
+        assert_eq!(l.next_batch(), None, "not full: waits for the batch out");
+        l.answered(1);
         let rest = l.next_batch().unwrap();
         assert_eq!(
             keys(&rest),
@@ -258,7 +294,7 @@ mod tests {
         let b = l.next_batch().unwrap();
         l.sent(9, b, Some(1));
         assert!(!l.request(2, "a".into()), "joins stream 1's lookup");
-        assert!(l.request(3, "b".into()));
+        assert!(!l.request(3, "b".into()), "waits for stream 1's lookup");
         assert!(!l.orphaned(7), "not a sender");
         assert!(l.orphaned(1));
         assert_eq!(l.answered(9), None, "its answer will never come");
@@ -282,6 +318,17 @@ mod tests {
         l.sent(10, b, Some(4));
         assert!(!l.orphaned(4));
         assert_eq!(l.waiting_streams(), 0);
+    }
+
+    #[test]
+    fn keys_that_waited_for_an_orphaned_lookup_go_without_it() {
+        let mut l = Lookups::default();
+        l.request(1, "a".into());
+        let b = l.next_batch().unwrap();
+        l.sent(9, b, Some(1));
+        assert!(!l.request(2, "b".into()), "waits for stream 1's lookup");
+        assert!(l.orphaned(1), "nobody joined, but b waited for it");
+        assert_eq!(keys(&l.next_batch().unwrap()), ["b"]);
     }
 
     #[test]

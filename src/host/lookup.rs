@@ -71,7 +71,7 @@ pub fn answered(
     if at.is_none() {
         // The next batch leaves before these streams are served (see the module doc).
         send(shared);
-    } else if shared.lookups.borrow().has_pending() {
+    } else if shared.lookups.borrow().can_send() {
         // A stream about to be served must not send for others: the root does.
         shared.wake();
     }
