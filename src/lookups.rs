@@ -97,6 +97,12 @@ impl Lookups {
         self.pending.is_empty() && self.in_flight.is_empty()
     }
 
+    /// Whether a batch the root sent is out: its answer (or its deadline) is sure to reach
+    /// the root, so writes may wait for it to ride with the next batch.
+    pub fn root_in_flight(&self) -> bool {
+        self.in_flight.values().any(|f| f.sender.is_none())
+    }
+
     /// A batch was dispatched, by the root (`sender` None) or by a stream from its own
     /// context.
     pub fn sent(&mut self, token: u32, batch: Vec<Waiting>, sender: Option<u32>) {
@@ -283,8 +289,13 @@ mod tests {
         let b = l.next_batch().unwrap();
         l.sent(9, b, Some(1));
         assert!(!l.is_idle(), "in flight");
+        assert!(!l.root_in_flight(), "a stream's");
         l.answered(9);
         assert!(l.is_idle());
+        l.request(2, "b".into());
+        let b = l.next_batch().unwrap();
+        l.sent(10, b, None);
+        assert!(l.root_in_flight());
     }
 
     #[test]

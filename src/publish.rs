@@ -2,9 +2,11 @@
 //! root context so a write outlives its stream and its answer is seen (retry once, count).
 //!
 //! Entries waiting together leave together: a store callout costs Envoy far more CPU than a
-//! write costs Redis, so while [`MAX_IN_FLIGHT`] callouts are out, entries queue and the next
-//! callout carries up to [`MAX_BATCH_ENTRIES`] of them (one atomic script, in queue order).
-//! Refreshes and invalidations go alone (other scripts).
+//! write costs Redis, so while a write callout is out, entries queue and the next callout
+//! carries up to [`MAX_BATCH_ENTRIES`] of them (one atomic script, in queue order). A full
+//! batch leaves at once, up to [`MAX_IN_FLIGHT`] out, so a slow store or a large entry in
+//! flight does not hold the queue to one batch per round trip (the same rule as lookups,
+//! `crate::lookups`, measured there). Refreshes and invalidations go alone (other scripts).
 //!
 //! Pure bookkeeping; the root context sends what [`PublishQueue::next_batch`] gives and
 //! reports each answer to [`PublishQueue::answered`].
@@ -12,8 +14,7 @@
 use crate::store::StoreWrite;
 use std::collections::{HashMap, VecDeque};
 
-/// Write callouts per VM in flight at once: enough to keep the store busy while one carries a
-/// large entry, few enough that writes arriving meanwhile queue and share the next callout.
+/// Write callouts per VM in flight at once, when full batches wait (otherwise one).
 pub const MAX_IN_FLIGHT: usize = 4;
 
 /// Entries per write callout.
@@ -47,6 +48,12 @@ impl Job {
     fn is_plain_entry(&self) -> bool {
         matches!(&self.write, StoreWrite::Entry(w) if w.refresh.is_none())
     }
+
+    /// May ride with a lookup (under its short deadline): a plain entry's first try. A retry
+    /// goes alone, under the write deadline.
+    fn may_ride(&self) -> bool {
+        self.is_plain_entry() && self.attempt == 0
+    }
 }
 
 #[derive(Debug)]
@@ -55,6 +62,8 @@ pub struct PublishQueue {
     in_flight: HashMap<u32, Vec<Job>>,
     /// Bytes held by pending and in-flight jobs.
     held_bytes: usize,
+    /// Bytes held by pending jobs: a batch's worth may leave while another is out.
+    pending_bytes: usize,
     /// Bound on `held_bytes`: a store slower than the miss rate must not grow the VM without
     /// limit; past it new recordings are dropped (and counted).
     max_bytes: usize,
@@ -66,6 +75,7 @@ impl PublishQueue {
             pending: VecDeque::new(),
             in_flight: HashMap::new(),
             held_bytes: 0,
+            pending_bytes: 0,
             max_bytes,
         }
     }
@@ -77,34 +87,84 @@ impl PublishQueue {
             return false;
         }
         self.held_bytes += size;
+        self.pending_bytes += size;
         self.pending.push_back(Job { write, attempt: 0 });
         true
     }
 
-    /// The next jobs to send in one callout, if the in-flight limit allows: one refresh or
+    /// Whether a batch may leave now: none is out, or a full one waits and the bound allows.
+    pub fn can_send(&self) -> bool {
+        let full = self.pending.len() >= MAX_BATCH_ENTRIES || self.pending_bytes >= MAX_BATCH_BYTES;
+        !self.pending.is_empty()
+            && (self.in_flight.is_empty() || (full && self.in_flight.len() < MAX_IN_FLIGHT))
+    }
+
+    /// The next jobs to send in one callout, if [`PublishQueue::can_send`]: one refresh or
     /// invalidation, or entries (oldest first, within the batch bounds).
     pub fn next_batch(&mut self) -> Option<Vec<Job>> {
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
+        if !self.can_send() {
             return None;
         }
-        let first = self.pending.pop_front()?;
-        let mut bytes = first.write.size();
-        let mut batch = vec![first];
-        if !batch[0].is_plain_entry() {
-            return Some(batch);
+        let first = self.pending.front()?;
+        if !first.is_plain_entry() {
+            return self.take(1, usize::MAX);
         }
-        while let Some(next) = self.pending.front() {
-            let size = next.write.size();
-            if !next.is_plain_entry()
-                || batch.len() >= MAX_BATCH_ENTRIES
-                || bytes + size > MAX_BATCH_BYTES
-            {
+        // A larger entry goes alone.
+        self.take(MAX_BATCH_ENTRIES, MAX_BATCH_BYTES.max(first.write.size()))
+    }
+
+    /// Entries to send with a lookup batch, in the same callout (under the lookup's
+    /// deadline): first tries of plain entries, oldest first, at most `max_bytes` in all;
+    /// None when the next job is not one of those or does not fit.
+    pub fn next_riders(&mut self, max_bytes: usize) -> Option<Vec<Job>> {
+        if !self.can_send() || !self.pending.front().is_some_and(Job::may_ride) {
+            return None;
+        }
+        let n = self.pending.iter().take_while(|j| j.may_ride()).count();
+        self.take(n.min(MAX_BATCH_ENTRIES), max_bytes)
+    }
+
+    /// Whether the next write should wait for a lookup batch to ride with (one is out):
+    /// it may ride, and what waits is less than a batch of riders (`max_bytes`), which
+    /// would go on its own.
+    pub fn holds_for_ride(&self, max_bytes: usize) -> bool {
+        self.pending.front().is_some_and(Job::may_ride)
+            && self.pending.len() < MAX_BATCH_ENTRIES
+            && self.pending_bytes < max_bytes
+    }
+
+    /// Up to `max_jobs` jobs from the front while their sizes add up to at most `max_bytes`;
+    /// None if the first does not fit.
+    fn take(&mut self, max_jobs: usize, max_bytes: usize) -> Option<Vec<Job>> {
+        let mut bytes = 0;
+        let mut n = 0;
+        for job in self.pending.iter().take(max_jobs) {
+            let size = job.write.size();
+            if bytes + size > max_bytes || (n > 0 && !job.is_plain_entry()) {
                 break;
             }
             bytes += size;
-            batch.extend(self.pending.pop_front());
+            n += 1;
         }
-        Some(batch)
+        if n == 0 {
+            return None;
+        }
+        self.pending_bytes -= bytes;
+        Some(self.pending.drain(..n).collect())
+    }
+
+    /// Jobs taken but not sent after all, back at the front in their order, as if never
+    /// taken.
+    pub fn put_back(&mut self, jobs: Vec<Job>) {
+        for job in jobs.into_iter().rev() {
+            self.pending_bytes += job.write.size();
+            self.pending.push_front(job);
+        }
+    }
+
+    /// Whether the callout `token` carries writes (a lookup's with riders, or a write's).
+    pub fn carries(&self, token: u32) -> bool {
+        self.in_flight.contains_key(&token)
     }
 
     /// A batch was sent; its answer will come with `token`.
@@ -136,6 +196,7 @@ impl PublishQueue {
                 Outcome::Published(size)
             } else if job.attempt == 0 {
                 job.attempt = 1;
+                self.pending_bytes += size;
                 self.pending.push_front(job);
                 Outcome::Retrying
             } else {
@@ -152,10 +213,10 @@ impl PublishQueue {
         self.pending.is_empty() && self.in_flight.is_empty()
     }
 
-    /// True when a tick could send something: writes wait and the in-flight limit allows
-    /// more. (At the limit, each answer frees a place and sends the next itself.)
+    /// True when a tick could send something (a retry waits for one). Writes that wait for
+    /// the batch out don't: its answer sends the next itself.
     pub fn wants_tick(&self) -> bool {
-        !self.pending.is_empty() && self.in_flight.len() < MAX_IN_FLIGHT
+        self.can_send()
     }
 }
 
@@ -253,21 +314,66 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_is_limited_and_what_waits_goes_together() {
+    fn what_waits_for_the_batch_out_goes_together() {
         let mut q = PublishQueue::new(usize::MAX);
-        for t in 0..MAX_IN_FLIGHT {
-            assert!(q.push(write(&t.to_string(), 1)));
-            let j = q.next_batch().unwrap();
-            q.sent(t as u32, j);
-        }
+        assert!(q.push(write("a", 1)));
+        let a = q.next_batch().unwrap();
+        q.sent(0, a);
         for k in ["x", "y", "z"] {
             q.push(write(k, 1));
         }
         assert!(q.next_batch().is_none());
-        assert!(!q.wants_tick(), "answers drive the queue at the limit");
+        assert!(!q.wants_tick(), "the answer drives the queue");
         q.answered(0, true);
         assert!(q.wants_tick());
         assert_eq!(keys(&q.next_batch().unwrap()), ["x", "y", "z"]);
+        assert!(!q.can_send());
+    }
+
+    #[test]
+    fn full_batches_leave_at_once_up_to_the_bound() {
+        let mut q = PublishQueue::new(usize::MAX);
+        q.push(write("first", 1));
+        let b = q.next_batch().unwrap();
+        q.sent(0, b);
+        // Full by count.
+        for i in 0..MAX_BATCH_ENTRIES {
+            q.push(write(&format!("n{i}"), 1));
+        }
+        assert!(q.can_send());
+        let b = q.next_batch().unwrap();
+        assert_eq!(b.len(), MAX_BATCH_ENTRIES);
+        q.sent(1, b);
+        // Full by bytes: one large entry.
+        q.push(write("big", MAX_BATCH_BYTES));
+        let b = q.next_batch().unwrap();
+        assert_eq!(keys(&b), ["big"]);
+        q.sent(2, b);
+        for t in 3..MAX_IN_FLIGHT as u32 {
+            q.push(write(&t.to_string(), MAX_BATCH_BYTES));
+            let b = q.next_batch().unwrap();
+            q.sent(t, b);
+        }
+        q.push(write("over", MAX_BATCH_BYTES));
+        assert!(q.next_batch().is_none(), "the bound is reached");
+        q.answered(1, true);
+        assert_eq!(keys(&q.next_batch().unwrap()), ["over"]);
+    }
+
+    #[test]
+    fn a_retry_counts_again_towards_a_full_batch() {
+        let mut q = PublishQueue::new(usize::MAX);
+        q.push(write("a", MAX_BATCH_BYTES));
+        let b = q.next_batch().unwrap();
+        q.sent(0, b);
+        q.push(write("b", MAX_BATCH_BYTES));
+        let b = q.next_batch().unwrap();
+        q.sent(1, b);
+        assert_eq!(q.answered(0, false), [Outcome::Retrying]);
+        assert!(q.can_send(), "a full batch again while b is out");
+        assert_eq!(keys(&q.next_batch().unwrap()), ["a"]);
+        q.push(write("small", 1));
+        assert!(!q.can_send(), "the sent bytes no longer count");
     }
 
     #[test]
@@ -289,6 +395,91 @@ mod tests {
             "a large entry goes alone"
         );
         assert_eq!(keys(&q.next_batch().unwrap()), ["after"]);
+    }
+
+    #[test]
+    fn small_first_tries_ride_with_lookups() {
+        let mut q = PublishQueue::new(usize::MAX);
+        q.push(write("a", 10));
+        q.push(write("b", 10));
+        q.push(write("c", 10));
+        q.push(StoreWrite::Invalidate(vec!["i".into()]));
+        assert_eq!(
+            keys(&q.next_riders(25).unwrap()),
+            ["a", "b"],
+            "within the bytes"
+        );
+        assert_eq!(
+            keys(&q.next_riders(25).unwrap()),
+            ["c"],
+            "not past an invalidation"
+        );
+        assert!(q.next_riders(25).is_none(), "an invalidation goes alone");
+        assert_eq!(keys(&q.next_batch().unwrap()), ["i"]);
+
+        q.push(write("big", MAX_BATCH_BYTES));
+        assert!(q.next_riders(25).is_none(), "too big to ride: goes alone");
+        let big = q.next_batch().unwrap();
+        q.sent(1, big);
+        q.push(write("d", 1));
+        assert!(
+            q.next_riders(25).is_none(),
+            "waits for the batch out, like any write"
+        );
+        assert_eq!(q.answered(1, false), [Outcome::Retrying]);
+        q.push(write("e", 1));
+        let retry = q.next_batch().unwrap();
+        assert_eq!(keys(&retry), ["big"]);
+        q.sent(2, retry);
+        q.answered(2, true);
+        let riders = q.next_riders(25).unwrap();
+        assert_eq!(keys(&riders), ["d", "e"]);
+        q.sent(3, riders);
+        assert_eq!(q.answered(3, false), [Outcome::Retrying; 2]);
+        assert!(
+            q.next_riders(25).is_none(),
+            "a retry goes alone, under the write deadline"
+        );
+        assert_eq!(keys(&q.next_batch().unwrap()), ["d", "e"]);
+    }
+
+    #[test]
+    fn small_entries_wait_for_a_ride_until_a_batch_of_riders_waits() {
+        let mut q = PublishQueue::new(usize::MAX);
+        assert!(!q.holds_for_ride(100), "nothing waits");
+        q.push(write("a", 10));
+        assert!(q.holds_for_ride(100));
+        q.push(write("b", 95));
+        assert!(
+            !q.holds_for_ride(100),
+            "a batch of riders' worth goes on its own"
+        );
+        let mut q = PublishQueue::new(usize::MAX);
+        q.push(StoreWrite::Invalidate(vec!["i".into()]));
+        q.push(write("a", 10));
+        assert!(!q.holds_for_ride(100), "an invalidation never waits");
+        let mut q = PublishQueue::new(usize::MAX);
+        for i in 0..MAX_BATCH_ENTRIES {
+            q.push(write(&i.to_string(), 1));
+        }
+        assert!(!q.holds_for_ride(100), "a full batch goes");
+    }
+
+    #[test]
+    fn riders_put_back_are_as_if_never_taken() {
+        let mut q = PublishQueue::new(usize::MAX);
+        q.push(write("a", 10));
+        q.push(write("b", 10));
+        let riders = q.next_riders(100).unwrap();
+        assert!(!q.carries(1));
+        q.put_back(riders);
+        let batch = q.next_batch().unwrap();
+        assert_eq!(keys(&batch), ["a", "b"]);
+        q.sent(1, batch);
+        assert!(q.carries(1));
+        assert_eq!(q.answered(1, true), [Outcome::Published(10); 2]);
+        assert!(q.is_idle());
+        assert!(!q.can_send());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Concurrent requests of one proxy share store callouts. Lookups (src/lookups.rs): keys that
 //! queue while callouts are out leave together, a key already asked is not asked again, and a
 //! client that leaves while its lookup waits disturbs no one. Writes (src/publish.rs): entries
-//! that queue while write callouts are out are written together. Redis is paused with
-//! CLIENT PAUSE to make requests queue deterministically.
+//! that queue while write callouts are out are written together, and small ones ride with
+//! lookups. Redis is paused with CLIENT PAUSE to make requests queue deterministically.
 
 mod support;
 
@@ -194,6 +194,65 @@ fn entries_waiting_together_are_written_together() {
     );
     assert_eq!(purge.status, 200, "{purge:?}");
     assert_eq!(purge.body, b"{\"purged\":8}\n");
+}
+
+/// Under a steady stream of misses, a finished response's entry waits for the next lookup
+/// batch and rides with it (one callout for both); what it carries is written whole, and
+/// the lookups in the same callout are answered as usual.
+#[test]
+fn entries_ride_with_lookups_under_load() {
+    let stack = Stack::start(redis_only());
+    let s = &stack;
+    let mut stored: Vec<(String, Resp)> = Vec::new();
+    // Like a load generator: clients that each send their next request as soon as the last
+    // is answered, so lookups keep arriving while others are out.
+    for round in 0..2 {
+        let done: Vec<Vec<(String, Resp)>> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..12)
+                .map(|client| {
+                    scope.spawn(move || {
+                        (0..10)
+                            .map(|i| {
+                                let path = format!(
+                                    "/ride{round}-{client}-{i}?size={}&cc=max-age%3D60",
+                                    300 + 100 * client + i
+                                );
+                                let miss = s.get(&path, &[]);
+                                (path, miss)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        stored.extend(done.into_iter().flatten());
+    }
+    // The filter says so in its debug log (Envoy flushes its log file every few seconds).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !s.envoy_log(0).contains("writes rode with a lookup: Ok") {
+        assert!(
+            Instant::now() < deadline,
+            "no entry rode with a lookup in {} misses",
+            stored.len()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    wait_published(s, stored.len() as u64);
+    assert_eq!(s.stat(0, "fleet_cache_publish_failures").unwrap_or(0), 0);
+    assert_eq!(s.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
+    for (path, miss) in &stored {
+        assert_eq!(miss.status, 200, "{path}");
+        assert!(
+            miss.header("cache-status")
+                .is_some_and(|c| c.contains("fwd=uri-miss")),
+            "{path}: every lookup answered (a miss), none failed open: {:?}",
+            miss.headers
+        );
+        let hit = s.get(path, &[]);
+        assert!(is_hit(&hit), "{path}: {:?}", hit.headers);
+        assert_eq!(hit.body, miss.body, "{path}: its own entry, byte for byte");
+    }
 }
 
 /// Where shared queues are a restricted capability (Envoy's `capability_restriction_config`),

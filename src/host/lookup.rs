@@ -13,82 +13,151 @@
 
 use super::{Shared, dispatch_store, now_ms, stream};
 use crate::lookups::Waiting;
-use crate::store::{StoreError, webdis};
+use crate::publish::Job;
+use crate::store::{StoreError, StoreWrite, Write, webdis};
 use log::debug;
 use proxy_wasm::hostcalls;
 
-/// Sends what the in-flight bound allows, from the root. Batches the host refuses are
-/// answered with the failure (the streams go on to the origin).
-pub fn send(shared: &Shared) {
-    send_as(shared, None);
+/// Writes riding with a lookup travel under the lookup's deadline and delay its answer by
+/// their transfer: only a few small ones ride (a 1 KiB entry adds nothing measurable).
+pub const MAX_RIDER_BYTES: usize = 64 * 1024;
+
+/// What a send from the root left to the root.
+#[derive(Default)]
+pub struct RootSend {
+    /// Batches the host refused: to fail with [`fail`] once nothing more is sent in this
+    /// callback.
+    pub refused: Vec<Waiting>,
+    /// The riders, if their callout could not be dispatched (a failed write).
+    pub riders_back: Option<Vec<Job>>,
+}
+
+/// Sends what the in-flight rule allows, from the root; the first batch carries `riders`
+/// (writes waiting in the publish queue, see `PublishQueue::next_riders`) in the same
+/// callout.
+pub fn send(shared: &Shared, riders: Option<Vec<Job>>) -> RootSend {
+    send_as(shared, None, riders)
 }
 
 /// Sends stream `id`'s own lookup (the only one pending) from the stream's context.
 pub fn send_from_stream(shared: &Shared, id: u32) {
-    send_as(shared, Some(id));
+    let sent = send_as(shared, Some(id), None);
+    fail(shared, &sent.refused, Some(id));
 }
 
 /// Sends from the root (`sender` None) or from stream `sender`, whose context is current.
-fn send_as(shared: &Shared, sender: Option<u32>) {
+fn send_as(shared: &Shared, sender: Option<u32>, mut riders: Option<Vec<Job>>) -> RootSend {
     let cfg = &shared.config;
-    let mut refused = Vec::new();
+    let mut out = RootSend::default();
     loop {
         let Some(batch) = shared.lookups.borrow_mut().next_batch() else {
             break;
         };
-        let callout = webdis::lookup(batch.iter().map(|w| w.key.as_str()));
-        match dispatch_store(cfg, &callout, None, cfg.store.timeout_ms) {
-            Ok(token) => shared.lookups.borrow_mut().sent(token, batch, sender),
+        let keys: Vec<&str> = batch.iter().map(|w| w.key.as_str()).collect();
+        let sent = match riders.as_deref() {
+            Some(jobs) => {
+                let writes = plain_entries(jobs);
+                let callout = webdis::put_entries_then_lookup(&writes, &keys);
+                let body = webdis::entries_body(&writes);
+                dispatch_store(cfg, &callout, Some(&body), cfg.store.timeout_ms)
+            }
+            None => {
+                let callout = webdis::lookup(keys.into_iter());
+                dispatch_store(cfg, &callout, None, cfg.store.timeout_ms)
+            }
+        };
+        let jobs = riders.take();
+        match sent {
+            Ok(token) => {
+                shared.lookups.borrow_mut().sent(token, batch, sender);
+                if let Some(jobs) = jobs {
+                    shared.queue.borrow_mut().sent(token, jobs);
+                }
+            }
             Err(e) => {
                 debug!("fleet-cache: lookup not dispatched ({e:?})");
-                refused.extend(batch);
+                out.refused.extend(batch);
+                out.riders_back = jobs;
             }
         }
         if sender.is_some() {
             break;
         }
     }
-    for waiting in &refused {
+    if let Some(jobs) = riders {
+        // No batch to ride with after all: back in line, untouched.
+        shared.queue.borrow_mut().put_back(jobs);
+    }
+    out
+}
+
+/// The entries of riders (riders are plain entries only).
+fn plain_entries(jobs: &[Job]) -> Vec<&Write> {
+    jobs.iter()
+        .filter_map(|j| match &j.write {
+            StoreWrite::Entry(w) => Some(w),
+            StoreWrite::Invalidate(_) => None,
+        })
+        .collect()
+}
+
+/// Fails the streams of batches that could not be sent (they go on to the origin), then
+/// makes the context `at` current again.
+pub fn fail(shared: &Shared, refused: &[Waiting], at: Option<u32>) {
+    for waiting in refused {
         serve(shared, waiting, Err(StoreError::Dispatch));
     }
     if !refused.is_empty() {
-        restore(shared, sender);
+        restore(shared, at);
     }
 }
 
-/// Handles a callout answer if it is a lookup batch's; false if it is not (a write's). `at`
-/// is the stream whose callback this is, or None in the root's.
-pub fn answered(
+/// The lookup batch a callout answered, if it was one (else a write's answer).
+pub fn take(shared: &Shared, token: u32) -> Option<Vec<Waiting>> {
+    shared.lookups.borrow_mut().answered(token)
+}
+
+/// Serves every stream of an answered batch, then makes the context `at` (whose callback
+/// this is, a stream's or the root's) current again.
+pub fn serve_answer(
     shared: &Shared,
-    token: u32,
-    status: Option<u16>,
-    body: &[u8],
+    batch: &[Waiting],
+    answer: &Result<Vec<Option<&[u8]>>, StoreError>,
     at: Option<u32>,
-) -> bool {
-    let Some(batch) = shared.lookups.borrow_mut().answered(token) else {
-        return false;
-    };
-    if at.is_none() {
-        // The next batch leaves before these streams are served (see the module doc).
-        send(shared);
-    } else if shared.lookups.borrow().can_send() {
-        // A stream about to be served must not send for others: the root does.
-        shared.wake();
-    }
-    match webdis::parse_lookup(status, body, batch.len()) {
+) {
+    match answer {
         Ok(values) => {
             for (waiting, value) in batch.iter().zip(values) {
-                serve(shared, waiting, Ok(value));
+                serve(shared, waiting, Ok(*value));
             }
         }
         Err(e) => {
-            debug!("fleet-cache: lookup failed: {e:?} (status {status:?})");
-            for waiting in &batch {
-                serve(shared, waiting, Err(e));
+            debug!("fleet-cache: lookup failed: {e:?}");
+            for waiting in batch {
+                serve(shared, waiting, Err(*e));
             }
         }
     }
     restore(shared, at);
+}
+
+/// Handles the answer to a lookup stream `id` sent itself; false if `token` is not a lookup.
+pub fn answered_at_stream(
+    shared: &Shared,
+    token: u32,
+    status: Option<u16>,
+    body: &[u8],
+    id: u32,
+) -> bool {
+    let Some(batch) = take(shared, token) else {
+        return false;
+    };
+    if shared.lookups.borrow().can_send() {
+        // A stream about to be served must not send for others: the root does.
+        shared.wake();
+    }
+    let answer = webdis::parse_lookup(status, body, batch.len());
+    serve_answer(shared, &batch, &answer, Some(id));
     true
 }
 

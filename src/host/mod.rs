@@ -42,6 +42,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether the next write waits to ride with the next lookup batch: it is small and a
+    /// batch the root sent is out, whose answer sends the next one.
+    pub fn write_waits_for_ride(&self) -> bool {
+        self.lookups.borrow().root_in_flight()
+            && self.queue.borrow().holds_for_ride(lookup::MAX_RIDER_BYTES)
+    }
+
     /// Has the root send pending lookups and writes as soon as this callback returns.
     pub fn wake(&self) {
         if !self.wake.wake() {

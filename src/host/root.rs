@@ -6,9 +6,10 @@ use super::wake::Wake;
 use super::{METRICS_FLUSH, Metrics, Shared, dispatch_store, lookup};
 use crate::config::Config;
 use crate::flow::Worker;
+use crate::lookups::Waiting;
 use crate::metrics::Counter;
 use crate::publish::{Outcome, PublishQueue};
-use crate::store::{StoreWrite, Write, webdis};
+use crate::store::{StoreError, StoreWrite, Write, webdis};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,7 +36,8 @@ impl Context for CacheRoot {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        if lookup::answered(&shared, token, status, &body, None) {
+        if let Some(batch) = lookup::take(&shared, token) {
+            self.lookup_answered(&shared, token, &batch, status, &body);
             return;
         }
         // Entries answer 1, invalidations a count: either way an integer.
@@ -149,18 +151,77 @@ impl CacheRoot {
         }
     }
 
-    /// Sends the writes and the lookups the streams woke the root for. Writes first: sending
-    /// lookups may serve streams, after which nothing may be dispatched (see `lookup`).
+    /// Sends the lookups and writes the streams woke the root for.
     fn send_all(&mut self, shared: &Shared) {
         shared.wake.woken();
-        self.drain(shared);
-        lookup::send(shared);
+        let refused = self.send(shared);
+        lookup::fail(shared, &refused, None);
     }
 
-    /// Sends what the queue allows; stops ticking when nothing is left to send.
+    /// Sends what may go: lookups, small waiting writes riding with the first batch (one
+    /// callout's Envoy CPU for both: a miss's write rides with later requests' lookups), then
+    /// the other writes. Returns the lookups the host refused: the caller fails them once it
+    /// sends nothing more (serving streams may call back into the VM, after which the SDK
+    /// would credit a new callout to a stream; see `lookup`).
+    fn send(&mut self, shared: &Shared) -> Vec<Waiting> {
+        let riders = if shared.lookups.borrow().can_send() {
+            shared
+                .queue
+                .borrow_mut()
+                .next_riders(lookup::MAX_RIDER_BYTES)
+        } else {
+            None
+        };
+        let sent = lookup::send(shared, riders);
+        if let Some(jobs) = sent.riders_back {
+            let outcomes = shared.queue.borrow_mut().not_sent(jobs);
+            let failed: Result<u64, StoreError> = Err(StoreError::Dispatch);
+            for outcome in outcomes {
+                self.count(shared, outcome, &failed);
+            }
+        }
+        self.drain(shared);
+        sent.refused
+    }
+
+    /// A lookup batch's answer (with the writes that rode along, if any): the writes are
+    /// settled and everything waiting is sent before the batch's streams are served.
+    fn lookup_answered(
+        &mut self,
+        shared: &Shared,
+        token: u32,
+        batch: &[Waiting],
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        let answer = if shared.queue.borrow().carries(token) {
+            let answer = webdis::parse_entries_then_lookup(status, body, batch.len());
+            let result = answer.as_ref().map(|_| 1).map_err(|e| *e);
+            debug!("fleet-cache: writes rode with a lookup: {result:?}");
+            let outcomes = shared.queue.borrow_mut().answered(token, result.is_ok());
+            for outcome in outcomes {
+                self.count(shared, outcome, &result);
+            }
+            answer
+        } else {
+            webdis::parse_lookup(status, body, batch.len())
+        };
+        let refused = self.send(shared);
+        lookup::serve_answer(shared, batch, &answer, None);
+        lookup::fail(shared, &refused, None);
+    }
+
+    /// Sends what the queue allows; stops ticking when nothing is left to send. Small entries
+    /// wait while a lookup batch the root sent is out: its answer sends the next batch,
+    /// which they ride with (one callout instead of two).
     fn drain(&mut self, shared: &Shared) {
         let cfg = &shared.config;
+        let mut held = false;
         loop {
+            if shared.write_waits_for_ride() {
+                held = true;
+                break;
+            }
             let Some(batch) = shared.queue.borrow_mut().next_batch() else {
                 break;
             };
@@ -217,7 +278,7 @@ impl CacheRoot {
                 }
             }
         }
-        if shared.queue.borrow().wants_tick() {
+        if !held && shared.queue.borrow().wants_tick() {
             shared.tick_publisher();
         } else {
             shared.idle_publisher();

@@ -53,8 +53,13 @@ impl CacheStream {
     fn publish(&self, write: StoreWrite) {
         let pushed = self.shared.queue.borrow_mut().push(write);
         if pushed {
-            // The root sends the write from its own context, right after this callback.
-            self.shared.wake();
+            // The root sends the write from its own context, right after this callback; a
+            // write that waits for the batch out, or to ride with the next lookups, is sent
+            // by that batch's answer.
+            let ready = self.shared.queue.borrow().can_send();
+            if ready && !self.shared.write_waits_for_ride() {
+                self.shared.wake();
+            }
         } else {
             self.shared.metrics.add(Counter::PublishDropped, 1);
         }
@@ -173,7 +178,7 @@ impl Context for CacheStream {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        if lookup::answered(&self.shared, token, status, &body, Some(self.id)) {
+        if lookup::answered_at_stream(&self.shared, token, status, &body, self.id) {
             return;
         }
         if !self.flow.borrow().is_awaiting_purge() {
