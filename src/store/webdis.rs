@@ -410,16 +410,21 @@ mod tests {
         assert_eq!(s, "a%2Fb%2Bc%2Ejson%20%00");
     }
 
-    #[test]
-    fn put_paths() {
-        let w = Write {
+    /// A plain entry `[1, 2]` under `ns:k`, 5 s.
+    fn plain_write() -> Write {
+        Write {
             key: "ns:k".into(),
             variant: None,
             ttl_ms: 5000,
             entry: vec![1, 2],
             refresh: None,
             tags: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn put_paths() {
+        let w = plain_write();
         let c = put_entries(&[&w]);
         assert_eq!(c.method, "PUT");
         assert!(c.path.starts_with("/EVAL/local%20body"));
@@ -472,12 +477,8 @@ mod tests {
     #[test]
     fn entries_then_lookup_path_and_answer() {
         let w = Write {
-            key: "ns:k".into(),
-            variant: None,
-            ttl_ms: 5000,
-            entry: vec![1, 2],
-            refresh: None,
             tags: vec!["ns:tag:1".into()],
+            ..plain_write()
         };
         let c = put_entries_then_lookup(&[&w], &["ns:a", "ns:b.c"]);
         assert_eq!(c.method, "PUT");
