@@ -255,6 +255,64 @@ fn entries_ride_with_lookups_under_load() {
     }
 }
 
+/// A store that refuses writes (Redis out of memory, no eviction) still answers the lookups
+/// those writes ride with: hits stay hits, and the refused writes are counted as failures.
+#[test]
+fn refused_riders_do_not_fail_the_lookups_they_ride_with() {
+    let stack = Stack::start(redis_only());
+    let s = &stack;
+    let stored: Vec<String> = (0..12)
+        .map(|i| format!("/kept{i}?size={}&cc=max-age%3D600", 700 + i))
+        .collect();
+    for p in &stored {
+        s.get(p, &[]);
+    }
+    wait_published(s, stored.len() as u64);
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        assert_eq!(s.redis_cli(&["CONFIG", "SET", name, value]), "OK");
+    }
+    // Each client alternates a miss (its write will be refused) and a hit (a lookup a
+    // refused write may ride with).
+    let hits: Vec<Resp> = thread::scope(|scope| {
+        let stored = &stored;
+        let handles: Vec<_> = (0..12)
+            .map(|client| {
+                scope.spawn(move || {
+                    let mut hits = Vec::new();
+                    for i in 0..16 {
+                        s.get(
+                            &format!("/refused{client}-{i}?size=900&cc=max-age%3D60"),
+                            &[],
+                        );
+                        hits.push(s.get(&stored[(client + i) % stored.len()], &[]));
+                    }
+                    hits
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !s
+        .envoy_log(0)
+        .contains("writes rode with a lookup: Err(Refused)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refused write rode with a lookup"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    for hit in &hits {
+        assert!(is_hit(hit), "{:?}", hit.headers);
+    }
+    assert_eq!(s.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
+    wait_stat(s, "fleet_cache_publish_failures", 1);
+}
+
 /// Where shared queues are a restricted capability (Envoy's `capability_restriction_config`),
 /// streams can't wake the root through one: the root's tick does it, and lookups and writes
 /// still go out.

@@ -77,7 +77,10 @@ fn send_as(shared: &Shared, sender: Option<u32>, mut riders: Option<Vec<Job>>) -
             Err(e) => {
                 debug!("fleet-cache: lookup not dispatched ({e:?})");
                 out.refused.extend(batch);
-                out.riders_back = jobs;
+                if jobs.is_some() {
+                    // Only the first batch carries riders: a later refusal must not drop them.
+                    out.riders_back = jobs;
+                }
             }
         }
         if sender.is_some() {
@@ -142,6 +145,8 @@ pub fn serve_answer(
 }
 
 /// Handles the answer to a lookup stream `id` sent itself; false if `token` is not a lookup.
+/// A stream's own lookup never carries writes: only the root sends riders, and the host
+/// hands a callout's answer to the context that sent it.
 pub fn answered_at_stream(
     shared: &Shared,
     token: u32,

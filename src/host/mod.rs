@@ -64,8 +64,12 @@ impl Shared {
         }
     }
 
-    /// Back to the slow tick that flushes counters (nothing to publish).
+    /// Back to the slow tick that flushes counters (nothing to publish), unless a stream's
+    /// wake-up is still owed by the fast tick (no shared queue).
     pub fn idle_publisher(&self) {
+        if self.wake.owed_by_tick() {
+            return;
+        }
         if self.ticking.replace(false) {
             let _ = hostcalls::set_tick_period(METRICS_FLUSH);
         }

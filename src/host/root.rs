@@ -195,8 +195,12 @@ impl CacheRoot {
         body: &[u8],
     ) {
         let answer = if shared.queue.borrow().carries(token) {
-            let answer = webdis::parse_entries_then_lookup(status, body, batch.len());
-            let result = answer.as_ref().map(|_| 1).map_err(|e| *e);
+            let (answer, written) =
+                match webdis::parse_entries_then_lookup(status, body, batch.len()) {
+                    Ok((values, written)) => (Ok(values), written),
+                    Err(e) => (Err(e), Err(e)),
+                };
+            let result = written.map(|()| 1);
             debug!("fleet-cache: writes rode with a lookup: {result:?}");
             let outcomes = shared.queue.borrow_mut().answered(token, result.is_ok());
             for outcome in outcomes {

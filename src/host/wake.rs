@@ -88,6 +88,12 @@ impl Wake {
         self.queue.is_some_and(enqueue_empty)
     }
 
+    /// Whether a wake-up was asked of the tick (no queue) and has not happened yet: the
+    /// tick must stay fast until it does.
+    pub fn owed_by_tick(&self) -> bool {
+        self.queue.is_none() && self.armed.get()
+    }
+
     /// The root is awake: empties the queue and lets the next work wake it again.
     pub fn woken(&self) {
         self.armed.set(false);

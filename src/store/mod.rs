@@ -17,6 +17,8 @@ pub enum StoreError {
     Status(u16),
     /// An answer that isn't the protocol.
     Garbage,
+    /// Redis refused the writes (a script error: out of memory, a read-only replica).
+    Refused,
 }
 
 impl StoreError {
@@ -34,6 +36,7 @@ impl StoreError {
             StoreError::Unavailable => "store-unavailable",
             StoreError::Status(_) => "store-error",
             StoreError::Garbage => "store-garbage",
+            StoreError::Refused => "store-refused",
         }
     }
 }

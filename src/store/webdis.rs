@@ -103,11 +103,15 @@ const SET_ENTRIES: [&str; 2] = [SET_ENTRIES_LOOP, "return 1"];
 /// [`SET_ENTRIES`], then the lookup of the remaining KEYS as [`LOOKUP`] does it: writes ride
 /// with a lookup batch in one callout (one callout's Envoy CPU instead of two; the entries
 /// land before the keys are read, so a key written and read in one batch reads its new
-/// value).
-const SET_ENTRIES_THEN_LOOKUP: [&str; 2] = [
+/// value). The writes run under `pcall`: a store that refuses them (out of memory, a
+/// read-only replica) still answers the lookup, and the answer's last element says whether
+/// the writes landed ("1") or not ("0"; some may have, each whole).
+const SET_ENTRIES_THEN_LOOKUP: [&str; 3] = [
+    "local ok=pcall(function() ",
     SET_ENTRIES_LOOP,
-    "local v=redis.call('MGET',unpack(KEYS,k)) for i=1,#v do if not v[i] then v[i]='' end end \
-return v",
+    "end) local wk=0 for a=1,#ARGV-1,5 do wk=wk+tonumber(ARGV[a]) end \
+local v=redis.call('MGET',unpack(KEYS,wk+1)) for i=1,#v do if not v[i] then v[i]='' end end \
+v[#v+1]=ok and '1' or '0' return v",
 ];
 
 /// Removes resources, each given as its key and its variants set: every variant in the set,
@@ -172,16 +176,16 @@ pub fn put_refresh(write: &Write, r: Refresh) -> Callout {
 /// The PUT request of one or more entries (none a refresh); its body is their bytes back to
 /// back, in this order ([`entries_body`]).
 pub fn put_entries(writes: &[&Write]) -> Callout {
-    entries_script(SET_ENTRIES, writes, &[])
+    entries_script(&SET_ENTRIES, writes, &[])
 }
 
 /// Entries (as [`put_entries`], same body) and then a lookup of `keys`, in one callout: the
 /// answer is the lookup's ([`parse_lookup`] of `keys.len()`, never the lone-key form).
 pub fn put_entries_then_lookup(writes: &[&Write], keys: &[&str]) -> Callout {
-    entries_script(SET_ENTRIES_THEN_LOOKUP, writes, keys)
+    entries_script(&SET_ENTRIES_THEN_LOOKUP, writes, keys)
 }
 
-fn entries_script(script: [&str; 2], writes: &[&Write], lookup_keys: &[&str]) -> Callout {
+fn entries_script(script: &[&str], writes: &[&Write], lookup_keys: &[&str]) -> Callout {
     let mut path = String::with_capacity(768 + 256 * writes.len() + 96 * lookup_keys.len());
     path.push_str("/EVAL/");
     for part in script {
@@ -270,15 +274,22 @@ pub fn parse_lookup(
     parse_values(status, body, n, n != 1)
 }
 
-/// Parses the answer to [`put_entries_then_lookup`] of `n` keys, as [`parse_lookup`] (an
-/// array whatever `n`). An answer that is not the lookup's (a script error) means the
-/// entries may not have landed either.
+/// Parses the answer to [`put_entries_then_lookup`] of `n` keys: the lookup's values as
+/// [`parse_lookup`] gives them, and whether the entries landed (`Err(Refused)` when Redis
+/// refused them). A failed callout fails both.
+#[allow(clippy::type_complexity)]
 pub fn parse_entries_then_lookup(
     status: Option<u16>,
     body: &[u8],
     n: usize,
-) -> Result<Vec<Option<&[u8]>>, StoreError> {
-    parse_values(status, body, n, true)
+) -> Result<(Vec<Option<&[u8]>>, Result<(), StoreError>), StoreError> {
+    let mut values = parse_values(status, body, n + 1, true)?;
+    let written = match values.pop() {
+        Some(Some(b"1")) => Ok(()),
+        Some(Some(b"0")) => Err(StoreError::Refused),
+        _ => return Err(StoreError::Garbage),
+    };
+    Ok((values, written))
 }
 
 fn parse_values(
@@ -484,6 +495,11 @@ mod tests {
         assert_eq!(c.method, "PUT");
         let mut script = String::new();
         encode_arg(&mut script, SET_ENTRIES_THEN_LOOKUP.concat().as_bytes());
+        assert!(
+            SET_ENTRIES_THEN_LOOKUP
+                .concat()
+                .contains(&format!("pcall(function() {SET_ENTRIES_LOOP}end)"))
+        );
         assert!(c.path.starts_with(&format!("/EVAL/{script}/4/")));
         // The entry's KEYS, then the keys to read, then the entry's ARGV.
         assert!(
@@ -492,20 +508,28 @@ mod tests {
             "{}",
             c.path
         );
-        assert!(SET_ENTRIES_THEN_LOOKUP[1].contains("unpack(KEYS,k)"));
-        // One key read is still the script's array, not a bare GET answer.
+        assert!(SET_ENTRIES_THEN_LOOKUP[2].contains("unpack(KEYS,wk+1)"));
+        // One key read is still the script's array, with the writes' outcome last.
         assert_eq!(
-            parse_entries_then_lookup(Some(200), b"*1\r\n$2\r\nhi\r\n", 1),
-            Ok(vec![Some(&b"hi"[..])])
+            parse_entries_then_lookup(Some(200), b"*2\r\n$2\r\nhi\r\n$1\r\n1\r\n", 1),
+            Ok((vec![Some(&b"hi"[..])], Ok(())))
         );
         assert_eq!(
-            parse_entries_then_lookup(Some(200), b"$2\r\nhi\r\n", 1),
-            Err(StoreError::Garbage)
+            parse_entries_then_lookup(Some(200), b"*3\r\n$0\r\n\r\n$2\r\nhi\r\n$1\r\n0\r\n", 2),
+            Ok((vec![None, Some(&b"hi"[..])], Err(StoreError::Refused))),
+            "refused writes, answered lookups"
         );
-        assert_eq!(
-            parse_entries_then_lookup(Some(200), b"-ERR script failed\r\n", 2),
-            Err(StoreError::Garbage)
-        );
+        for garbage in [
+            &b"$2\r\nhi\r\n"[..],
+            b"*1\r\n$2\r\nhi\r\n",
+            b"*2\r\n$2\r\nhi\r\n$1\r\n7\r\n",
+            b"-ERR script failed\r\n",
+        ] {
+            assert_eq!(
+                parse_entries_then_lookup(Some(200), garbage, 1),
+                Err(StoreError::Garbage)
+            );
+        }
     }
 
     #[test]
