@@ -61,6 +61,7 @@ ENVOY_PORTS = {  # name: (listener, admin)
     "floor": (23160, 23161),
     "floorc": (23170, 23171),
     "floorm": (23180, 23181),
+    "floors": (23190, 23191),
 }
 
 SIZES = [("1k", 1024), ("64k", 64 * 1024), ("1m", 1024 * 1024)]
@@ -353,8 +354,8 @@ def direct_routes():
 
 
 def floor_filter(configuration=None):
-    """Case 3w's filter; with `cache-hit`, case 3c's; with `cache-miss`, case 3m's
-    (bench/floor/src/lib.rs)."""
+    """Case 3w's filter; with `cache-hit`, case 3c's; with `shared-data-hit`, case 3s's; with
+    `cache-miss`, case 3m's (bench/floor/src/lib.rs)."""
     conf = ""
     if configuration:
         conf = f"""
@@ -416,18 +417,20 @@ def envoy_configs(floor):
         # every request before it runs.
         cfgs["floor"] = envoy_yaml("floor", floor_filter(), ORIGIN_ROUTE)
         cfgs["floorc"] = envoy_yaml("floorc", floor_filter("cache-hit"), ORIGIN_ROUTE)
+        # Case 3s: 3c plus one shared-data read per request (every VM stores the bodies).
+        cfgs["floors"] = envoy_yaml("floors", floor_filter("shared-data-hit"), ORIGIN_ROUTE)
         # Case 3m: requests reach the origin through the router; the filter calls Webdis.
         cfgs["floorm"] = envoy_yaml("floorm", floor_filter("cache-miss"), ORIGIN_ROUTE) + FLOOR_STORE_CLUSTER
     return cfgs
 
 
 def want_floor():
-    return not ONLY or bool(ONLY & {"3w", "3c", "3m"})
+    return not ONLY or bool(ONLY & {"3w", "3c", "3m", "3s"})
 
 
 def build_floor():
-    """Cases 3w, 3c, 3m's filter: built here (a few seconds the first time), not by `make build`."""
-    log("building bench/floor (cases 3w, 3c, 3m)")
+    """Cases 3w, 3c, 3s, 3m's filter: built here (a few seconds the first time), not by `make build`."""
+    log("building bench/floor (cases 3w, 3c, 3s, 3m)")
     p = subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1",
                         "--manifest-path", FLOOR_MANIFEST], cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0 or not os.path.exists(FLOOR_WASM):
@@ -679,6 +682,8 @@ def case_rows(memory_ok):
         add("3w", "minimal proxy-wasm filter, local reply (floor)", "fast", tag, "floor", f"/f/{tag}")
         add("3c", "proxy-wasm filter making a cache hit's host calls (floor of a cache)", "fast", tag,
             "floorc", f"/f/{tag}")
+        add("3s", "3c plus one Envoy shared-data read, its bytes the body, no decoding (floor of a "
+            "shared-data tier)", "fast", tag, "floors", f"/f/{tag}")
         add("4", "fleet-cache, Redis hit", "fast", tag, "redis", f"/f/{tag}")
         if memory_ok:
             add("5", "fleet-cache, in-proxy hit", "fast", tag, "memory", f"/f/{tag}")
@@ -1046,6 +1051,26 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
         where.append("- Misses, CPU per request: " + "; ".join(
             f"{what}: Envoy {c.get('envoy', 0):.0f} µs, Webdis + Redis "
             f"{c.get('webdis', 0) + c.get('redis', 0):.0f} µs" for what, c in misses) + ".")
+    # Hits answered in the proxy: the host calls alone (3c), plus a shared-data read (3s),
+    # fleet-cache's per-worker tier (5); Envoy CPU per request at each size.
+    def envoy_us(cid, tag):
+        r = find(rows, cid, "fast", tag)
+        if not r or not r.get("cpu_us_per_req"):
+            return None
+        return next((v for n, v in r["cpu_us_per_req"].items() if n.startswith("envoy-") and v), None)
+
+    hits = []
+    for tag, _ in SIZES:
+        e3c, e3s, e5 = envoy_us("3c", tag), envoy_us("3s", tag), envoy_us("5", tag)
+        if e3c is not None and e3s is not None:
+            part = f"{SIZE_LABEL[tag]}: 3c {e3c:.0f} µs, 3s {e3s:.0f} µs ({e3s - e3c:+.0f} µs)"
+            if e5 is not None:
+                part += f", 5 {e5:.0f} µs ({e5 - e3c:+.0f} µs)"
+            hits.append(part)
+    if hits:
+        where.append("- In-proxy hits, Envoy CPU per request (difference to 3c, the host calls alone): "
+                     + "; ".join(hits) + ". 3s − 3c is what a shared-data read and its copy into the VM "
+                     "cost, before any decoding.")
     if where:
         L.append("## Where the time goes (1 KiB, CPU per request from the table above)")
         L.append("")
@@ -1074,6 +1099,12 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                  f"{info['floor_wasm_bytes']:,} bytes), the Envoy of case 1 with this filter before the router")
         L.append("- case 3c: the same filter configured `cache-hit`: it reads all request headers and the "
                  "clock and replies with the headers a replayed response carries (10), as any cache hit must")
+        L.append("- case 3s: the same filter configured `shared-data-hit`: 3c's host calls plus, before "
+                 "replying, one `proxy_get_shared_data` of `floor:<path>` (Envoy's process-wide map; the "
+                 "host copies the value into the VM), whose bytes are the reply's body. Every VM stores "
+                 "the three bodies in `on_configure`, so every request is a shared-data hit (a missing "
+                 "value answers 500). Nothing is decoded: the floor of a shared-data tier, which would "
+                 "also decode and validate its entry on every hit")
         L.append("- case 3m: the same filter configured `cache-miss`, plus envoy/envoy.yaml's "
                  "`fleet_cache_store` cluster: per request it reads all request headers and the clock, "
                  "sends one lookup to Webdis (`GET /GET/floor%3A<path>.raw`) and waits for it, reads all "
@@ -1130,6 +1161,17 @@ def target_checks(rows, ttfb, info):
                "case 3c / case 2 (a filter making only the host calls of a cache hit)")
     info_ratio("in-proxy hit vs cache-shaped floor (5/3c), 1 KiB", c5, c3c,
                "case 5 / case 3c (what the cache's own work in the VM costs)")
+    # Case 3s: a shared-data tier's floor (one host read and copy per hit, no decoding), at every
+    # size, since the copy grows with the body.
+    for tag, _ in SIZES:
+        c3c_s = rps_of(rows, "3c", "fast", tag)
+        c3s_s = rps_of(rows, "3s", "fast", tag)
+        c5_s = rps_of(rows, "5", "fast", tag)
+        info_ratio(f"shared-data floor vs cache-shaped floor (3s/3c), {SIZE_LABEL[tag]}", c3s_s, c3c_s,
+                   "case 3s / case 3c (what a shared-data read costs a hit, before any decoding)")
+        info_ratio(f"in-proxy hit vs shared-data floor (5/3s), {SIZE_LABEL[tag]}", c5_s, c3s_s,
+                   "case 5 / case 3s (above 1: fleet-cache's per-worker hit beats even an undecoded "
+                   "shared-data read)")
     info_ratio("Redis hit over 1,000 keys vs plain proxying (4k/1), 1 KiB", c4k, c1,
                "case 4k / case 1 (no lookup shared, only batched)")
     info_ratio("miss-shaped floor vs plain proxying (3m/1b), 1 KiB", c3m, c1b,
@@ -1165,7 +1207,8 @@ def chart(rows, png):
 
     panels = [("fast", "1k", "fast origin, 1 KiB"), ("fast", "64k", "fast origin, 64 KiB"),
               ("fast", "1m", "fast origin, 1 MiB"), ("slow", "1k", f"slow origin ({SLOW_DELAY_MS} ms), 1 KiB")]
-    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e", "3c": "#b5e0c0", "3m": "#d4edda",
+    colors = {"1": "#888888", "1b": "#bbbbbb", "6n": "#b3a7d6", "2": "#4c72b0", "3": "#55a868", "3w": "#8fd19e",
+              "3c": "#b5e0c0", "3s": "#2f8f6f", "3m": "#d4edda",
               "4": "#dd8452", "4k": "#f0b27a", "5": "#c44e52", "5k": "#e08a8d", "6": "#8172b3"}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for ax, (profile, size, title) in zip(axes.flat, panels):
@@ -1272,10 +1315,12 @@ def main():
             if not ok:
                 raise SystemExit(f"bench: built-in cache never hits ({row['url']}): {detail}")
         else:
-            st, _, body = http_get(row["url"], 10)
+            st, h, body = http_get(row["url"], 10)
             if st != 200:
-                raise SystemExit(f"bench: {row['url']} answered {st}")
-            if row["size"] in dict(SIZES) and row["id"] in ("1", "3", "3w", "3c") and row["profile"] == "fast" \
+                # Case 3s says why (no shared data under the key) in `floor-error`.
+                why = f": {h['floor-error']}" if h.get("floor-error") else ""
+                raise SystemExit(f"bench: {row['url']} answered {st}{why}")
+            if row["size"] in dict(SIZES) and row["id"] in ("1", "3", "3w", "3c", "3s") and row["profile"] == "fast" \
                     and len(body) != dict(SIZES)[row["size"]]:
                 raise SystemExit(f"bench: {row['url']} returned {len(body)} bytes")
     if any(r.get("skip") for r in rows):

@@ -9,6 +9,16 @@
 //! bench's nginx origin, plus `age`, `date` and `cache-status`). The difference between this
 //! and fleet-cache's in-proxy hit is the cache's own work in the VM.
 //!
+//! With `shared-data-hit` (case 3s) it makes exactly case 3c's host calls plus, before replying,
+//! one read of Envoy's shared data (`proxy_get_shared_data`, key `floor:<path>`): the host
+//! copies the value into the VM, and the reply's body is the bytes that call returned, not the
+//! preallocated buffer. Every VM stores the three bench bodies (`/f/1k`, `/f/64k`, `/f/1m`) in
+//! `on_configure`, so every request is a shared-data hit; a missing value answers 500. Nothing
+//! is decoded: this is the floor of a shared-data tier (the host call and the copy only), to
+//! which a real one adds decoding and validating its entry on every hit (3s/3c is what the
+//! read costs a hit; fleet-cache's per-worker tier, case 5, holds decoded values and copies
+//! nothing).
+//!
 //! With `cache-miss` (case 3m) it lets every request through to the origin and makes, naively,
 //! the host calls any shared-store cache miss makes: all request headers read, the clock read,
 //! one lookup callout to Webdis (`GET /GET/<key>.raw`, the request paused until it answers,
@@ -40,9 +50,16 @@ enum Mode {
     Floor,
     /// `cache-hit`: case 3c's host calls.
     CacheHit,
+    /// `shared-data-hit`: case 3c's host calls plus one shared-data read (case 3s).
+    SharedDataHit,
     /// `cache-miss`: case 3m's host calls.
     CacheMiss,
 }
+
+/// Case 3s: the shared-data key of a request is this prefix and its `:path`.
+const SHARED_KEY_PREFIX: &str = "floor:";
+/// Case 3s: the paths whose bodies every VM stores in shared data (the bench's three files).
+const SHARED_PATHS: [&str; 3] = ["/f/1k", "/f/64k", "/f/1m"];
 
 /// Case 3m's store: the Envoy cluster of Webdis (named as fleet-cache's, so the bench counts
 /// its callouts the same way) and the authority its callouts carry.
@@ -62,10 +79,28 @@ impl RootContext for Root {
         self.mode = match self.get_plugin_configuration().as_deref() {
             None | Some(b"") => Mode::Floor,
             Some(b"cache-hit") => Mode::CacheHit,
+            Some(b"shared-data-hit") => Mode::SharedDataHit,
             Some(b"cache-miss") => Mode::CacheMiss,
             // A typo in the bench must not measure the wrong thing: Envoy refuses the config.
             Some(_) => return false,
         };
+        if self.mode == Mode::SharedDataHit {
+            // Every VM (main thread and workers) stores the same bytes: whichever comes first,
+            // the value is there before a request arrives. A failure makes Envoy refuse the
+            // configuration.
+            for path in SHARED_PATHS {
+                let Some(n) = size_of_path(path) else {
+                    return false;
+                };
+                let key = format!("{SHARED_KEY_PREFIX}{path}");
+                if self
+                    .set_shared_data(&key, Some(&self.body[..n]), None)
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
         true
     }
 
@@ -123,6 +158,9 @@ impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         if self.mode == Mode::CacheMiss {
             return self.miss_lookup();
+        }
+        if self.mode == Mode::SharedDataHit {
+            return self.shared_data_hit();
         }
         if self.mode == Mode::CacheHit {
             let headers = self.get_http_request_headers();
@@ -194,6 +232,31 @@ impl HttpContext for Floor {
 }
 
 impl Floor {
+    /// Case 3s: case 3c's host calls plus one shared-data read, whose bytes are the body.
+    fn shared_data_hit(&mut self) -> Action {
+        let headers = self.get_http_request_headers();
+        let path = headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map_or("", |(_, p)| p.as_str());
+        let key = format!("{SHARED_KEY_PREFIX}{path}");
+        let now = self.get_current_time();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let date = format!("{secs}");
+        // The host copies the value into a VM allocation; nothing decodes it.
+        let Some(value) = self.get_shared_data(&key).0 else {
+            let why = format!("no shared data under {key}");
+            self.send_http_response(500, vec![("floor-error", &why)], None);
+            return Action::Pause;
+        };
+        let mut reply = CACHE_HIT_HEADERS.to_vec();
+        reply.push(("date", &date));
+        self.send_http_response(200, reply, Some(&value));
+        Action::Pause
+    }
+
     /// Case 3m, request side: headers and clock read, one lookup callout, the request paused
     /// until it answers.
     fn miss_lookup(&mut self) -> Action {
