@@ -84,7 +84,7 @@ fn one(cfg: &Rc<Config>, worker: &Rc<Worker>, now: u64, stored: &mut Option<Vec<
             match flow.handle_store_reply(now, Ok(answer)) {
                 LookupStep::Respond(r) => {
                     // Borrowed from `stored`: detach it the way the host would (it copies).
-                    let n = r.body.len() + r.headers.len();
+                    let n = r.body.len() + r.headers.iter().count();
                     flow.take_events();
                     return n;
                 }

@@ -33,11 +33,18 @@ impl Fwd {
     }
 }
 
-/// `<name>; hit; ttl=<remaining freshness>` (negative when a client accepted a stale one).
-/// Appended to `out`: a hit builds its header in one string, after any upstream cache's.
-pub fn push_hit(out: &mut String, name: &str, ttl_s: i64) {
+/// `<name>; hit; ttl=<remaining freshness>[; detail=<detail>]` (ttl negative when a client
+/// accepted a stale one).
+pub fn hit(name: &str, ttl_s: i64, detail: Option<&str>) -> String {
     use std::fmt::Write;
-    let _ = write!(out, "{name}; hit; ttl={ttl_s}");
+    // Sized once: built for every hit.
+    let mut s = String::with_capacity(name.len() + 64);
+    let _ = write!(s, "{name}; hit; ttl={ttl_s}");
+    if let Some(d) = detail {
+        s.push_str("; detail=");
+        s.push_str(d);
+    }
+    s
 }
 
 /// `<name>; detail=<why>`: answered by the cache without a stored response or a forward
@@ -68,12 +75,24 @@ pub fn forwarded(
     s
 }
 
-/// Caches closer to the client add their member last (RFC 9211 §2).
-pub fn append(existing: Option<&str>, ours: &str) -> String {
-    match existing.map(str::trim).filter(|e| !e.is_empty()) {
-        Some(e) => format!("{e}, {ours}"),
-        None => ours.to_string(),
+/// Caches closer to the client add their member last (RFC 9211 §2): `ours` after the
+/// response's own `Cache-Status` lines (one list); `ours` as it is when there are none.
+pub fn append<'a>(existing: impl IntoIterator<Item = &'a str>, ours: String) -> String {
+    let mut existing = existing
+        .into_iter()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .peekable();
+    if existing.peek().is_none() {
+        return ours;
     }
+    let mut s = String::with_capacity(64 + ours.len());
+    for e in existing {
+        s.push_str(e);
+        s.push_str(", ");
+    }
+    s.push_str(&ours);
+    s
 }
 
 #[cfg(test)]
@@ -82,9 +101,11 @@ mod tests {
 
     #[test]
     fn formats() {
-        let mut hit = String::from("up; hit, ");
-        push_hit(&mut hit, "c", 30);
-        assert_eq!(hit, "up; hit, c; hit; ttl=30");
+        assert_eq!(hit("c", 30, None), "c; hit; ttl=30");
+        assert_eq!(
+            hit("c", -2, Some("memory")),
+            "c; hit; ttl=-2; detail=memory"
+        );
         assert_eq!(
             forwarded("c", Fwd::UriMiss, Some(200), true, None),
             "c; fwd=uri-miss; fwd-status=200; stored"
@@ -94,10 +115,15 @@ mod tests {
             "c; fwd=miss; detail=store-timeout"
         );
         assert_eq!(
-            append(Some("origin-cache; hit"), "c; hit"),
+            append(Some("origin-cache; hit"), "c; hit".into()),
             "origin-cache; hit, c; hit"
         );
-        assert_eq!(append(Some(" "), "c; hit"), "c; hit");
-        assert_eq!(append(None, "c; hit"), "c; hit");
+        assert_eq!(append(Some(" "), "c; hit".into()), "c; hit");
+        assert_eq!(append(None, "c; hit".into()), "c; hit");
+        assert_eq!(
+            append(["a; hit", "", " b; fwd=miss "], "c; hit".into()),
+            "a; hit, b; fwd=miss, c; hit",
+            "several lines are one list"
+        );
     }
 }

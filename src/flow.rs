@@ -627,11 +627,10 @@ impl Flow {
             self.events.push(Event::MemoryHit);
         }
         let stored = &meta.headers;
-        let ours = hit_status(
-            &self.cfg.cache_name,
-            freshness.ttl_s(),
-            from_memory,
+        let detail = from_memory.then_some("memory");
+        let ours = cache_status::append(
             http::header_values(stored, "cache-status"),
+            cache_status::hit(&self.cfg.cache_name, freshness.ttl_s(), detail),
         );
         let not_ours = |n: &str| n != "cache-status";
         // The lines added below: cache-status, age, date, and maybe content-range.
@@ -807,7 +806,7 @@ impl Flow {
             recording.is_some(),
             fwd.detail,
         );
-        let cache_status = Some(cache_status::append(resp.header("cache-status"), &status));
+        let cache_status = Some(cache_status::append(resp.values("cache-status"), status));
         let mut step = ResponseStep {
             cache_status,
             remove_header: policy::targeted_field(&self.cfg, resp).map(str::to_string),
@@ -881,8 +880,6 @@ impl Flow {
             }
             Err(why) => self.events.push(Event::NotStored(why)),
         }
-        let mut headers = meta.headers;
-        let upstream_status = take_header(&mut headers, "cache-status");
         let ours = cache_status::forwarded(
             &self.cfg.cache_name,
             Fwd::Stale,
@@ -890,10 +887,10 @@ impl Flow {
             publish.is_some(),
             None,
         );
-        headers.push((
-            "cache-status".into(),
-            cache_status::append(upstream_status.as_deref(), &ours),
-        ));
+        let ours = cache_status::append(http::header_values(&meta.headers, "cache-status"), ours);
+        let mut headers = meta.headers;
+        headers.retain(|(n, _)| n != "cache-status");
+        headers.push(("cache-status".into(), ours));
         headers.push(("age".into(), meta.initial_age_s.to_string()));
         headers.push(("date".into(), self.worker.http_date(now_ms)));
         // Our local reply comes back through the response callbacks: leave it alone.
@@ -1074,46 +1071,6 @@ impl Flow {
             tags: rec.tags,
         })
     }
-}
-
-/// A hit's `Cache-Status`: ours after the stored response's own (an upstream cache's), in one
-/// string.
-fn hit_status<'a>(
-    name: &str,
-    ttl_s: i64,
-    from_memory: bool,
-    upstream: impl Iterator<Item = &'a str>,
-) -> String {
-    let mut s = String::with_capacity(name.len() + 48);
-    for v in upstream.map(str::trim).filter(|v| !v.is_empty()) {
-        s.push_str(v);
-        s.push_str(", ");
-    }
-    cache_status::push_hit(&mut s, name, ttl_s);
-    if from_memory {
-        s.push_str("; detail=memory");
-    }
-    s
-}
-
-/// Removes every line of a header and returns them joined.
-fn take_header(headers: &mut Vec<(String, String)>, name: &str) -> Option<String> {
-    let mut found: Option<String> = None;
-    headers.retain(|(n, v)| {
-        if n == name {
-            match &mut found {
-                Some(f) => {
-                    f.push_str(", ");
-                    f.push_str(v);
-                }
-                None => found = Some(v.clone()),
-            }
-            false
-        } else {
-            true
-        }
-    });
-    found
 }
 
 #[cfg(test)]

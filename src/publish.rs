@@ -11,7 +11,7 @@
 //! Pure bookkeeping; the root context sends what [`PublishQueue::next_batch`] gives and
 //! reports each answer to [`PublishQueue::answered`].
 
-use crate::store::StoreWrite;
+use crate::store::{StoreWrite, Write};
 use std::collections::{HashMap, VecDeque};
 
 /// Write callouts per VM in flight at once, when full batches wait (otherwise one).
@@ -54,6 +54,17 @@ impl Job {
     fn may_ride(&self) -> bool {
         self.is_plain_entry() && self.attempt == 0
     }
+}
+
+/// The entry writes of a batch of jobs (a batch of plain entries, or riders), as the store's
+/// entries script takes them.
+pub fn entries(jobs: &[Job]) -> Vec<&Write> {
+    jobs.iter()
+        .filter_map(|j| match &j.write {
+            StoreWrite::Entry(w) => Some(w),
+            StoreWrite::Invalidate(_) => None,
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -212,12 +223,6 @@ impl PublishQueue {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight.is_empty()
     }
-
-    /// True when a tick could send something (a retry waits for one). Writes that wait for
-    /// the batch out don't: its answer sends the next itself.
-    pub fn wants_tick(&self) -> bool {
-        self.can_send()
-    }
 }
 
 #[cfg(test)]
@@ -323,9 +328,9 @@ mod tests {
             q.push(write(k, 1));
         }
         assert!(q.next_batch().is_none());
-        assert!(!q.wants_tick(), "the answer drives the queue");
+        assert!(!q.can_send(), "the answer drives the queue");
         q.answered(0, true);
-        assert!(q.wants_tick());
+        assert!(q.can_send());
         assert_eq!(keys(&q.next_batch().unwrap()), ["x", "y", "z"]);
         assert!(!q.can_send());
     }

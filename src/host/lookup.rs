@@ -13,8 +13,8 @@
 
 use super::{Shared, dispatch_store, now_ms, stream};
 use crate::lookups::Waiting;
-use crate::publish::Job;
-use crate::store::{StoreError, StoreWrite, Write, webdis};
+use crate::publish::{self, Job};
+use crate::store::{StoreError, webdis};
 use log::debug;
 use proxy_wasm::hostcalls;
 
@@ -56,7 +56,7 @@ fn send_as(shared: &Shared, sender: Option<u32>, mut riders: Option<Vec<Job>>) -
         let keys: Vec<&str> = batch.iter().map(|w| w.key.as_str()).collect();
         let sent = match riders.as_deref() {
             Some(jobs) => {
-                let writes = plain_entries(jobs);
+                let writes = publish::entries(jobs);
                 let callout = webdis::put_entries_then_lookup(&writes, &keys);
                 let body = webdis::entries_body(&writes);
                 dispatch_store(cfg, &callout, Some(&body), cfg.store.timeout_ms)
@@ -94,16 +94,6 @@ fn send_as(shared: &Shared, sender: Option<u32>, mut riders: Option<Vec<Job>>) -
     out
 }
 
-/// The entries of riders (riders are plain entries only).
-fn plain_entries(jobs: &[Job]) -> Vec<&Write> {
-    jobs.iter()
-        .filter_map(|j| match &j.write {
-            StoreWrite::Entry(w) => Some(w),
-            StoreWrite::Invalidate(_) => None,
-        })
-        .collect()
-}
-
 /// Fails the streams of batches that could not be sent (they go on to the origin), then
 /// makes the context `at` current again.
 pub fn fail(shared: &Shared, refused: &[Waiting], at: Option<u32>) {
@@ -125,7 +115,7 @@ pub fn take(shared: &Shared, token: u32) -> Option<Vec<Waiting>> {
 pub fn serve_answer(
     shared: &Shared,
     batch: &[Waiting],
-    answer: &Result<Vec<Option<&[u8]>>, StoreError>,
+    answer: &Result<webdis::Values<'_>, StoreError>,
     at: Option<u32>,
 ) {
     match answer {

@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::flow::Worker;
 use crate::lookups::Waiting;
 use crate::metrics::Counter;
-use crate::publish::{Outcome, PublishQueue};
-use crate::store::{StoreError, StoreWrite, Write, webdis};
+use crate::publish::{self, Outcome, PublishQueue};
+use crate::store::{StoreError, StoreWrite, webdis};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -245,13 +245,7 @@ impl CacheRoot {
                         cfg.store.publish_timeout_ms,
                     ),
                     None => {
-                        let writes: Vec<&Write> = batch
-                            .iter()
-                            .filter_map(|j| match &j.write {
-                                StoreWrite::Entry(w) => Some(w),
-                                StoreWrite::Invalidate(_) => None,
-                            })
-                            .collect();
+                        let writes = publish::entries(&batch);
                         dispatch_store(
                             cfg,
                             &webdis::put_entries(&writes),
@@ -282,7 +276,7 @@ impl CacheRoot {
                 }
             }
         }
-        if !held && shared.queue.borrow().wants_tick() {
+        if !held && shared.queue.borrow().can_send() {
             shared.tick_publisher();
         } else {
             shared.idle_publisher();

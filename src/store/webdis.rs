@@ -66,9 +66,8 @@ pub fn lookup<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Callout {
     }
 }
 
-/// The loop of [`SET_ENTRIES`], shared with [`SET_ENTRIES_THEN_LOOKUP`]: after it, `k` is the
-/// first KEYS index past the entries'. A script is this loop and its tail, encoded one after
-/// the other into the URL (the .wasm keeps one copy of the loop).
+/// The loop of [`SET_ENTRIES`], shared with [`SET_ENTRIES_THEN_LOOKUP`]. A script is its
+/// parts encoded one after the other into the URL (the .wasm keeps one copy of the loop).
 const SET_ENTRIES_LOOP: &str = "local body=ARGV[#ARGV] local k=1 local a=1 local off=1 \
 while a<#ARGV do \
 local nk=tonumber(ARGV[a]) local t=tonumber(ARGV[a+1]) local len=tonumber(ARGV[a+4]) \
@@ -179,8 +178,8 @@ pub fn put_entries(writes: &[&Write]) -> Callout {
     entries_script(&SET_ENTRIES, writes, &[])
 }
 
-/// Entries (as [`put_entries`], same body) and then a lookup of `keys`, in one callout: the
-/// answer is the lookup's ([`parse_lookup`] of `keys.len()`, never the lone-key form).
+/// Entries (as [`put_entries`], same body) and then a lookup of `keys`, in one callout,
+/// answered as [`parse_entries_then_lookup`] reads it.
 pub fn put_entries_then_lookup(writes: &[&Write], keys: &[&str]) -> Callout {
     entries_script(&SET_ENTRIES_THEN_LOOKUP, writes, keys)
 }
@@ -265,11 +264,7 @@ fn check_status(status: Option<u16>) -> Result<(), StoreError> {
 /// Parses the answer to [`lookup`] of `n` keys: one value per key in key order, `None` for a
 /// missing key, each borrowing from `body`. Anything but exactly `n` well-framed values is
 /// garbage for the whole batch: a misframed answer can't say which value is whose.
-pub fn parse_lookup(
-    status: Option<u16>,
-    body: &[u8],
-    n: usize,
-) -> Result<Vec<Option<&[u8]>>, StoreError> {
+pub fn parse_lookup(status: Option<u16>, body: &[u8], n: usize) -> Result<Values<'_>, StoreError> {
     // One key: the GET's bare bulk string; several: the script's array.
     parse_values(status, body, n, n != 1)
 }
@@ -277,12 +272,11 @@ pub fn parse_lookup(
 /// Parses the answer to [`put_entries_then_lookup`] of `n` keys: the lookup's values as
 /// [`parse_lookup`] gives them, and whether the entries landed (`Err(Refused)` when Redis
 /// refused them). A failed callout fails both.
-#[allow(clippy::type_complexity)]
 pub fn parse_entries_then_lookup(
     status: Option<u16>,
     body: &[u8],
     n: usize,
-) -> Result<(Vec<Option<&[u8]>>, Result<(), StoreError>), StoreError> {
+) -> Result<(Values<'_>, Result<(), StoreError>), StoreError> {
     let mut values = parse_values(status, body, n + 1, true)?;
     let written = match values.pop() {
         Some(Some(b"1")) => Ok(()),
@@ -292,12 +286,15 @@ pub fn parse_entries_then_lookup(
     Ok((values, written))
 }
 
+/// A lookup's values, one per key in key order, `None` for a missing key.
+pub type Values<'a> = Vec<Option<&'a [u8]>>;
+
 fn parse_values(
     status: Option<u16>,
     body: &[u8],
     n: usize,
     array: bool,
-) -> Result<Vec<Option<&[u8]>>, StoreError> {
+) -> Result<Values<'_>, StoreError> {
     check_status(status)?;
     let mut rest = body;
     if array {
