@@ -142,14 +142,20 @@ fn proxies_through_envoy() {
     assert_eq!(st.origin().last_request("/bin").unwrap().method, "HEAD");
     assert_eq!(st.origin().count("/bin"), 2);
 
-    // Upstream keep-alive: later requests reuse a pooled connection.
-    for _ in 0..4 {
+    // Upstream keep-alive: later requests reuse a pooled connection. Envoy runs two workers,
+    // each with its own pool, and each new downstream connection may land on either; so
+    // consecutive requests need not share a connection, but among five requests at least
+    // three reach one worker, and that worker's pool must have reused its connection.
+    for _ in 0..5 {
         st.get("/pool", &[]);
     }
     let reqs = st.origin().requests("/pool");
+    let conns: std::collections::HashSet<_> = reqs.iter().map(|r| r.conn).collect();
     assert!(
-        reqs.windows(2).any(|w| w[0].conn == w[1].conn),
-        "no upstream connection reuse"
+        conns.len() < reqs.len(),
+        "no upstream connection reuse: {} requests on {} connections",
+        reqs.len(),
+        conns.len()
     );
 
     assert_eq!(
