@@ -23,6 +23,7 @@ pub enum Counter {
     Purges,
     Invalidations,
     Published,
+    PublishedWithLookups,
     PublishFailures,
     PublishRetries,
     PublishDropped,
@@ -30,7 +31,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -47,6 +48,7 @@ impl Counter {
         Counter::Purges,
         Counter::Invalidations,
         Counter::Published,
+        Counter::PublishedWithLookups,
         Counter::PublishFailures,
         Counter::PublishRetries,
         Counter::PublishDropped,
@@ -71,6 +73,7 @@ impl Counter {
             Counter::Purges => "fleet_cache_purges",
             Counter::Invalidations => "fleet_cache_invalidations",
             Counter::Published => "fleet_cache_published",
+            Counter::PublishedWithLookups => "fleet_cache_published_with_lookups",
             Counter::PublishFailures => "fleet_cache_publish_failures",
             Counter::PublishRetries => "fleet_cache_publish_retries",
             Counter::PublishDropped => "fleet_cache_publish_dropped",

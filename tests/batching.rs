@@ -228,17 +228,20 @@ fn entries_ride_with_lookups_under_load() {
         });
         stored.extend(done.into_iter().flatten());
     }
-    // The filter says so in its debug log (Envoy flushes its log file every few seconds).
+    wait_published(s, stored.len() as u64);
+    // The filter counts the writes that rode, and says so in its debug log.
+    let ridden = s.stat(0, "fleet_cache_published_with_lookups").unwrap_or(0);
+    assert!(
+        ridden > 0,
+        "no entry rode with a lookup in {} misses",
+        stored.len()
+    );
+    assert!(ridden <= s.stat(0, "fleet_cache_published").unwrap_or(0));
     let deadline = Instant::now() + Duration::from_secs(15);
     while !s.envoy_log(0).contains("writes rode with a lookup: Ok") {
-        assert!(
-            Instant::now() < deadline,
-            "no entry rode with a lookup in {} misses",
-            stored.len()
-        );
+        assert!(Instant::now() < deadline, "{ridden} rode, none logged");
         thread::sleep(Duration::from_millis(200));
     }
-    wait_published(s, stored.len() as u64);
     assert_eq!(s.stat(0, "fleet_cache_publish_failures").unwrap_or(0), 0);
     assert_eq!(s.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
     for (path, miss) in &stored {
@@ -268,6 +271,7 @@ fn refused_riders_do_not_fail_the_lookups_they_ride_with() {
         s.get(p, &[]);
     }
     wait_published(s, stored.len() as u64);
+    let ridden_before = s.stat(0, "fleet_cache_published_with_lookups").unwrap_or(0);
     for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
         assert_eq!(s.redis_cli(&["CONFIG", "SET", name, value]), "OK");
     }
@@ -311,6 +315,11 @@ fn refused_riders_do_not_fail_the_lookups_they_ride_with() {
     }
     assert_eq!(s.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
     wait_stat(s, "fleet_cache_publish_failures", 1);
+    assert_eq!(
+        s.stat(0, "fleet_cache_published_with_lookups").unwrap_or(0),
+        ridden_before,
+        "a refused write counted as ridden"
+    );
 }
 
 /// Where shared queues are a restricted capability (Envoy's `capability_restriction_config`),

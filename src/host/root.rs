@@ -204,6 +204,9 @@ impl CacheRoot {
             debug!("fleet-cache: writes rode with a lookup: {result:?}");
             let outcomes = shared.queue.borrow_mut().answered(token, result.is_ok());
             for outcome in outcomes {
+                if let Outcome::Published(_) = outcome {
+                    shared.metrics.add(Counter::PublishedWithLookups, 1);
+                }
                 self.count(shared, outcome, &result);
             }
             answer
