@@ -605,7 +605,7 @@ impl RawConfig {
                 headers.push(lower);
             }
         }
-        headers.sort();
+        headers.sort_unstable();
         let tag_header = match self.tag_header.as_str() {
             "" => None,
             h if is_header_name(h) => Some(h.to_ascii_lowercase()),

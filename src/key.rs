@@ -187,9 +187,10 @@ fn push_query(out: &mut Vec<u8>, query: Option<&str>, cfg: &KeyConfig) {
         }
     };
     if cfg.query_sort {
-        let mut params: Vec<&str> = kept.collect();
-        params.sort_by_key(|p| param_name(p));
-        join(out, &mut params.into_iter());
+        // Each name split off once, not on every comparison.
+        let mut params: Vec<(&str, &str)> = kept.map(|p| (param_name(p), p)).collect();
+        params.sort_by(|a, b| a.0.cmp(b.0));
+        join(out, &mut params.into_iter().map(|(_, p)| p));
     } else {
         join(out, &mut { kept });
     }
@@ -254,7 +255,8 @@ impl Vary {
                 names.push(name.to_ascii_lowercase());
             }
         }
-        names.sort();
+        // Equal names are identical, so an unstable sort gives the same list.
+        names.sort_unstable();
         names.dedup();
         if names.is_empty() {
             Vary::None
