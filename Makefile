@@ -9,24 +9,17 @@ all: build
 setup:
 	@scripts/setup.sh
 
-# wasm-opt (binaryen, scripts/setup.sh) on the release .wasm, in place: -O3 takes ~50 KB off
-# (issue 5: the .wasm should stay within 400 KB) without slowing the hit path, where
-# `opt-level = "s"` did slow it (A/B record:
-# bench/results/20261125-032949-ab-size-config-by-hand-zmij-s-wasm-opt-O3.md).
-# The features are rustc's wasm32-wasip1 defaults, listed because the stripped artifact no
-# longer says them. cargo puts its own artifact back at $(WASM) on every build, so this runs
-# each time (~5 s); the hash of what wasm-opt wrote, kept beside the .wasm, stops a file from
-# being optimized twice (a second pass still changes it, and the build would not be stable).
-WASM_OPT := wasm-opt -O3 --strip-debug --strip-producers \
-	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	--enable-mutable-globals --enable-reference-types --enable-multivalue --enable-extended-const
-
+# scripts/shrink-wasm.sh (binaryen, installed by scripts/setup.sh) shrinks the release .wasm in
+# place: unused SDK exports dropped, then wasm-opt -O3 (issue 5: within 400 KB, hit path no
+# slower). cargo puts its own artifact back at $(WASM) on every build, so this runs each time
+# (~5 s); the hash of what it wrote, kept beside the .wasm, stops a file from being shrunk
+# twice (a second pass still changes it, and the build would not be stable).
 # The filter Envoy loads, and the demo origin `make run` starts.
 build: setup
 	cargo build --release --target wasm32-wasip1
 	@if [ "$$(sha256sum < $(WASM))" != "$$(cat $(WASM).opt-sha256 2>/dev/null)" ]; then \
-		echo "$(WASM_OPT) $(WASM)"; \
-		$(WASM_OPT) $(WASM) -o $(WASM).tmp && mv $(WASM).tmp $(WASM) && \
+		echo "scripts/shrink-wasm.sh $(WASM)"; \
+		scripts/shrink-wasm.sh $(WASM) && \
 		sha256sum < $(WASM) > $(WASM).opt-sha256; \
 	fi
 	cargo build --release --example demo_origin

@@ -11,7 +11,8 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v webdis >/dev/null || need_apt+=(webdis)
 command -v curl >/dev/null || need_apt+=(curl)
-# binaryen's wasm-opt: `make build` runs it on the release .wasm (-O3, ~50 KB smaller).
+# binaryen's wasm-metadce and wasm-opt: `make build` shrinks the release .wasm with them
+# (scripts/shrink-wasm.sh).
 command -v wasm-opt >/dev/null || need_apt+=(binaryen)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}"
