@@ -9,12 +9,12 @@ all: build
 setup:
 	@scripts/setup.sh
 
+# The filter Envoy loads, and the demo origin `make run` starts.
 # scripts/shrink-wasm.sh (binaryen, installed by scripts/setup.sh) shrinks the release .wasm in
 # place: unused SDK exports dropped, then wasm-opt -O3 (issue 5: within 400 KB, hit path no
 # slower). cargo puts its own artifact back at $(WASM) on every build, so this runs each time
 # (~5 s); the hash of what it wrote, kept beside the .wasm, stops a file from being shrunk
 # twice (a second pass still changes it, and the build would not be stable).
-# The filter Envoy loads, and the demo origin `make run` starts.
 build: setup
 	cargo build --release --target wasm32-wasip1
 	@if [ "$$(sha256sum < $(WASM))" != "$$(cat $(WASM).opt-sha256 2>/dev/null)" ]; then \

@@ -13,7 +13,7 @@ command -v webdis >/dev/null || need_apt+=(webdis)
 command -v curl >/dev/null || need_apt+=(curl)
 # binaryen's wasm-metadce and wasm-opt: `make build` shrinks the release .wasm with them
 # (scripts/shrink-wasm.sh).
-command -v wasm-opt >/dev/null || need_apt+=(binaryen)
+{ command -v wasm-opt && command -v wasm-metadce; } >/dev/null || need_apt+=(binaryen)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

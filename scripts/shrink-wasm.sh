@@ -15,6 +15,7 @@ wasm=$1
 here=$(dirname "$0")
 features=(--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int
   --enable-mutable-globals --enable-reference-types --enable-multivalue --enable-extended-const)
+# In C order (LC_ALL=C sort below).
 DROPPED="proxy_on_downstream_connection_close
 proxy_on_downstream_data
 proxy_on_foreign_function
@@ -26,16 +27,21 @@ proxy_on_new_connection
 proxy_on_upstream_connection_close
 proxy_on_upstream_data"
 
-dropped=$(wasm-metadce "${features[@]}" -f "$here/wasm-exports.json" "$wasm" -o "$wasm.dce" |
-  sed -n 's/^unused: export\$\([A-Za-z0-9_]*\)\$.*/\1/p' | sort)
+trap 'rm -f "$wasm.dce" "$wasm.tmp"' EXIT
+report=$(wasm-metadce "${features[@]}" -f "$here/wasm-exports.json" "$wasm" -o "$wasm.dce") || {
+  echo "shrink-wasm: wasm-metadce failed on $wasm" >&2
+  exit 1
+}
+dropped=$(sed -n 's/^unused: export\$\([A-Za-z0-9_]*\)\$.*/\1/p' <<<"$report" | LC_ALL=C sort)
 if [ "$dropped" != "$DROPPED" ]; then
-  rm -f "$wasm.dce"
   echo "shrink-wasm: wasm-metadce would drop other exports than expected." >&2
   echo "expected:" >&2; echo "$DROPPED" >&2
   echo "dropped:" >&2; echo "$dropped" >&2
   echo "Review scripts/wasm-exports.json (kept) and DROPPED in $0 against the SDK." >&2
   exit 1
 fi
-wasm-opt -O3 --strip-debug --strip-producers "${features[@]}" "$wasm.dce" -o "$wasm.tmp"
-rm "$wasm.dce"
+wasm-opt -O3 --strip-debug --strip-producers "${features[@]}" "$wasm.dce" -o "$wasm.tmp" || {
+  echo "shrink-wasm: wasm-opt failed on $wasm" >&2
+  exit 1
+}
 mv "$wasm.tmp" "$wasm"

@@ -22,8 +22,10 @@ pub enum Counter {
     Revalidations,
     Purges,
     Invalidations,
-    Published,
+    // Before Published: counts are handed to the host in this order, so whoever sees a write
+    // in `published` also sees it in `published_with_lookups` (tests wait on the former).
     PublishedWithLookups,
+    Published,
     PublishFailures,
     PublishRetries,
     PublishDropped,
@@ -47,8 +49,8 @@ impl Counter {
         Counter::Revalidations,
         Counter::Purges,
         Counter::Invalidations,
-        Counter::Published,
         Counter::PublishedWithLookups,
+        Counter::Published,
         Counter::PublishFailures,
         Counter::PublishRetries,
         Counter::PublishDropped,
