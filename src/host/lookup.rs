@@ -53,18 +53,16 @@ fn send_as(shared: &Shared, sender: Option<u32>, mut riders: Option<Vec<Job>>) -
         let Some(batch) = shared.lookups.borrow_mut().next_batch() else {
             break;
         };
-        let keys: Vec<&str> = batch.iter().map(|w| w.key.as_str()).collect();
+        let keys = batch.iter().map(|w| w.key.as_str());
         let sent = match riders.as_deref() {
             Some(jobs) => {
                 let writes = publish::entries(jobs);
+                let keys: Vec<&str> = keys.collect();
                 let callout = webdis::put_entries_then_lookup(&writes, &keys);
                 let body = webdis::entries_body(&writes);
                 dispatch_store(cfg, &callout, Some(&body), cfg.store.timeout_ms)
             }
-            None => {
-                let callout = webdis::lookup(keys.into_iter());
-                dispatch_store(cfg, &callout, None, cfg.store.timeout_ms)
-            }
+            None => dispatch_store(cfg, &webdis::lookup(keys), None, cfg.store.timeout_ms),
         };
         let jobs = riders.take();
         match sent {
