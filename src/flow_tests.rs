@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::SetCookiePolicy;
-use crate::store::webdis;
+use crate::store::layout;
 use std::collections::HashMap;
 
 const T0: u64 = 1_700_000_000_000;
@@ -47,7 +47,7 @@ impl SimStore {
             Some(v) => {
                 let old = self.values.get(&w.key).map_or(0, |(_, e)| *e);
                 let exp = (now + w.ttl_ms).max(old);
-                self.sadd(&webdis::variants_set_key(&w.key), &v.key);
+                self.sadd(&layout::variants_set_key(&w.key), &v.key);
                 self.values.insert(w.key, (v.record, exp));
                 self.values.insert(v.key, (w.entry, now + w.ttl_ms));
             }
@@ -67,7 +67,7 @@ impl SimStore {
         for k in keys {
             for v in self
                 .sets
-                .remove(&webdis::variants_set_key(k))
+                .remove(&layout::variants_set_key(k))
                 .unwrap_or_default()
             {
                 self.values.remove(&v);

@@ -8,6 +8,7 @@
 
 use crate::config::{Config, KeyConfig};
 use crate::http::RequestHead;
+use crate::store::layout;
 use sha2::{Digest, Sha256};
 
 /// The key of a resource before Vary is known: what the first lookup reads.
@@ -21,11 +22,7 @@ pub struct CacheKey {
 
 impl CacheKey {
     fn from_material(namespace: &str, material: Vec<u8>) -> CacheKey {
-        let digest = Sha256::digest(&material);
-        let mut redis_key = String::with_capacity(namespace.len() + 1 + 64);
-        redis_key.push_str(namespace);
-        redis_key.push(':');
-        push_hex(&mut redis_key, &digest);
+        let redis_key = layout::entry_key(namespace, &Sha256::digest(&material));
         CacheKey {
             material,
             redis_key,
@@ -84,12 +81,7 @@ pub fn tag_set_key(namespace: &str, tag: &str) -> String {
     m.field(b"fleet-cache/tag/1");
     m.field(namespace.as_bytes());
     m.field(tag.as_bytes());
-    let digest = Sha256::digest(&m.0);
-    let mut key = String::with_capacity(namespace.len() + 5 + 64);
-    key.push_str(namespace);
-    key.push_str(":tag:");
-    push_hex(&mut key, &digest);
-    key
+    layout::tag_set_key(namespace, &Sha256::digest(&m.0))
 }
 
 /// Length-prefixed fields, so `("ab","c")` and `("a","bc")` never encode alike.

@@ -1,7 +1,16 @@
-//! The store: what the cache asks of it and what can go wrong, independent of transport.
-//! `webdis` gives these commands their HTTP form for Webdis in front of Redis.
+//! The store: what the cache asks of it (transport-neutral [`Command`]s, each tied to its answer
+//! by a nonce) and what comes back (typed [`Answer`]s, or a [`StoreError`]).
+//!
+//! `layout` is the Redis key layout; `webdis` gives commands their HTTP form for Webdis in
+//! front of Redis and reads its answers. A second transport (Higress' native Redis calls, say)
+//! is a sibling of `webdis.rs` selected in [`encode`] and [`decode`], plus a [`Request`] variant
+//! the adapter knows how to send; nothing else names a transport.
 
+pub mod layout;
 pub mod webdis;
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 /// Why the store did not answer a command usefully. Every one of these is a fail-open: the
 /// request goes on to the origin.
@@ -19,11 +28,20 @@ pub enum StoreError {
     Garbage,
     /// Redis refused the writes (a script error: out of memory, a read-only replica).
     Refused,
+    /// The answer failed after it started arriving (stalled, cut, over Envoy's buffer limit):
+    /// the host could not hand it over.
+    Broken,
+    /// A well-formed answer to another command (its nonce is not this command's).
+    Mismatch,
+    /// Not asked: the circuit breaker is open after consecutive failures.
+    BreakerOpen,
+    /// Not read: the worker is already reading as many large values as its memory bound allows.
+    Busy,
 }
 
 impl StoreError {
     /// Whether a write is worth trying after a lookup failed this way: a slow store may take
-    /// it; one that is down, refusing or answering nonsense will not.
+    /// it; one that is down, refusing, skipped or answering nonsense will not.
     pub fn may_accept_writes(self) -> bool {
         matches!(self, StoreError::Timeout)
     }
@@ -37,6 +55,10 @@ impl StoreError {
             StoreError::Status(_) => "store-error",
             StoreError::Garbage => "store-garbage",
             StoreError::Refused => "store-refused",
+            StoreError::Broken => "store-broken-answer",
+            StoreError::Mismatch => "store-mismatch",
+            StoreError::BreakerOpen => "store-breaker-open",
+            StoreError::Busy => "store-busy",
         }
     }
 }
@@ -103,4 +125,112 @@ pub struct Refresh {
 pub struct VariantWrite {
     pub key: String,
     pub record: Vec<u8>,
+}
+
+/// A command for the store, borrowing what it sends.
+#[derive(Debug)]
+pub enum Command<'a> {
+    /// Read these keys. Values up to `inline_bytes` in all come back in the answer; larger ones
+    /// come back as their length ([`Slot::Large`]), to be read in [`Command::Piece`]s.
+    Lookup {
+        keys: Vec<&'a str>,
+        inline_bytes: usize,
+    },
+    /// Write these entries atomically, in order; then, if `then_lookup` is not empty, read
+    /// those keys as [`Command::Lookup`] does (writes riding with a lookup: one callout).
+    Write {
+        entries: Vec<&'a Write>,
+        then_lookup: Vec<&'a str>,
+        inline_bytes: usize,
+    },
+    /// A metadata refresh (`write.refresh` is set).
+    Refresh(&'a Write),
+    /// Remove these resources with their variants.
+    Invalidate(&'a [String]),
+    /// Remove every resource listed in these tag sets.
+    PurgeTags(&'a [String]),
+    /// Bytes `start..end` of the value at `key`, if it still has `total` bytes.
+    Piece {
+        key: &'a str,
+        total: u64,
+        start: u64,
+        end: u64,
+    },
+}
+
+impl Command<'_> {
+    /// What kind of answer to expect, and how many values.
+    pub fn expects(&self) -> Expect {
+        match self {
+            Command::Lookup { keys, .. } => Expect::Values(keys.len()),
+            Command::Write { then_lookup, .. } if !then_lookup.is_empty() => {
+                Expect::ValuesAndWrites(then_lookup.len())
+            }
+            Command::Write { .. } | Command::Refresh(_) => Expect::Done,
+            Command::Invalidate(_) | Command::PurgeTags(_) => Expect::Count,
+            Command::Piece { .. } => Expect::Piece,
+        }
+    }
+}
+
+/// The shape of the answer a command gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Values(usize),
+    ValuesAndWrites(usize),
+    Done,
+    Count,
+    Piece,
+}
+
+/// A request to send, in the transport's terms.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// An HTTP callout to the store cluster.
+    Http {
+        method: &'static str,
+        path: String,
+        body: Option<Cow<'a, [u8]>>,
+    },
+}
+
+/// What the store holds at one key, as a lookup saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// Nothing (or an empty string: no stored value is empty).
+    Missing,
+    /// A value of another Redis type (a hash, a set): not ours, overwritten by the next write.
+    Foreign,
+    /// A string too large for the answer: its length.
+    Large(u64),
+    /// The value: where it lies in the answer's body.
+    Value(Range<usize>),
+}
+
+/// A store answer, checked against its command (nonce, shape). Values are ranges into the
+/// answer's body, so the body can be shared without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Values(Vec<Slot>),
+    /// Values, and whether the writes that rode along landed (`Err(Refused)` if not).
+    ValuesAndWrites(Vec<Slot>, Result<(), StoreError>),
+    Done,
+    Count(u64),
+    /// The piece's bytes, or `None` if the value changed (another length) or is gone.
+    Piece(Option<Range<usize>>),
+}
+
+/// The request that carries `command`, tied to it by `nonce`.
+pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
+    webdis::encode(nonce, command)
+}
+
+/// The answer to the command sent with `nonce`, from what the transport received.
+pub fn decode(
+    nonce: u64,
+    expect: Expect,
+    status: Option<u16>,
+    body: &[u8],
+) -> Result<Answer, StoreError> {
+    webdis::decode(nonce, expect, status, body)
 }

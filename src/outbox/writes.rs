@@ -1,21 +1,21 @@
-//! The publish queue: finished recordings waiting to be written to the store, owned by the
-//! root context so a write outlives its stream and its answer is seen (retry once, count).
+//! The write queue: finished recordings (and refreshes, invalidations) waiting to be written
+//! to the store. Part of the [`super::Outbox`], owned by the root context, so a write outlives
+//! its stream and its answer is seen (retry once, count).
 //!
 //! Entries waiting together leave together: a store callout costs Envoy far more CPU than a
 //! write costs Redis, so while a write callout is out, entries queue and the next callout
 //! carries up to [`MAX_BATCH_ENTRIES`] of them (one atomic script, in queue order). A full
 //! batch leaves at once, up to [`MAX_IN_FLIGHT`] out, so a slow store or a large entry in
-//! flight does not hold the queue to one batch per round trip (the same rule as lookups,
-//! `crate::lookups`, measured there). Refreshes and invalidations go alone (other scripts).
+//! flight does not hold the queue to one batch per round trip (the rule lookups follow too).
+//! Refreshes and invalidations go alone (other scripts).
 //!
-//! Pure bookkeeping; the root context sends what [`PublishQueue::next_batch`] gives and
-//! reports each answer to [`PublishQueue::answered`].
+//! Pure bookkeeping: the outbox takes batches with [`WriteQueue::next_batch`] (or riders with
+//! [`WriteQueue::next_riders`]), holds them while they are out, and settles each with
+//! [`WriteQueue::settle`].
 
+use super::MAX_IN_FLIGHT;
 use crate::store::{StoreWrite, Write};
-use std::collections::{HashMap, VecDeque};
-
-/// Write callouts per VM in flight at once, when full batches wait (otherwise one).
-pub const MAX_IN_FLIGHT: usize = 4;
+use std::collections::VecDeque;
 
 /// Entries per write callout.
 pub const MAX_BATCH_ENTRIES: usize = 16;
@@ -68,9 +68,10 @@ pub fn entries(jobs: &[Job]) -> Vec<&Write> {
 }
 
 #[derive(Debug)]
-pub struct PublishQueue {
+pub struct WriteQueue {
     pending: VecDeque<Job>,
-    in_flight: HashMap<u32, Vec<Job>>,
+    /// Batches taken and not settled yet.
+    in_flight: usize,
     /// Bytes held by pending and in-flight jobs.
     held_bytes: usize,
     /// Bytes held by pending jobs: a batch's worth may leave while another is out.
@@ -80,11 +81,11 @@ pub struct PublishQueue {
     max_bytes: usize,
 }
 
-impl PublishQueue {
-    pub fn new(max_bytes: usize) -> PublishQueue {
-        PublishQueue {
+impl WriteQueue {
+    pub fn new(max_bytes: usize) -> WriteQueue {
+        WriteQueue {
             pending: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: 0,
             held_bytes: 0,
             pending_bytes: 0,
             max_bytes,
@@ -107,10 +108,10 @@ impl PublishQueue {
     pub fn can_send(&self) -> bool {
         let full = self.pending.len() >= MAX_BATCH_ENTRIES || self.pending_bytes >= MAX_BATCH_BYTES;
         !self.pending.is_empty()
-            && (self.in_flight.is_empty() || (full && self.in_flight.len() < MAX_IN_FLIGHT))
+            && (self.in_flight == 0 || (full && self.in_flight < MAX_IN_FLIGHT))
     }
 
-    /// The next jobs to send in one callout, if [`PublishQueue::can_send`]: one refresh or
+    /// The next jobs to send in one callout, if [`WriteQueue::can_send`]: one refresh or
     /// invalidation, or entries (oldest first, within the batch bounds).
     pub fn next_batch(&mut self) -> Option<Vec<Job>> {
         if !self.can_send() {
@@ -173,30 +174,21 @@ impl PublishQueue {
         }
     }
 
-    /// Whether the callout `token` carries writes (a lookup's with riders, or a write's).
-    pub fn carries(&self, token: u32) -> bool {
-        self.in_flight.contains_key(&token)
+    /// A batch taken with [`WriteQueue::next_batch`] or [`WriteQueue::next_riders`] left (or is
+    /// about to): it counts as out until settled.
+    pub fn sent(&mut self) {
+        self.in_flight += 1;
     }
 
-    /// A batch was sent; its answer will come with `token`.
-    pub fn sent(&mut self, token: u32, batch: Vec<Job>) {
-        self.in_flight.insert(token, batch);
+    /// What the answer (`ok`, or a failure: an error answer, a refusal to dispatch) means for
+    /// each job of a batch that was [`WriteQueue::sent`]. Failed first tries go back to the
+    /// front of the queue.
+    pub fn settle(&mut self, batch: Vec<Job>, ok: bool) -> Vec<Outcome> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.settle_jobs(batch, ok)
     }
 
-    /// A batch could not even be sent (dispatch refused): same as a failed answer.
-    pub fn not_sent(&mut self, batch: Vec<Job>) -> Vec<Outcome> {
-        self.settle(batch, false)
-    }
-
-    /// What the answer to `token` means for each job it carried (none for an unknown token).
-    pub fn answered(&mut self, token: u32, ok: bool) -> Vec<Outcome> {
-        match self.in_flight.remove(&token) {
-            Some(batch) => self.settle(batch, ok),
-            None => Vec::new(),
-        }
-    }
-
-    fn settle(&mut self, batch: Vec<Job>, ok: bool) -> Vec<Outcome> {
+    fn settle_jobs(&mut self, batch: Vec<Job>, ok: bool) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         // Retries go first, in their order: they are the oldest writes, and a newer write of
         // the same key queued behind them must still land last.
@@ -221,7 +213,7 @@ impl PublishQueue {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.in_flight.is_empty()
+        self.pending.is_empty() && self.in_flight == 0
     }
 }
 
@@ -229,6 +221,56 @@ impl PublishQueue {
 mod tests {
     use super::*;
     use crate::store::Write;
+    use std::collections::HashMap;
+
+    /// The queue with the batches out held by token, as the outbox holds them.
+    struct Q {
+        q: WriteQueue,
+        out: HashMap<u32, Vec<Job>>,
+    }
+
+    impl std::ops::Deref for Q {
+        type Target = WriteQueue;
+        fn deref(&self) -> &WriteQueue {
+            &self.q
+        }
+    }
+
+    impl std::ops::DerefMut for Q {
+        fn deref_mut(&mut self) -> &mut WriteQueue {
+            &mut self.q
+        }
+    }
+
+    impl Q {
+        fn new(max_bytes: usize) -> Q {
+            Q {
+                q: WriteQueue::new(max_bytes),
+                out: HashMap::new(),
+            }
+        }
+
+        fn sent(&mut self, token: u32, batch: Vec<Job>) {
+            self.q.sent();
+            self.out.insert(token, batch);
+        }
+
+        fn answered(&mut self, token: u32, ok: bool) -> Vec<Outcome> {
+            match self.out.remove(&token) {
+                Some(batch) => self.q.settle(batch, ok),
+                None => Vec::new(),
+            }
+        }
+
+        fn not_sent(&mut self, batch: Vec<Job>) -> Vec<Outcome> {
+            self.q.sent();
+            self.q.settle(batch, false)
+        }
+
+        fn carries(&self, token: u32) -> bool {
+            self.out.contains_key(&token)
+        }
+    }
 
     fn write(key: &str, size: usize) -> StoreWrite {
         StoreWrite::Entry(Write {
@@ -248,7 +290,7 @@ mod tests {
         }
     }
 
-    fn one(q: &mut PublishQueue) -> Job {
+    fn one(q: &mut Q) -> Job {
         let mut batch = q.next_batch().unwrap();
         assert_eq!(batch.len(), 1);
         batch.pop().unwrap()
@@ -260,7 +302,7 @@ mod tests {
 
     #[test]
     fn publishes_then_idles() {
-        let mut q = PublishQueue::new(100);
+        let mut q = Q::new(100);
         assert!(q.push(write("a", 10)));
         let batch = q.next_batch().unwrap();
         q.sent(7, batch);
@@ -271,7 +313,7 @@ mod tests {
 
     #[test]
     fn retries_once_first_in_line_then_gives_up() {
-        let mut q = PublishQueue::new(100);
+        let mut q = Q::new(100);
         assert!(q.push(write("a", 10)));
         let a = q.next_batch().unwrap();
         q.sent(1, a);
@@ -292,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_is_retried_in_its_order() {
-        let mut q = PublishQueue::new(100);
+        let mut q = Q::new(100);
         for k in ["a", "b", "c"] {
             q.push(write(k, 1));
         }
@@ -305,7 +347,7 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes() {
-        let mut q = PublishQueue::new(25);
+        let mut q = Q::new(25);
         assert!(q.push(write("a", 10)));
         assert!(q.push(write("b", 10)));
         assert!(!q.push(write("c", 10)));
@@ -320,7 +362,7 @@ mod tests {
 
     #[test]
     fn what_waits_for_the_batch_out_goes_together() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         assert!(q.push(write("a", 1)));
         let a = q.next_batch().unwrap();
         q.sent(0, a);
@@ -337,7 +379,7 @@ mod tests {
 
     #[test]
     fn full_batches_leave_at_once_up_to_the_bound() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         q.push(write("first", 1));
         let b = q.next_batch().unwrap();
         q.sent(0, b);
@@ -367,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_retry_counts_again_towards_a_full_batch() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         q.push(write("a", MAX_BATCH_BYTES));
         let b = q.next_batch().unwrap();
         q.sent(0, b);
@@ -383,7 +425,7 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_by_count_and_bytes() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         for i in 0..MAX_BATCH_ENTRIES + 2 {
             q.push(write(&i.to_string(), 10));
         }
@@ -404,7 +446,7 @@ mod tests {
 
     #[test]
     fn small_first_tries_ride_with_lookups() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         q.push(write("a", 10));
         q.push(write("b", 10));
         q.push(write("c", 10));
@@ -450,7 +492,7 @@ mod tests {
 
     #[test]
     fn small_entries_wait_for_a_ride_until_a_batch_of_riders_waits() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         assert!(!q.holds_for_ride(100), "nothing waits");
         q.push(write("a", 10));
         assert!(q.holds_for_ride(100));
@@ -459,11 +501,11 @@ mod tests {
             !q.holds_for_ride(100),
             "a batch of riders' worth goes on its own"
         );
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         q.push(StoreWrite::Invalidate(vec!["i".into()]));
         q.push(write("a", 10));
         assert!(!q.holds_for_ride(100), "an invalidation never waits");
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         for i in 0..MAX_BATCH_ENTRIES {
             q.push(write(&i.to_string(), 1));
         }
@@ -472,7 +514,7 @@ mod tests {
 
     #[test]
     fn riders_put_back_are_as_if_never_taken() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         q.push(write("a", 10));
         q.push(write("b", 10));
         let riders = q.next_riders(100).unwrap();
@@ -489,7 +531,7 @@ mod tests {
 
     #[test]
     fn refreshes_and_invalidations_go_alone() {
-        let mut q = PublishQueue::new(usize::MAX);
+        let mut q = Q::new(usize::MAX);
         let refresh = StoreWrite::Entry(Write {
             refresh: Some(crate::store::Refresh {
                 keep: 1,
@@ -513,7 +555,7 @@ mod tests {
 
     #[test]
     fn invalidations_are_queued_like_entries() {
-        let mut q = PublishQueue::new(100);
+        let mut q = Q::new(100);
         assert!(q.push(StoreWrite::Invalidate(vec!["ns:a".into()])));
         let job = one(&mut q);
         assert_eq!(key_of(&job), "ns:a");
@@ -523,7 +565,7 @@ mod tests {
 
     #[test]
     fn unknown_token_settles_nothing() {
-        let mut q = PublishQueue::new(10);
+        let mut q = Q::new(10);
         assert!(q.answered(99, true).is_empty());
     }
 }

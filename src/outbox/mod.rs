@@ -1,0 +1,837 @@
+//! The outbox: which store commands leave when, and what their answers mean for the requests
+//! and writes waiting on them. Pure: fed arrivals ([`Outbox::want`], [`Outbox::write`],
+//! [`Outbox::purge`]), answers ([`Outbox::answered`]) and the clock ([`Outbox::handle_timeout`])
+//! with `now`, and drained of callouts to send ([`Outbox::poll_send`]), replies for streams
+//! ([`Outbox::poll_reply`]) and notes for metrics ([`Outbox::poll_note`]). The proxy-wasm
+//! adapter only carries these out (quinn-proto's shape, DESIGN.md).
+//!
+//! The rules it holds, each defined here once:
+//! - **Batching**: a store callout costs Envoy far more CPU (~160 µs) than the lookup costs
+//!   Webdis and Redis, so lookups share callouts: while a batch is out, new keys wait and go
+//!   together in the next (up to [`MAX_KEYS`]); a key already pending or out is joined, not
+//!   asked again; a full batch leaves at once, up to [`MAX_IN_FLIGHT`] out. Writes follow the
+//!   same rule (`writes.rs`), and small first-try entries ride with a lookup batch (one
+//!   callout for both) while one is out.
+//! - **Deadlines**: a request waits for the store at most `store.timeout_ms` after its own
+//!   arrival, whatever else is in flight: at its deadline it is answered with a timeout, and
+//!   the callout it waited for may still serve the others. A value too large for one answer
+//!   extends the deadline of those waiting for it by its transfer allowance.
+//! - **Bounded answers**: a lookup answer carries at most [`ANSWER_BYTES`] of values; larger
+//!   values come back as their length and are read in pieces of at most that size, so no
+//!   answer approaches Envoy's async-client buffer limit.
+//! - **Answers proven**: every command carries a fresh nonce its answer must echo; another
+//!   command's answer is a store error, for writes and purges too. An answer whose callout was
+//!   given up on is ignored.
+//! - **Breaker**: consecutive failed callouts open it (`breaker.rs`); while open, lookups and
+//!   purges are answered at once with [`StoreError::BreakerOpen`] and writes wait or are
+//!   refused.
+
+pub mod breaker;
+pub mod writes;
+
+use crate::flow::PurgeCommand;
+use crate::store::{self, Answer, Command, Expect, Request, Slot, StoreError, StoreWrite};
+use breaker::{Admit, Breaker, BreakerSettings, Change};
+use std::collections::{HashMap, VecDeque};
+use std::ops::{Deref, Range};
+use std::rc::Rc;
+use writes::{Job, Outcome, WriteQueue};
+
+/// A stream (request) of the worker, by the host's context id.
+pub type StreamId = u32;
+
+/// Callouts of one kind (lookups, writes) out at once, when full batches wait (otherwise one).
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// Keys per lookup batch.
+pub const MAX_KEYS: usize = 16;
+
+/// Most bytes of values one answer carries, and the size of a piece of a larger value. Well
+/// below Envoy's async-client buffer limit (answers of 24 MiB were seen served, 32 MiB failed),
+/// and small enough that a piece's transfer fits a short deadline.
+pub const ANSWER_BYTES: usize = 4 << 20;
+
+/// Writes riding with a lookup travel under the lookup's deadline and delay its answer by
+/// their transfer: only a few small ones ride.
+pub const MAX_RIDER_BYTES: usize = 64 << 10;
+
+/// Pieces of one large value out at once.
+const MAX_PIECES_OUT: usize = 4;
+
+/// A write the host refused to dispatch waits this long before it is tried again.
+const RETRY_DELAY_MS: u64 = 10;
+
+/// A callout not answered this long after its own timeout is given up on (the host always
+/// answers at the timeout; this only guards against an answer that never comes).
+const GIVE_UP_GRACE_MS: u64 = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// `store.timeout_ms`: the most a request waits for a lookup, from its arrival.
+    pub lookup_timeout_ms: u64,
+    /// `store.publish_timeout_ms`: the deadline of writes and purges.
+    pub write_timeout_ms: u64,
+    /// `store.large_entry_ms_per_mib`: extra wait per MiB for a value read in pieces.
+    pub large_ms_per_mib: u64,
+    /// The largest value worth reading (what the filter could have written); a larger one is
+    /// not ours.
+    pub max_value_bytes: u64,
+    /// Bound on the bytes queued writes hold; also bounds the values being read in pieces.
+    pub max_queue_bytes: usize,
+    pub breaker: BreakerSettings,
+}
+
+/// Bytes of a store answer, shared (never copied) by the replies that use them.
+#[derive(Debug, Clone)]
+pub struct Bytes {
+    buf: Rc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+impl Bytes {
+    /// A value of another Redis type: no bytes, which the entry decoder refuses as a foreign
+    /// value (counted, a miss, overwritten by the next write).
+    fn foreign() -> Bytes {
+        Bytes {
+            buf: Rc::new(Vec::new()),
+            range: 0..0,
+        }
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+/// What a stream's wait ended with.
+#[derive(Debug)]
+pub enum Reply {
+    /// The value of the key it wanted (`None`: missing), or why there is none.
+    Lookup(Result<Option<Bytes>, StoreError>),
+    /// How many resources its purge removed.
+    Purge(Result<u64, StoreError>),
+}
+
+/// Something to count or log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// A write landed (`rode`: in a lookup batch's callout).
+    Published { bytes: usize, rode: bool },
+    WriteRetrying(StoreError),
+    WriteFailed(StoreError),
+    /// An answer that echoed another command's nonce.
+    Mismatch,
+    BreakerOpened,
+    BreakerClosed,
+    /// A value too large for one answer was read in pieces.
+    LargeRead,
+    /// A value larger than any the filter writes: treated as foreign.
+    TooLarge,
+}
+
+/// A callout to send.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Report the host's token (or its refusal) with [`Outbox::dispatched`].
+    pub nonce: u64,
+    pub request: Request<'a>,
+    pub timeout_ms: u64,
+}
+
+/// A key and the streams waiting for its value.
+#[derive(Debug)]
+struct Want {
+    key: String,
+    streams: Vec<StreamId>,
+}
+
+/// What a callout carries, and so what its answer settles.
+#[derive(Debug)]
+enum Carries {
+    /// A lookup batch, with writes riding along (possibly none). `probe`: the half-open
+    /// breaker's probe.
+    Lookup {
+        wants: Vec<Want>,
+        riders: Vec<Job>,
+        probe: bool,
+    },
+    /// A write batch (entries, or one refresh or invalidation).
+    Writes(Vec<Job>),
+    Purge {
+        stream: StreamId,
+        purge: PurgeCommand,
+    },
+    /// Bytes `start..end` of a large value being assembled.
+    Piece {
+        key: String,
+        total: u64,
+        start: u64,
+        end: u64,
+    },
+}
+
+impl Carries {
+    fn command(&self) -> Command<'_> {
+        fn keys(wants: &[Want]) -> Vec<&str> {
+            wants.iter().map(|w| w.key.as_str()).collect()
+        }
+        match self {
+            Carries::Lookup { wants, riders, .. } if riders.is_empty() => Command::Lookup {
+                keys: keys(wants),
+                inline_bytes: ANSWER_BYTES,
+            },
+            Carries::Lookup { wants, riders, .. } => Command::Write {
+                entries: writes::entries(riders),
+                then_lookup: keys(wants),
+                inline_bytes: ANSWER_BYTES,
+            },
+            Carries::Writes(jobs) => match jobs.first().map(|j| &j.write) {
+                Some(StoreWrite::Entry(w)) if w.refresh.is_some() => Command::Refresh(w),
+                Some(StoreWrite::Invalidate(keys)) => Command::Invalidate(keys),
+                _ => Command::Write {
+                    entries: writes::entries(jobs),
+                    then_lookup: Vec::new(),
+                    inline_bytes: 0,
+                },
+            },
+            Carries::Purge {
+                purge: PurgeCommand::Resources(keys),
+                ..
+            } => Command::Invalidate(keys),
+            Carries::Purge {
+                purge: PurgeCommand::Tags(keys),
+                ..
+            } => Command::PurgeTags(keys),
+            Carries::Piece {
+                key,
+                total,
+                start,
+                end,
+            } => Command::Piece {
+                key,
+                total: *total,
+                start: *start,
+                end: *end,
+            },
+        }
+    }
+
+    fn is_lookup(&self) -> bool {
+        matches!(self, Carries::Lookup { .. })
+    }
+}
+
+#[derive(Debug)]
+struct Flight {
+    carries: Carries,
+    expect: Expect,
+    /// The host's token, once dispatched.
+    token: Option<u32>,
+    /// When to stop waiting for an answer that never came.
+    give_up_ms: u64,
+}
+
+/// A large value being read in pieces.
+#[derive(Debug)]
+struct Assembly {
+    total: u64,
+    buf: Vec<u8>,
+    /// Where the next piece to request starts.
+    next: u64,
+    /// Pieces out.
+    out: usize,
+    /// Bytes received so far.
+    received: u64,
+    streams: Vec<StreamId>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    settings: Settings,
+    /// Keys not sent yet, oldest first.
+    pending: Vec<Want>,
+    /// Every stream waiting for a lookup, and its deadline. A stream is answered exactly once:
+    /// whoever removes it from here replies.
+    deadlines: HashMap<StreamId, u64>,
+    writes: WriteQueue,
+    /// No write is sent before this (after the host refused one).
+    write_retry_at_ms: u64,
+    purges: VecDeque<(StreamId, PurgeCommand)>,
+    flights: HashMap<u64, Flight>,
+    /// Host token -> nonce of the flight it carries.
+    tokens: HashMap<u32, u64>,
+    assemblies: HashMap<String, Assembly>,
+    replies: VecDeque<(StreamId, Reply)>,
+    notes: VecDeque<Note>,
+    breaker: Breaker,
+    nonce_base: u64,
+    sent: u64,
+}
+
+impl Outbox {
+    /// `seed` makes the nonces of this VM its own and jitters the breaker.
+    pub fn new(settings: Settings, seed: u64) -> Outbox {
+        Outbox {
+            settings,
+            pending: Vec::new(),
+            deadlines: HashMap::new(),
+            writes: WriteQueue::new(settings.max_queue_bytes),
+            write_retry_at_ms: 0,
+            purges: VecDeque::new(),
+            flights: HashMap::new(),
+            tokens: HashMap::new(),
+            assemblies: HashMap::new(),
+            replies: VecDeque::new(),
+            notes: VecDeque::new(),
+            breaker: Breaker::new(settings.breaker, seed.rotate_left(17)),
+            nonce_base: seed,
+            sent: 0,
+        }
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    /// Stream `stream`, which arrived at `arrived_ms`, waits for the value of `key`. Returns
+    /// the reply at once when there is nothing to wait for (breaker open, deadline passed);
+    /// otherwise it comes from [`Outbox::poll_reply`].
+    pub fn want(
+        &mut self,
+        now_ms: u64,
+        stream: StreamId,
+        key: String,
+        arrived_ms: u64,
+    ) -> Option<Reply> {
+        let deadline = arrived_ms.saturating_add(self.settings.lookup_timeout_ms);
+        if deadline <= now_ms {
+            return Some(Reply::Lookup(Err(StoreError::Timeout)));
+        }
+        // A value already on its way serves this stream too: it left at most one round trip
+        // ago, as fresh as any lookup this one would send.
+        if let Some(a) = self.assemblies.get_mut(&key) {
+            a.streams.push(stream);
+            let extended = large_deadline(&self.settings, now_ms, a.total);
+            self.deadlines.insert(stream, deadline.max(extended));
+            return None;
+        }
+        let out = self.flights.values_mut().filter_map(|f| match &mut f.carries {
+            Carries::Lookup { wants, .. } => Some(wants.iter_mut()),
+            _ => None,
+        });
+        if let Some(w) = out
+            .flatten()
+            .chain(self.pending.iter_mut())
+            .find(|w| w.key == key)
+        {
+            w.streams.push(stream);
+            self.deadlines.insert(stream, deadline);
+            return None;
+        }
+        if self.breaker.admit_lookup(now_ms) == Admit::No {
+            return Some(Reply::Lookup(Err(StoreError::BreakerOpen)));
+        }
+        self.pending.push(Want {
+            key,
+            streams: vec![stream],
+        });
+        self.deadlines.insert(stream, deadline);
+        None
+    }
+
+    /// Queues a write; false when it is dropped (the queue is full, or the breaker is open:
+    /// an entry is not worth holding for a store that is down; invalidations are kept).
+    pub fn write(&mut self, write: StoreWrite) -> bool {
+        let entry = matches!(write, StoreWrite::Entry(_));
+        if entry && self.breaker.is_open() {
+            return false;
+        }
+        self.writes.push(write)
+    }
+
+    /// Stream `stream` waits for a purge. Returns the reply at once if the breaker is open.
+    pub fn purge(&mut self, stream: StreamId, purge: PurgeCommand) -> Option<Reply> {
+        if !self.breaker.admits_writes() {
+            return Some(Reply::Purge(Err(StoreError::BreakerOpen)));
+        }
+        self.purges.push_back((stream, purge));
+        None
+    }
+
+    /// The stream ended: nothing is answered to it any more.
+    pub fn stream_gone(&mut self, stream: StreamId) {
+        if self.deadlines.remove(&stream).is_some() {
+            self.forget_stream(stream);
+        }
+        self.purges.retain(|(s, _)| *s != stream);
+    }
+
+    /// The answer to a callout: its status and body, or `None` when the host could not hand
+    /// the body over (the answer failed after it started arriving).
+    pub fn answered(&mut self, now_ms: u64, token: u32, status: Option<u16>, body: Option<Vec<u8>>) {
+        // Unknown: a callout given up on, whose answer is no one's any more.
+        let Some(nonce) = self.tokens.remove(&token) else {
+            return;
+        };
+        let Some(flight) = self.flights.remove(&nonce) else {
+            return;
+        };
+        let answer = match body {
+            None => Err(StoreError::Broken),
+            Some(body) => store::decode(nonce, flight.expect, status, &body).map(|a| (a, body)),
+        };
+        match answer {
+            Ok((answer, body)) => self.settle(now_ms, flight, answer, body),
+            Err(e) => self.fail(now_ms, flight, e),
+        }
+    }
+
+    /// Deadlines that passed: streams answered with a timeout, callouts given up on.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let expired: Vec<StreamId> = self
+            .deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        for stream in expired {
+            self.deadlines.remove(&stream);
+            self.forget_stream(stream);
+            self.replies
+                .push_back((stream, Reply::Lookup(Err(StoreError::Timeout))));
+        }
+        let lost: Vec<u64> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| f.give_up_ms <= now_ms)
+            .map(|(n, _)| *n)
+            .collect();
+        for nonce in lost {
+            if let Some(flight) = self.flights.remove(&nonce) {
+                if let Some(t) = flight.token {
+                    self.tokens.remove(&t);
+                }
+                self.fail(now_ms, flight, StoreError::Timeout);
+            }
+        }
+    }
+
+    // ---- outputs ---------------------------------------------------------------------------
+
+    /// The next callout to send now, if any. Send it, then report the host's token (or its
+    /// refusal) with [`Outbox::dispatched`] before asking for the next.
+    pub fn poll_send(&mut self, now_ms: u64) -> Option<Outgoing<'_>> {
+        self.handle_timeout(now_ms);
+        let (carries, timeout_ms) = self.next_carries(now_ms)?;
+        let expect = carries.command().expects();
+        let nonce = self.nonce_base.wrapping_add(self.sent);
+        self.sent += 1;
+        let give_up_ms = now_ms
+            .saturating_add(timeout_ms)
+            .saturating_add(GIVE_UP_GRACE_MS);
+        let flight = self.flights.entry(nonce).or_insert(Flight {
+            carries,
+            expect,
+            token: None,
+            give_up_ms,
+        });
+        Some(Outgoing {
+            nonce,
+            request: store::encode(nonce, &flight.carries.command()),
+            timeout_ms,
+        })
+    }
+
+    /// The host dispatched the callout of `nonce` (its token), or refused to.
+    pub fn dispatched(&mut self, now_ms: u64, nonce: u64, token: Option<u32>) {
+        match token {
+            Some(t) => {
+                if let Some(f) = self.flights.get_mut(&nonce) {
+                    f.token = Some(t);
+                    self.tokens.insert(t, nonce);
+                }
+            }
+            None => {
+                if let Some(flight) = self.flights.remove(&nonce) {
+                    if matches!(flight.carries, Carries::Writes(_)) {
+                        // Retry later rather than spin on a host that refuses now.
+                        self.write_retry_at_ms = now_ms + RETRY_DELAY_MS;
+                    }
+                    self.fail(now_ms, flight, StoreError::Dispatch);
+                }
+            }
+        }
+    }
+
+    /// A reply for a waiting stream.
+    pub fn poll_reply(&mut self) -> Option<(StreamId, Reply)> {
+        self.replies.pop_front()
+    }
+
+    pub fn poll_note(&mut self) -> Option<Note> {
+        self.notes.pop_front()
+    }
+
+    /// When [`Outbox::handle_timeout`] has something to do next (unix ms).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let deadlines = self.deadlines.values().copied();
+        let flights = self.flights.values().map(|f| f.give_up_ms);
+        let retry = (self.write_retry_at_ms > 0 && self.writes.can_send())
+            .then_some(self.write_retry_at_ms);
+        deadlines.chain(flights).chain(retry).min()
+    }
+
+    /// Whether the breaker is open (or probing): the store is being skipped.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Nothing waits, nothing is out.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+            && self.flights.is_empty()
+            && self.writes.is_idle()
+            && self.purges.is_empty()
+    }
+
+    // ---- what leaves -----------------------------------------------------------------------
+
+    /// What the next callout carries, and its timeout; `None` when nothing may go now.
+    fn next_carries(&mut self, now_ms: u64) -> Option<(Carries, u64)> {
+        if let Some(piece) = self.next_piece(now_ms) {
+            return Some(piece);
+        }
+        if let Some((stream, purge)) = self.purges.pop_front() {
+            if self.breaker.admits_writes() {
+                return Some((Carries::Purge { stream, purge }, self.settings.write_timeout_ms));
+            }
+            self.replies
+                .push_back((stream, Reply::Purge(Err(StoreError::BreakerOpen))));
+            return self.next_carries(now_ms);
+        }
+        let lookups_out = self.flights.values().filter(|f| f.carries.is_lookup()).count();
+        let may_look = !self.pending.is_empty()
+            && (lookups_out == 0 || (self.pending.len() >= MAX_KEYS && lookups_out < MAX_IN_FLIGHT));
+        if may_look {
+            let n = self.pending.len().min(MAX_KEYS);
+            let wants: Vec<Want> = self.pending.drain(..n).collect();
+            let last = wants
+                .iter()
+                .flat_map(|w| &w.streams)
+                .filter_map(|s| self.deadlines.get(s))
+                .max()
+                .copied()
+                .unwrap_or(now_ms + 1);
+            let probe = self.breaker.is_open();
+            let riders = if probe || now_ms < self.write_retry_at_ms || !self.writes.can_send() {
+                None
+            } else {
+                self.writes.next_riders(MAX_RIDER_BYTES)
+            };
+            if riders.is_some() {
+                self.writes.sent();
+            }
+            let carries = Carries::Lookup {
+                wants,
+                riders: riders.unwrap_or_default(),
+                probe,
+            };
+            return Some((carries, last.saturating_sub(now_ms).max(1)));
+        }
+        if !self.breaker.admits_writes() || now_ms < self.write_retry_at_ms {
+            return None;
+        }
+        // Small entries wait for the lookup batch out: its answer sends the next batch, which
+        // they ride with (one callout instead of two).
+        if lookups_out > 0 && self.writes.holds_for_ride(MAX_RIDER_BYTES) {
+            return None;
+        }
+        let batch = self.writes.next_batch()?;
+        self.writes.sent();
+        Some((Carries::Writes(batch), self.settings.write_timeout_ms))
+    }
+
+    /// The next piece of a large value, if one may go.
+    fn next_piece(&mut self, now_ms: u64) -> Option<(Carries, u64)> {
+        let (key, a) = self
+            .assemblies
+            .iter_mut()
+            .find(|(_, a)| a.next < a.total && a.out < MAX_PIECES_OUT)?;
+        let start = a.next;
+        let end = (start + ANSWER_BYTES as u64).min(a.total);
+        a.next = end;
+        a.out += 1;
+        let last = a
+            .streams
+            .iter()
+            .filter_map(|s| self.deadlines.get(s))
+            .max()
+            .copied()
+            .unwrap_or(now_ms + 1);
+        let carries = Carries::Piece {
+            key: key.clone(),
+            total: a.total,
+            start,
+            end,
+        };
+        Some((carries, last.saturating_sub(now_ms).max(1)))
+    }
+
+    // ---- what answers mean -----------------------------------------------------------------
+
+    fn settle(&mut self, now_ms: u64, flight: Flight, answer: Answer, body: Vec<u8>) {
+        if self.breaker.success() == Some(Change::Closed) {
+            self.notes.push_back(Note::BreakerClosed);
+        }
+        let body = Rc::new(body);
+        match (flight.carries, answer) {
+            (Carries::Lookup { wants, riders, .. }, Answer::Values(slots)) => {
+                self.settle_writes(riders, Ok(()), true);
+                self.deliver(now_ms, wants, slots, &body);
+            }
+            (Carries::Lookup { wants, riders, .. }, Answer::ValuesAndWrites(slots, written)) => {
+                self.settle_writes(riders, written, true);
+                self.deliver(now_ms, wants, slots, &body);
+            }
+            (Carries::Writes(jobs), Answer::Done | Answer::Count(_)) => {
+                self.settle_writes(jobs, Ok(()), false);
+            }
+            (Carries::Purge { stream, .. }, Answer::Count(n)) => {
+                self.replies.push_back((stream, Reply::Purge(Ok(n))));
+            }
+            (
+                Carries::Piece {
+                    key, start, end, ..
+                },
+                Answer::Piece(range),
+            ) => self.piece_arrived(&key, start, end, range.map(|r| &body[r])),
+            // `decode` checked the shape against `expect`, computed from these very carries.
+            (carries, _) => {
+                let flight = Flight {
+                    carries,
+                    expect: flight.expect,
+                    token: None,
+                    give_up_ms: 0,
+                };
+                self.fail(now_ms, flight, StoreError::Garbage);
+            }
+        }
+    }
+
+    /// A callout failed: everything it carried fails with `e`.
+    fn fail(&mut self, now_ms: u64, flight: Flight, e: StoreError) {
+        if e == StoreError::Mismatch {
+            self.notes.push_back(Note::Mismatch);
+        }
+        let probe = matches!(flight.carries, Carries::Lookup { probe: true, .. });
+        if e == StoreError::Refused {
+            // Redis answered: it is up, it just refused (out of memory, read-only).
+            if self.breaker.success() == Some(Change::Closed) {
+                self.notes.push_back(Note::BreakerClosed);
+            }
+        } else if self.breaker.failure(now_ms, probe) == Some(Change::Opened) {
+            self.notes.push_back(Note::BreakerOpened);
+            // No added wait while open: what has not left yet goes to the origin now.
+            for want in std::mem::take(&mut self.pending) {
+                self.reply_all(&want.streams, || Err(StoreError::BreakerOpen));
+            }
+        }
+        match flight.carries {
+            Carries::Lookup { wants, riders, .. } => {
+                self.settle_writes(riders, Err(e), true);
+                for w in wants {
+                    self.reply_all(&w.streams, || Err(e));
+                }
+            }
+            Carries::Writes(jobs) => self.settle_writes(jobs, Err(e), false),
+            Carries::Purge { stream, .. } => {
+                self.replies.push_back((stream, Reply::Purge(Err(e))));
+            }
+            Carries::Piece { key, .. } => {
+                if let Some(a) = self.assemblies.remove(&key) {
+                    self.reply_all(&a.streams, || Err(e));
+                }
+            }
+        }
+    }
+
+    fn settle_writes(&mut self, jobs: Vec<Job>, result: Result<(), StoreError>, rode: bool) {
+        if jobs.is_empty() {
+            return;
+        }
+        for outcome in self.writes.settle(jobs, result.is_ok()) {
+            let e = result.err().unwrap_or(StoreError::Garbage);
+            self.notes.push_back(match outcome {
+                Outcome::Published(bytes) => Note::Published { bytes, rode },
+                Outcome::Retrying => Note::WriteRetrying(e),
+                Outcome::Failed => Note::WriteFailed(e),
+            });
+        }
+    }
+
+    /// A lookup's values to the streams still waiting for them.
+    fn deliver(&mut self, now_ms: u64, wants: Vec<Want>, slots: Vec<Slot>, body: &Rc<Vec<u8>>) {
+        for (want, slot) in wants.into_iter().zip(slots) {
+            match slot {
+                Slot::Missing => self.reply_all(&want.streams, || Ok(None)),
+                Slot::Foreign => self.reply_all(&want.streams, || Ok(Some(Bytes::foreign()))),
+                Slot::Value(range) => self.reply_all(&want.streams, || {
+                    Ok(Some(Bytes {
+                        buf: body.clone(),
+                        range: range.clone(),
+                    }))
+                }),
+                Slot::Large(total) => self.assemble(now_ms, want, total),
+            }
+        }
+    }
+
+    /// A value too large for the answer: read it in pieces for the streams still waiting.
+    fn assemble(&mut self, now_ms: u64, want: Want, total: u64) {
+        let streams: Vec<StreamId> = want
+            .streams
+            .into_iter()
+            .filter(|s| self.deadlines.contains_key(s))
+            .collect();
+        if streams.is_empty() {
+            return;
+        }
+        if total > self.settings.max_value_bytes {
+            self.notes.push_back(Note::TooLarge);
+            self.reply_all(&streams, || Ok(Some(Bytes::foreign())));
+            return;
+        }
+        let extended = large_deadline(&self.settings, now_ms, total);
+        for s in &streams {
+            if let Some(d) = self.deadlines.get_mut(s) {
+                *d = (*d).max(extended);
+            }
+        }
+        if let Some(a) = self.assemblies.get_mut(&want.key) {
+            a.streams.extend(streams);
+            return;
+        }
+        let assembling: u64 = self.assemblies.values().map(|a| a.total).sum();
+        if assembling + total > self.settings.max_queue_bytes as u64 {
+            // Memory is bounded: this worker is reading enough large values already.
+            self.reply_all(&streams, || Err(StoreError::Busy));
+            return;
+        }
+        self.assemblies.insert(
+            want.key,
+            Assembly {
+                total,
+                buf: vec![0; total as usize],
+                next: 0,
+                out: 0,
+                received: 0,
+                streams,
+            },
+        );
+    }
+
+    fn piece_arrived(&mut self, key: &str, start: u64, end: u64, bytes: Option<&[u8]>) {
+        let Some(a) = self.assemblies.get_mut(key) else {
+            return;
+        };
+        a.out = a.out.saturating_sub(1);
+        let slot = a.buf.get_mut(start as usize..end as usize);
+        let result = match (bytes, slot) {
+            (Some(b), Some(slot)) if b.len() == slot.len() => {
+                slot.copy_from_slice(b);
+                a.received += b.len() as u64;
+                if a.received < a.total {
+                    return;
+                }
+                Ok(())
+            }
+            // The value changed or went away while being read: as if missing.
+            (None, _) => Err(None),
+            _ => Err(Some(StoreError::Garbage)),
+        };
+        let Some(a) = self.assemblies.remove(key) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.notes.push_back(Note::LargeRead);
+                let len = a.buf.len();
+                let buf = Rc::new(a.buf);
+                self.reply_all(&a.streams, || {
+                    Ok(Some(Bytes {
+                        buf: buf.clone(),
+                        range: 0..len,
+                    }))
+                });
+            }
+            Err(None) => self.reply_all(&a.streams, || Ok(None)),
+            Err(Some(e)) => self.reply_all(&a.streams, || Err(e)),
+        }
+    }
+
+    /// Replies to each of `streams` still waiting (each exactly once).
+    fn reply_all(
+        &mut self,
+        streams: &[StreamId],
+        reply: impl Fn() -> Result<Option<Bytes>, StoreError>,
+    ) {
+        for s in streams {
+            if self.deadlines.remove(s).is_some() {
+                self.replies.push_back((*s, Reply::Lookup(reply())));
+            }
+        }
+    }
+
+    /// Removes a stream that is no longer waiting from every wait list; a probe that no one
+    /// waits for any more is abandoned.
+    fn forget_stream(&mut self, stream: StreamId) {
+        let mut emptied_pending = false;
+        for w in &mut self.pending {
+            w.streams.retain(|s| *s != stream);
+            emptied_pending |= w.streams.is_empty();
+        }
+        if emptied_pending {
+            self.pending.retain(|w| !w.streams.is_empty());
+        }
+        for f in self.flights.values_mut() {
+            if let Carries::Lookup { wants, .. } = &mut f.carries {
+                for w in wants {
+                    w.streams.retain(|s| *s != stream);
+                }
+            }
+        }
+        self.assemblies.retain(|_, a| {
+            a.streams.retain(|s| *s != stream);
+            !a.streams.is_empty()
+        });
+        if self.breaker.is_open() && self.pending.is_empty() && !self.probe_out() {
+            // Let the next request probe, after the same backoff.
+            self.breaker.probe_abandoned_if_probing();
+        }
+    }
+
+    fn probe_out(&self) -> bool {
+        self.flights
+            .values()
+            .any(|f| matches!(f.carries, Carries::Lookup { probe: true, .. }))
+    }
+
+    /// Streams waiting: what the tests check is left behind.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.deadlines.len()
+    }
+}
+
+/// The deadline of a stream waiting for a value of `total` bytes read in pieces: the lookup
+/// timeout again from now, plus the transfer allowance per MiB.
+fn large_deadline(s: &Settings, now_ms: u64, total: u64) -> u64 {
+    let mib = total.div_ceil(1 << 20);
+    now_ms
+        .saturating_add(s.lookup_timeout_ms)
+        .saturating_add(mib.saturating_mul(s.large_ms_per_mib))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,54 @@
+//! The Redis key layout, in one place: every key the filter reads or writes is built here, and
+//! the scripts that derive keys from others (purge by tag finds a resource's variants set) use
+//! [`VARIANTS_SUFFIX`] from here too.
+//!
+//! ```text
+//! <namespace>:<sha256 hex>        a resource: its entry, or for a varying response its
+//!                                 variants record; also each variant's own entry
+//! <resource key>:v                the set of a resource's variant keys (invalidation)
+//! <namespace>:tag:<sha256 hex>    the set of resource keys whose response carried a tag
+//! ```
+//! Keys hold only a namespace and digests: no request byte reaches a key (or a command).
+
+use crate::key::push_hex;
+
+/// What follows a resource's key in the key of its variants set.
+pub const VARIANTS_SUFFIX: &str = ":v";
+
+/// The key of an entry (or variants record) whose key material hashes to `digest`.
+pub fn entry_key(namespace: &str, digest: &[u8]) -> String {
+    let mut key = String::with_capacity(namespace.len() + 1 + 2 * digest.len());
+    key.push_str(namespace);
+    key.push(':');
+    push_hex(&mut key, digest);
+    key
+}
+
+/// The key of the set listing a resource's variant keys.
+pub fn variants_set_key(resource_key: &str) -> String {
+    let mut key = String::with_capacity(resource_key.len() + VARIANTS_SUFFIX.len());
+    key.push_str(resource_key);
+    key.push_str(VARIANTS_SUFFIX);
+    key
+}
+
+/// The key of the set listing the resources that carry the tag hashing to `digest`.
+pub fn tag_set_key(namespace: &str, digest: &[u8]) -> String {
+    let mut key = String::with_capacity(namespace.len() + 5 + 2 * digest.len());
+    key.push_str(namespace);
+    key.push_str(":tag:");
+    push_hex(&mut key, digest);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        assert_eq!(entry_key("ns", &[0xab, 0x01]), "ns:ab01");
+        assert_eq!(variants_set_key("ns:ab01"), "ns:ab01:v");
+        assert_eq!(tag_set_key("ns", &[0xff]), "ns:tag:ff");
+    }
+}

@@ -1,0 +1,235 @@
+use super::*;
+use crate::store::{Refresh, VariantWrite};
+
+const N: u64 = 0x1234;
+const NONCE: &str = "0000000000001234";
+
+fn path(r: Request<'_>) -> (String, Option<Vec<u8>>) {
+    let Request::Http { path, body, .. } = r;
+    (path, body.map(|b| b.into_owned()))
+}
+
+fn plain_write() -> Write {
+    Write {
+        key: "ns:k".into(),
+        variant: None,
+        ttl_ms: 5000,
+        entry: vec![1, 2],
+        refresh: None,
+        tags: vec![],
+    }
+}
+
+#[test]
+fn args_are_percent_encoded() {
+    let mut s = String::new();
+    encode_arg(&mut s, b"a/b+c.json \0");
+    assert_eq!(s, "a%2Fb%2Bc%2Ejson%20%00");
+}
+
+#[test]
+fn lookup_path_carries_keys_nonce_and_budget() {
+    let cmd = Command::Lookup {
+        keys: vec!["ns:a", "ns:b.c"],
+        inline_bytes: 4096,
+    };
+    let (p, body) = path(encode(N, &cmd));
+    assert!(p.starts_with("/EVAL/local%20o"), "{p}");
+    assert!(p.ends_with(&format!("/2/ns%3Aa/ns%3Ab%2Ec/{NONCE}/4096.raw")), "{p}");
+    assert_eq!(body, None);
+}
+
+#[test]
+fn write_paths() {
+    let w = plain_write();
+    let tagged = Write {
+        tags: vec!["ns:tag:1".into()],
+        ..w.clone()
+    };
+    let variant = Write {
+        variant: Some(VariantWrite {
+            key: "ns:v".into(),
+            record: vec![0, 0xab],
+        }),
+        entry: vec![3, 4, 5],
+        ..w.clone()
+    };
+    let cmd = Command::Write {
+        entries: vec![&w, &tagged, &variant],
+        then_lookup: vec![],
+        inline_bytes: 0,
+    };
+    let (p, body) = path(encode(N, &cmd));
+    assert!(
+        p.ends_with(&format!(
+            "/6/ns%3Ak/ns%3Ak/ns%3Atag%3A1/ns%3Ak/ns%3Av/ns%3Ak%3Av/{NONCE}\
+             /1/5000/0/-/2/2/5000/0/-/2/3/5000/1/00ab/3.raw"
+        )),
+        "{p}"
+    );
+    assert_eq!(body.unwrap(), [1, 2, 1, 2, 3, 4, 5]);
+    // Riding with a lookup: the entries' KEYS, the keys to read, nonce, budget, entries.
+    let cmd = Command::Write {
+        entries: vec![&tagged],
+        then_lookup: vec!["ns:a"],
+        inline_bytes: 99,
+    };
+    let (p, body) = path(encode(N, &cmd));
+    assert!(
+        p.ends_with(&format!("/3/ns%3Ak/ns%3Atag%3A1/ns%3Aa/{NONCE}/99/2/5000/0/-/2.raw")),
+        "{p}"
+    );
+    assert_eq!(body.unwrap(), [1, 2], "a lone entry is sent as it is");
+}
+
+#[test]
+fn refresh_invalidate_purge_piece_paths() {
+    let variant = Write {
+        variant: Some(VariantWrite {
+            key: "ns:v".into(),
+            record: vec![],
+        }),
+        refresh: Some(Refresh {
+            keep: 106,
+            expected_len: 150,
+        }),
+        ..plain_write()
+    };
+    let (p, body) = path(encode(N, &Command::Refresh(&variant)));
+    assert!(p.ends_with(&format!("/2/ns%3Ak/ns%3Av/{NONCE}/5000/106/150.raw")), "{p}");
+    assert_eq!(body.unwrap(), [1, 2]);
+    let keys = vec!["ns:a".to_string(), "ns:b".to_string()];
+    let (p, _) = path(encode(N, &Command::Invalidate(&keys)));
+    assert!(
+        p.ends_with(&format!("/4/ns%3Aa/ns%3Aa%3Av/ns%3Ab/ns%3Ab%3Av/{NONCE}.raw")),
+        "{p}"
+    );
+    let tags = vec!["ns:tag:x".to_string()];
+    let (p, _) = path(encode(N, &Command::PurgeTags(&tags)));
+    assert!(p.ends_with(&format!("/1/ns%3Atag%3Ax/{NONCE}.raw")), "{p}");
+    let piece = Command::Piece {
+        key: "ns:a",
+        total: 100,
+        start: 50,
+        end: 100,
+    };
+    let (p, _) = path(encode(N, &piece));
+    assert!(p.ends_with(&format!("/1/ns%3Aa/{NONCE}/100/50/99.raw")), "{p}");
+}
+
+#[test]
+fn the_variants_suffix_is_the_layouts() {
+    assert!(PURGE_TAGS.concat().contains("p..':v'"));
+}
+
+fn ok(expect: Expect, body: &[u8]) -> Result<Answer, StoreError> {
+    decode(N, expect, Some(200), body)
+}
+
+fn frame(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len() + 1).into_bytes();
+    out.extend_from_slice(format!("$16\r\n{NONCE}\r\n").as_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+#[test]
+fn lookup_answers() {
+    let body = frame(&[b"$3\r\na\0b\r\n", b":0\r\n", b":-1\r\n", b":5000000\r\n", b"$0\r\n\r\n"]);
+    let Ok(Answer::Values(slots)) = ok(Expect::Values(5), &body) else {
+        panic!("{:?}", ok(Expect::Values(5), &body))
+    };
+    assert_eq!(
+        slots,
+        [
+            Slot::Value(31..34),
+            Slot::Missing,
+            Slot::Foreign,
+            Slot::Large(5_000_000),
+            Slot::Missing
+        ]
+    );
+    assert_eq!(&body[31..34], b"a\0b");
+    // A value may hold CRLF: only the length frames it.
+    let body = frame(&[b"$2\r\n\r\n\r\n"]);
+    assert!(matches!(ok(Expect::Values(1), &body), Ok(Answer::Values(_))));
+}
+
+#[test]
+fn riders_answers() {
+    let body = frame(&[b"$2\r\nhi\r\n", b":1\r\n"]);
+    assert!(matches!(
+        ok(Expect::ValuesAndWrites(1), &body),
+        Ok(Answer::ValuesAndWrites(_, Ok(())))
+    ));
+    let body = frame(&[b":0\r\n", b":0\r\n"]);
+    assert_eq!(
+        ok(Expect::ValuesAndWrites(1), &body),
+        Ok(Answer::ValuesAndWrites(
+            vec![Slot::Missing],
+            Err(StoreError::Refused)
+        ))
+    );
+}
+
+#[test]
+fn done_count_and_piece_answers() {
+    let done = format!("$16\r\n{NONCE}\r\n");
+    assert_eq!(ok(Expect::Done, done.as_bytes()), Ok(Answer::Done));
+    assert_eq!(ok(Expect::Count, &frame(&[b":12\r\n"])), Ok(Answer::Count(12)));
+    let piece = frame(&[b"$3\r\nxyz\r\n"]);
+    assert_eq!(ok(Expect::Piece, &piece), Ok(Answer::Piece(Some(31..34))));
+    assert_eq!(ok(Expect::Piece, &frame(&[b":0\r\n"])), Ok(Answer::Piece(None)));
+}
+
+#[test]
+fn another_commands_answer_is_a_mismatch() {
+    let other = "$16\r\n0000000000009999\r\n";
+    assert_eq!(ok(Expect::Done, other.as_bytes()), Err(StoreError::Mismatch));
+    let other_lookup = b"*2\r\n$16\r\n0000000000009999\r\n:0\r\n";
+    assert_eq!(ok(Expect::Values(1), other_lookup), Err(StoreError::Mismatch));
+    // Our nonce, but a lookup's shape where a write's answer was expected.
+    assert_eq!(ok(Expect::Done, &frame(&[b":0\r\n"])), Err(StoreError::Garbage));
+    // A plain GET's answer (the old protocol) is not this command's.
+    assert_eq!(ok(Expect::Values(1), b"$3\r\nabc\r\n"), Err(StoreError::Mismatch));
+}
+
+#[test]
+fn statuses_and_errors() {
+    assert_eq!(decode(N, Expect::Done, Some(503), b""), Err(StoreError::Unavailable));
+    assert_eq!(decode(N, Expect::Done, Some(504), b""), Err(StoreError::Timeout));
+    assert_eq!(decode(N, Expect::Done, Some(403), b""), Err(StoreError::Status(403)));
+    assert_eq!(decode(N, Expect::Done, None, b""), Err(StoreError::Garbage));
+    assert_eq!(ok(Expect::Done, b"-OOM command not allowed\r\n"), Err(StoreError::Refused));
+}
+
+#[test]
+fn garbage_is_garbage() {
+    for body in [
+        &b""[..],
+        b"*",
+        b"*1\r\n",
+        b"*x\r\n",
+        b"$16\r\n0000000000001234",
+        b"*2\r\n$16\r\n0000000000001234\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n$5\r\nabc\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n$3\r\nabcdef\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n:-2\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n:+3\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n$18446744073709551615\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n$99999999999999999999999\r\n",
+        b"*2\r\n$16\r\n0000000000001234\r\n:0\r\nextra",
+        b"*3\r\n$16\r\n0000000000001234\r\n:0\r\n",
+        b"*99999999999999999999999\r\n",
+        b"{\"GET\":\"x\"}",
+    ] {
+        let r = ok(Expect::Values(1), body);
+        assert!(
+            matches!(r, Err(StoreError::Garbage)),
+            "{:?}: {r:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
