@@ -84,6 +84,29 @@ pub struct StoreConfig {
     pub timeout_ms: u64,
     /// Deadline of a write (they can carry megabytes, and nobody waits on them).
     pub publish_timeout_ms: u64,
+    /// Extra wait per MiB for an entry too large for one store answer (read in pieces).
+    pub large_entry_ms_per_mib: u64,
+    /// Consecutive failed store callouts that open the circuit breaker (0: never).
+    pub breaker_failures: u64,
+    /// First period the breaker stays open, ms (doubled per failed probe).
+    pub breaker_backoff_ms: u64,
+    /// Longest period the breaker stays open, ms.
+    pub breaker_max_backoff_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cluster: "fleet_cache_store".into(),
+            authority: "webdis".into(),
+            timeout_ms: 100,
+            publish_timeout_ms: 5_000,
+            large_entry_ms_per_mib: 20,
+            breaker_failures: 5,
+            breaker_backoff_ms: 250,
+            breaker_max_backoff_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -157,7 +180,7 @@ pub const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405,
 // The raw shape, as read from JSON (every field defaulted, unknown fields refused). Kept apart
 // from `Config` so validated types never hold unchecked values.
 struct RawConfig {
-    store: RawStore,
+    store: StoreConfig,
     namespace: String,
     default_ttl_s: u64,
     max_ttl_s: u64,
@@ -209,7 +232,7 @@ impl Default for RawPurge {
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
-            store: RawStore::default(),
+            store: StoreConfig::default(),
             namespace: "default".into(),
             default_ttl_s: 0,
             max_ttl_s: 86_400,
@@ -228,24 +251,6 @@ impl Default for RawConfig {
             tag_header: "surrogate-key".into(),
             purge: RawPurge::default(),
             memory: RawMemory::default(),
-        }
-    }
-}
-
-struct RawStore {
-    cluster: String,
-    authority: String,
-    timeout_ms: u64,
-    publish_timeout_ms: u64,
-}
-
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore {
-            cluster: "fleet_cache_store".into(),
-            authority: "webdis".into(),
-            timeout_ms: 100,
-            publish_timeout_ms: 5_000,
         }
     }
 }
@@ -324,7 +329,7 @@ impl RawConfig {
         let mut raw = RawConfig::default();
         for (k, v) in obj {
             match k.as_str() {
-                "store" => raw.store = RawStore::read(section(v, "store")?)?,
+                "store" => raw.store = StoreConfig::read(section(v, "store")?)?,
                 "namespace" => raw.namespace = fields::string(v, "namespace")?,
                 "default_ttl_s" => raw.default_ttl_s = fields::u64(v, "default_ttl_s")?,
                 "max_ttl_s" => raw.max_ttl_s = fields::u64(v, "max_ttl_s")?,
@@ -378,9 +383,9 @@ impl RawConfig {
     }
 }
 
-impl RawStore {
-    fn read(obj: &Map<String, Value>) -> Result<RawStore, ConfigError> {
-        let mut raw = RawStore::default();
+impl StoreConfig {
+    fn read(obj: &Map<String, Value>) -> Result<StoreConfig, ConfigError> {
+        let mut raw = StoreConfig::default();
         for (k, v) in obj {
             match k.as_str() {
                 "cluster" => raw.cluster = fields::string(v, "store.cluster")?,
@@ -389,11 +394,32 @@ impl RawStore {
                 "publish_timeout_ms" => {
                     raw.publish_timeout_ms = fields::u64(v, "store.publish_timeout_ms")?
                 }
+                "large_entry_ms_per_mib" => {
+                    raw.large_entry_ms_per_mib = fields::u64(v, "store.large_entry_ms_per_mib")?
+                }
+                "breaker_failures" => {
+                    raw.breaker_failures = fields::u64(v, "store.breaker_failures")?
+                }
+                "breaker_backoff_ms" => {
+                    raw.breaker_backoff_ms = fields::u64(v, "store.breaker_backoff_ms")?
+                }
+                "breaker_max_backoff_ms" => {
+                    raw.breaker_max_backoff_ms = fields::u64(v, "store.breaker_max_backoff_ms")?
+                }
                 _ => {
                     return Err(fields::unknown_field(
                         "store",
                         k,
-                        &["cluster", "authority", "timeout_ms", "publish_timeout_ms"],
+                        &[
+                            "cluster",
+                            "authority",
+                            "timeout_ms",
+                            "publish_timeout_ms",
+                            "large_entry_ms_per_mib",
+                            "breaker_failures",
+                            "breaker_backoff_ms",
+                            "breaker_max_backoff_ms",
+                        ],
                     ));
                 }
             }
@@ -499,6 +525,32 @@ impl RawConfig {
             if v > MAX_TIMEOUT_MS {
                 return Err(err(field, format!("must be at most {MAX_TIMEOUT_MS}")));
             }
+        }
+        for (field, v, max) in [
+            (
+                "store.large_entry_ms_per_mib",
+                s.large_entry_ms_per_mib,
+                10_000,
+            ),
+            ("store.breaker_failures", s.breaker_failures, 1_000),
+            (
+                "store.breaker_max_backoff_ms",
+                s.breaker_max_backoff_ms,
+                600_000,
+            ),
+        ] {
+            if v > max {
+                return Err(err(field, format!("must be at most {max}")));
+            }
+        }
+        if s.breaker_backoff_ms == 0 {
+            return Err(err("store.breaker_backoff_ms", "must be at least 1"));
+        }
+        if s.breaker_backoff_ms > s.breaker_max_backoff_ms {
+            return Err(err(
+                "store.breaker_backoff_ms",
+                "must be at most store.breaker_max_backoff_ms",
+            ));
         }
         let ns = &self.namespace;
         if ns.is_empty()
@@ -654,12 +706,7 @@ impl RawConfig {
             ));
         }
         Ok(Config {
-            store: StoreConfig {
-                cluster: self.store.cluster,
-                authority: self.store.authority,
-                timeout_ms: self.store.timeout_ms,
-                publish_timeout_ms: self.store.publish_timeout_ms,
-            },
+            store: self.store,
             namespace: self.namespace,
             default_ttl_s: self.default_ttl_s,
             max_ttl_s: self.max_ttl_s,
@@ -722,6 +769,43 @@ mod tests {
             None
         );
         assert_eq!(parse("{}").unwrap(), c);
+    }
+
+    #[test]
+    fn store_breaker_and_large_entry_fields() {
+        let c = parse(
+            r#"{"store":{"large_entry_ms_per_mib":5,"breaker_failures":0,
+                "breaker_backoff_ms":10,"breaker_max_backoff_ms":20}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.store.large_entry_ms_per_mib, 5);
+        assert_eq!(c.store.breaker_failures, 0);
+        assert_eq!(c.store.breaker_backoff_ms, 10);
+        assert_eq!(c.store.breaker_max_backoff_ms, 20);
+        for (text, field) in [
+            (
+                r#"{"store":{"breaker_backoff_ms":0}}"#,
+                "store.breaker_backoff_ms",
+            ),
+            (
+                r#"{"store":{"breaker_backoff_ms":5000,"breaker_max_backoff_ms":1000}}"#,
+                "store.breaker_backoff_ms",
+            ),
+            (
+                r#"{"store":{"breaker_failures":1001}}"#,
+                "store.breaker_failures",
+            ),
+            (
+                r#"{"store":{"large_entry_ms_per_mib":10001}}"#,
+                "store.large_entry_ms_per_mib",
+            ),
+            (
+                r#"{"store":{"breaker_max_backoff_ms":-1}}"#,
+                "store.breaker_max_backoff_ms",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().field, field, "{text}");
+        }
     }
 
     #[test]
@@ -866,13 +950,16 @@ mod tests {
             (
                 r#"{"store":{"timeout":5}}"#,
                 "store.timeout: unknown field `timeout`, expected one of `cluster`, \
-                 `authority`, `timeout_ms`, `publish_timeout_ms`",
+                 `authority`, \
+                 `timeout_ms`, `publish_timeout_ms`, `large_entry_ms_per_mib`, `breaker_failures`, \
+                 `breaker_backoff_ms`, `breaker_max_backoff_ms`",
             ),
             // Fields are taken in the object's (sorted) order: the first error is serde's.
             (
                 r#"{"store":{"timeout_ms":"x","bogus":1}}"#,
                 "store.bogus: unknown field `bogus`, expected one of `cluster`, `authority`, \
-                 `timeout_ms`, `publish_timeout_ms`",
+                 `timeout_ms`, `publish_timeout_ms`, `large_entry_ms_per_mib`, `breaker_failures`, \
+                 `breaker_backoff_ms`, `breaker_max_backoff_ms`",
             ),
             (
                 r#"{"max_ttl_s":"x","default_ttl_s":"y"}"#,

@@ -10,6 +10,7 @@ pub mod conditional;
 pub mod config;
 pub mod entry;
 pub mod flow;
+pub mod header_map;
 pub mod http;
 pub mod key;
 pub mod memory;

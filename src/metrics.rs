@@ -30,10 +30,14 @@ pub enum Counter {
     PublishRetries,
     PublishDropped,
     BytesStored,
+    StoreSkipped,
+    StoreMismatches,
+    BreakerOpenings,
+    LargeEntryReads,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -55,6 +59,10 @@ impl Counter {
         Counter::PublishRetries,
         Counter::PublishDropped,
         Counter::BytesStored,
+        Counter::StoreSkipped,
+        Counter::StoreMismatches,
+        Counter::BreakerOpenings,
+        Counter::LargeEntryReads,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +88,10 @@ impl Counter {
             Counter::PublishRetries => "fleet_cache_publish_retries",
             Counter::PublishDropped => "fleet_cache_publish_dropped",
             Counter::BytesStored => "fleet_cache_bytes_stored",
+            Counter::StoreSkipped => "fleet_cache_store_skipped",
+            Counter::StoreMismatches => "fleet_cache_store_mismatches",
+            Counter::BreakerOpenings => "fleet_cache_store_breaker_openings",
+            Counter::LargeEntryReads => "fleet_cache_large_entry_reads",
         }
     }
 
@@ -87,6 +99,9 @@ impl Counter {
         self as usize
     }
 }
+
+/// Worker VMs whose store circuit breaker is open (each adds 1 while open): a gauge.
+pub const BREAKER_OPEN_GAUGE: &str = "fleet_cache_store_breaker_open";
 
 /// The counters a flow event moves (a store timeout is also a store error).
 pub fn counters_for(event: Event) -> &'static [Counter] {
@@ -96,6 +111,8 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::Miss => &[Counter::Misses],
         Event::Bypass => &[Counter::Bypasses],
         Event::StoreError(StoreError::Timeout) => &[Counter::StoreErrors, Counter::StoreTimeouts],
+        // Not an error of this request's lookup: the store was not asked.
+        Event::StoreError(StoreError::BreakerOpen) => &[Counter::StoreSkipped],
         Event::StoreError(_) => &[Counter::StoreErrors],
         Event::CorruptEntry(_) | Event::KeyMismatch => &[Counter::CorruptEntries],
         Event::NotStored(_) => &[Counter::NotStored],

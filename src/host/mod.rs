@@ -1,77 +1,116 @@
 //! The proxy-wasm adapter: translates host callbacks into core events and core decisions into
-//! host calls. No cache logic lives here.
+//! host calls. No cache logic lives here, and no transport: store commands come out of the
+//! [`Outbox`] as [`Request`]s, sent as they say.
+//!
+//! Every host call goes through `abi` (which returns the host's status instead of panicking),
+//! and no `RefCell` borrow is held across a host call that can call back into the VM.
 
-pub mod lookup;
+pub mod abi;
 pub mod root;
+pub mod serve;
 pub mod stream;
 pub mod wake;
 
 use crate::config::Config;
 use crate::flow::{Flow, Worker};
-use crate::lookups::Lookups;
-use crate::metrics::Counter;
-use crate::publish::PublishQueue;
-use crate::store::webdis::Callout;
+use crate::metrics::{BREAKER_OPEN_GAUGE, Counter};
+use crate::outbox::{self, Outbox};
+use crate::store::Request;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MetricType, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use wake::Wake;
+
+/// A stream waiting for the store: its flow, and when its request arrived (its deadline runs
+/// from there).
+pub struct Waiter {
+    pub flow: Rc<RefCell<Flow>>,
+    pub arrived_ms: u64,
+}
 
 /// What a VM's root context shares with its streams.
 pub struct Shared {
     pub config: Rc<Config>,
     pub metrics: Metrics,
-    pub queue: RefCell<PublishQueue>,
+    /// What goes to the store when, and what comes back.
+    pub outbox: RefCell<Outbox>,
     /// The recording budget and the in-proxy tier, shared by the worker's flows.
     pub worker: Rc<Worker>,
-    /// Whether the root's tick is armed. Re-arming resets Envoy's timer, so a stream of
-    /// publishes less than a tick apart must not keep pushing the tick back.
-    pub ticking: Cell<bool>,
-    /// Lookups waiting to be sent or answered, batched by the root.
-    pub lookups: RefCell<Lookups>,
-    /// The flows of the streams waiting for a lookup, by context id: the root hands them
-    /// the answer. A stream that ends removes itself.
-    pub waiting: RefCell<HashMap<u32, Rc<RefCell<Flow>>>>,
-    /// Wakes the root to send lookups and writes now.
+    /// The streams waiting for the store, by context id: the root hands them their reply. A
+    /// stream that ends removes itself.
+    pub waiting: RefCell<HashMap<u32, Waiter>>,
+    /// Wakes the root to send now.
     pub wake: Wake,
     /// The root context's id: host calls made on a stream's behalf must be switched back.
     pub root_id: u32,
+    /// When the root's timer fires next (unix ms; `u64::MAX`: not armed).
+    pub timer_at: Cell<u64>,
+    /// When counters were last handed to the host.
+    pub flushed_at: Cell<u64>,
 }
 
+/// How often counters reach Envoy's stats at most late.
+pub const METRICS_FLUSH_MS: u64 = 100;
+
 impl Shared {
-    /// Whether the next write waits to ride with the next lookup batch: it is small and a
-    /// batch the root sent is out, whose answer sends the next one.
-    pub fn write_waits_for_ride(&self) -> bool {
-        self.lookups.borrow().root_in_flight()
-            && self.queue.borrow().holds_for_ride(lookup::MAX_RIDER_BYTES)
+    pub fn new(config: Config, root_id: u32, seed: u64) -> Shared {
+        // The queue may hold a few full recordings beyond what is in flight.
+        let max_queue_bytes = (4 * config.max_body_bytes).max(64 << 20);
+        let s = &config.store;
+        let settings = outbox::Settings {
+            lookup_timeout_ms: s.timeout_ms,
+            write_timeout_ms: s.publish_timeout_ms,
+            large_ms_per_mib: s.large_entry_ms_per_mib,
+            // An entry is its body plus metadata: headers, chunk lengths, key material.
+            max_value_bytes: config.max_body_bytes as u64 + (1 << 20),
+            max_queue_bytes,
+            breaker: outbox::breaker::BreakerSettings {
+                failures: s.breaker_failures as u32,
+                backoff_ms: s.breaker_backoff_ms,
+                max_backoff_ms: s.breaker_max_backoff_ms,
+            },
+        };
+        Shared {
+            metrics: Metrics::define(),
+            outbox: RefCell::new(Outbox::new(settings, seed)),
+            worker: Worker::new(&config),
+            waiting: RefCell::default(),
+            wake: Wake::register(),
+            root_id,
+            timer_at: Cell::new(u64::MAX),
+            flushed_at: Cell::new(0),
+            config: Rc::new(config),
+        }
     }
 
-    /// Has the root send pending lookups and writes as soon as this callback returns.
-    pub fn wake(&self) {
+    /// Has the root send what waits as soon as this callback returns (or on the next tick,
+    /// where the host has no shared queues).
+    pub fn wake(&self, now_ms: u64) {
         if !self.wake.wake() {
-            self.tick_publisher();
+            self.arm_timer(now_ms, Some(now_ms + 1));
         }
     }
 
-    /// Arms the root's tick unless it already is (writes to retry). Callable from any context
-    /// of the VM: the host applies it to the root context.
-    pub fn tick_publisher(&self) {
-        if !self.ticking.replace(true) {
-            let _ = hostcalls::set_tick_period(PUBLISH_TICK);
-        }
-    }
-
-    /// Back to the slow tick that flushes counters (nothing to publish), unless a stream's
-    /// wake-up is still owed by the fast tick (no shared queue).
-    pub fn idle_publisher(&self) {
-        if self.wake.owed_by_tick() {
-            return;
-        }
-        if self.ticking.replace(false) {
-            let _ = hostcalls::set_tick_period(METRICS_FLUSH);
+    /// Arms the root's timer for the earliest of: what the outbox waits for, the next counter
+    /// flush, and `also`. Only ever brings the timer forward (re-arming resets the host's
+    /// timer: a stream of arrivals must not keep pushing a deadline back), except from the
+    /// tick itself, which re-arms whatever comes next.
+    pub fn arm_timer(&self, now_ms: u64, also: Option<u64>) {
+        let next = self.outbox.try_borrow().ok().and_then(|o| o.poll_timeout());
+        let flush = self.flushed_at.get() + METRICS_FLUSH_MS;
+        let at = [next, also, Some(flush)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(flush)
+            .max(now_ms + 1);
+        if at < self.timer_at.get() {
+            let period = u32::try_from(at - now_ms).unwrap_or(u32::MAX);
+            if abi::set_tick_period(period).is_ok() {
+                self.timer_at.set(at);
+            }
         }
     }
 }
@@ -80,21 +119,22 @@ impl Shared {
 ///
 /// A host call per counter per request cost in-proxy hits ~15% of their throughput (measured:
 /// bench A/B), so counts accumulate in the VM and the root flushes them every
-/// [`METRICS_FLUSH`]: Envoy's stats lag by at most that.
+/// [`METRICS_FLUSH_MS`]: Envoy's stats lag by at most that.
 pub struct Metrics {
     ids: Vec<Option<u32>>,
     pending: Vec<Cell<u64>>,
+    breaker_gauge: Option<u32>,
 }
 
 impl Metrics {
     pub fn define() -> Metrics {
-        let ids = Counter::ALL
-            .iter()
-            .map(|c| hostcalls::define_metric(MetricType::Counter, c.name()).ok())
-            .collect();
         Metrics {
-            ids,
+            ids: Counter::ALL
+                .iter()
+                .map(|c| abi::define_metric(c.name(), false))
+                .collect(),
             pending: Counter::ALL.iter().map(|_| Cell::new(0)).collect(),
+            breaker_gauge: abi::define_metric(BREAKER_OPEN_GAUGE, true),
         }
     }
 
@@ -104,53 +144,40 @@ impl Metrics {
         }
     }
 
+    /// This worker's breaker opened (+1) or closed (-1).
+    pub fn breaker(&self, delta: i64) {
+        if let Some(id) = self.breaker_gauge {
+            abi::increment_metric(id, delta);
+        }
+    }
+
     /// Hands the accumulated counts to the host.
     pub fn flush(&self) {
         for (id, pending) in self.ids.iter().zip(&self.pending) {
             let n = pending.replace(0);
             if let (Some(id), true) = (id, n > 0) {
-                let _ = hostcalls::increment_metric(*id, n as i64);
+                abi::increment_metric(*id, n as i64);
             }
         }
     }
 }
 
-/// How often counters reach Envoy's stats (and the idle period of the root's tick).
-pub const METRICS_FLUSH: Duration = Duration::from_millis(100);
-
-/// Sends a store command to the store cluster from the context being called (its answer
-/// comes back to that context).
-pub fn dispatch_store(
-    cfg: &Config,
-    callout: &Callout,
-    body: Option<&[u8]>,
-    timeout_ms: u64,
-) -> Result<u32, Status> {
+/// Sends a store request from the context being called (its answer comes back to that
+/// context); the host's token, or `None` if it refused.
+pub fn dispatch(cfg: &Config, request: &Request<'_>, timeout_ms: u64) -> Option<u32> {
+    let Request::Http { method, path, body } = request;
     hostcalls::dispatch_http_call(
         &cfg.store.cluster,
         vec![
-            (":method", callout.method),
-            (":path", &callout.path),
+            (":method", method),
+            (":path", path),
             (":authority", &cfg.store.authority),
         ],
-        body,
+        body.as_deref(),
         vec![],
         Duration::from_millis(timeout_ms),
     )
-}
-
-/// Ticks retry writes the host refused to dispatch; idle VMs don't tick.
-pub const PUBLISH_TICK: Duration = Duration::from_millis(1);
-
-/// The host's clock in Unix milliseconds (0 if the host can't tell).
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time().map(unix_ms).unwrap_or(0)
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    .ok()
 }
 
 /// Host header pairs with byte values -> strings; `None` if any value is not UTF-8 (the host

@@ -1,23 +1,23 @@
-//! One request's context: feeds the flow and carries out its steps. The lookup callout is
-//! dispatched from here (its answer must come back to this request); writes go to the root's
-//! queue.
+//! One request's context: feeds the flow and carries out its steps. Store work goes to the
+//! worker's outbox (sent by the root); the root hands this stream its reply.
 
-use super::{Shared, dispatch_store, lookup, now_ms, utf8_pairs};
-use crate::flow::{Flow, LookupStep, OwnedReply, PurgeCommand, RequestStep, Source};
+use super::serve::pursue;
+use super::{Shared, Waiter, abi, utf8_pairs};
+use crate::flow::{Flow, OwnedReply, RequestStep, Source};
 use crate::http::{RequestHead, ResponseHead};
 use crate::metrics::{self, Counter};
-use crate::store::{StoreError, StoreWrite, webdis};
-use proxy_wasm::hostcalls;
+use crate::outbox::Reply;
+use crate::store::{StoreError, StoreWrite};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct CacheStream {
-    /// This stream's context id: how the root finds it to hand over a lookup's answer.
+    /// This stream's context id: how the root finds it to hand over a reply.
     id: u32,
     shared: Rc<Shared>,
-    /// Shared with the root while a lookup is out (see [`Shared::waiting`]).
+    /// Shared with the root while the stream waits for the store.
     flow: Rc<RefCell<Flow>>,
     /// False when the request was passed through without the flow (a header the host
     /// can't hand back as text): every later callback is then a no-op.
@@ -39,34 +39,29 @@ impl CacheStream {
         count_events(&self.shared, &self.flow);
     }
 
-    /// Sends a purge; returns false when it could not even be dispatched. The client waits
-    /// for it, but it is a write: it gets the write deadline.
-    fn dispatch_purge(&self, purge: &PurgeCommand) -> bool {
-        let cfg = &self.shared.config;
-        let callout = match purge {
-            PurgeCommand::Resources(keys) => webdis::invalidate(keys),
-            PurgeCommand::Tags(keys) => webdis::purge_tags(keys),
-        };
-        dispatch_store(cfg, &callout, None, cfg.store.publish_timeout_ms).is_ok()
-    }
-
-    fn publish(&self, write: StoreWrite) {
-        let pushed = self.shared.queue.borrow_mut().push(write);
-        if pushed {
-            // The root sends the write from its own context, right after this callback; a
-            // write that waits for the batch out, or to ride with the next lookups, is sent
-            // by that batch's answer.
-            let ready = self.shared.queue.borrow().can_send();
-            if ready && !self.shared.write_waits_for_ride() {
-                self.shared.wake();
-            }
+    fn publish(&self, write: StoreWrite, now_ms: u64) {
+        let queued = self
+            .shared
+            .outbox
+            .try_borrow_mut()
+            .is_ok_and(|mut o| o.write(write));
+        if queued {
+            self.shared.wake(now_ms);
         } else {
             self.shared.metrics.add(Counter::PublishDropped, 1);
         }
     }
+
+    /// The stream is over (answered or reset): nothing is answered to it any more.
+    fn leave(&self) {
+        self.shared.waiting.borrow_mut().remove(&self.id);
+        if let Ok(mut o) = self.shared.outbox.try_borrow_mut() {
+            o.stream_gone(self.id);
+        }
+    }
 }
 
-fn count_events(shared: &Shared, flow: &RefCell<Flow>) {
+pub fn count_events(shared: &Shared, flow: &RefCell<Flow>) {
     for event in flow.borrow_mut().take_events() {
         for c in metrics::counters_for(event) {
             shared.metrics.add(*c, 1);
@@ -74,93 +69,14 @@ fn count_events(shared: &Shared, flow: &RefCell<Flow>) {
     }
 }
 
-fn send_owned(reply: &OwnedReply) {
-    let headers = reply
+/// A local reply on the effective context.
+pub fn send_owned(reply: &OwnedReply) {
+    let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    send_reply(reply.status, headers, &reply.body);
-}
-
-/// A local reply on the effective context: Envoy adds content-length (and, for HEAD, omits
-/// the body).
-fn send_reply(status: u16, headers: Vec<(&str, &str)>, body: &[u8]) {
-    let _ = hostcalls::send_http_response(status as u32, headers, Some(body));
-}
-
-/// Where a step is carried out from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum From {
-    /// The stream's own callback.
-    Stream,
-    /// Another context's callback (the receiver of a lookup answer), on the stream's behalf.
-    Other,
-}
-
-/// Carries out a lookup step for stream `id` (the effective context). Returns true when the
-/// request stays paused.
-fn proceed(
-    shared: &Shared,
-    id: u32,
-    flow: &Rc<RefCell<Flow>>,
-    step: LookupStep<'_>,
-    from: From,
-) -> bool {
-    match step {
-        LookupStep::Lookup(key) => {
-            shared.waiting.borrow_mut().insert(id, flow.clone());
-            let idle = shared.lookups.borrow().is_idle();
-            if shared.lookups.borrow_mut().request(id, key) {
-                if idle && from == From::Stream {
-                    // Nothing to batch with: sent now, from here, without a hop.
-                    lookup::send_from_stream(shared, id);
-                } else {
-                    // The root sends it, batched with whatever else waits.
-                    shared.wake();
-                }
-            }
-            true
-        }
-        LookupStep::Respond(reply) => {
-            send_reply(
-                reply.status,
-                reply.headers.iter().collect(),
-                reply.body.bytes(),
-            );
-            true
-        }
-        LookupStep::Revalidate(conditions) => {
-            // The request is still held: its headers can change before it goes on.
-            for (name, value) in &conditions {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-            }
-            false
-        }
-        LookupStep::Continue => false,
-    }
-}
-
-/// Carries out a step that arrived while the request was paused (the store's answer), and
-/// releases the request unless the step keeps it.
-pub fn carry_on(shared: &Shared, id: u32, flow: &Rc<RefCell<Flow>>, step: LookupStep<'_>) {
-    let paused = proceed(shared, id, flow, step, From::Other);
-    count_events(shared, flow);
-    if !paused {
-        let _ = hostcalls::resume_http_request();
-    }
-}
-
-impl CacheStream {
-    /// The stream is over (answered or reset): nothing may be sent on its behalf any more,
-    /// and the lookups it sent itself will never be answered to it, so the streams that
-    /// joined them are handed to the root.
-    fn leave(&self) {
-        self.shared.waiting.borrow_mut().remove(&self.id);
-        if self.shared.lookups.borrow_mut().orphaned(self.id) {
-            self.shared.wake();
-        }
-    }
+    let _ = abi::send_reply(reply.status, &headers, &reply.body);
 }
 
 impl Drop for CacheStream {
@@ -170,60 +86,61 @@ impl Drop for CacheStream {
 }
 
 impl Context for CacheStream {
-    /// A lookup this stream sent itself, or a purge.
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let status = self
-            .get_http_call_response_header_bytes(":status")
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
-        if lookup::answered_at_stream(&self.shared, token, status, &body, self.id) {
-            return;
-        }
-        if !self.flow.borrow().is_awaiting_purge() {
-            return;
-        }
-        let result = webdis::parse_count(status, &body);
-        let reply = self.flow.borrow_mut().handle_purge_reply(result);
-        send_owned(&reply);
-        self.count_events();
-    }
+    // Every callout is the root's: nothing comes back to a stream.
 }
 
 impl HttpContext for CacheStream {
     fn on_http_request_headers(&mut self, _: usize, _end_of_stream: bool) -> Action {
-        let (pairs, all_utf8) = utf8_pairs(self.get_http_request_headers_bytes());
+        let Ok(pairs) = abi::headers(abi::Map::Request) else {
+            return Action::Continue;
+        };
+        let (pairs, all_utf8) = utf8_pairs(pairs);
         if !all_utf8 {
             return Action::Continue;
         }
         self.active = true;
+        let now = abi::now_ms();
         let step = self
             .flow
             .borrow_mut()
-            .handle_request_headers(now_ms(), RequestHead::from_pairs(pairs));
+            .handle_request_headers(now, RequestHead::from_pairs(pairs));
         let shared = &self.shared;
+        let waiter = Waiter {
+            flow: self.flow.clone(),
+            arrived_ms: now,
+        };
         let paused = match step {
-            RequestStep::Lookup(key) => proceed(
+            RequestStep::Lookup(key) => pursue(
                 shared,
                 self.id,
-                &self.flow,
-                LookupStep::Lookup(key),
-                From::Stream,
+                &waiter,
+                crate::flow::LookupStep::Lookup(key),
+                now,
             ),
+            RequestStep::Decided(step) => pursue(shared, self.id, &waiter, step, now),
             RequestStep::Continue => false,
             RequestStep::Reply(reply) => {
                 send_owned(&reply);
                 true
             }
-            RequestStep::Decided(step) => proceed(shared, self.id, &self.flow, step, From::Stream),
             RequestStep::Purge(purge) => {
-                if !self.dispatch_purge(&purge) {
-                    let reply = self
-                        .flow
-                        .borrow_mut()
-                        .handle_purge_reply(Err(StoreError::Dispatch));
-                    send_owned(&reply);
+                let immediate = match shared.outbox.try_borrow_mut() {
+                    Ok(mut o) => o.purge(self.id, purge),
+                    Err(_) => Some(Reply::Purge(Err(StoreError::Busy))),
+                };
+                match immediate {
+                    Some(reply) => {
+                        let result = match reply {
+                            Reply::Purge(result) => result,
+                            Reply::Lookup(_) => Err(StoreError::Garbage),
+                        };
+                        let reply = self.flow.borrow_mut().handle_purge_reply(result);
+                        send_owned(&reply);
+                    }
+                    None => {
+                        shared.waiting.borrow_mut().insert(self.id, waiter);
+                        shared.wake(now);
+                    }
                 }
                 true
             }
@@ -240,7 +157,11 @@ impl HttpContext for CacheStream {
         if !self.active || self.flow.borrow().is_serving_hit() {
             return Action::Continue;
         }
-        let (pairs, all_utf8) = utf8_pairs(self.get_http_response_headers_bytes());
+        let Ok(pairs) = abi::headers(abi::Map::Response) else {
+            self.flow.borrow_mut().abort_recording();
+            return Action::Continue;
+        };
+        let (pairs, all_utf8) = utf8_pairs(pairs);
         let mut resp = ResponseHead::default();
         for (name, value) in pairs {
             if name == ":status" {
@@ -249,29 +170,29 @@ impl HttpContext for CacheStream {
                 resp.headers.push((name, value));
             }
         }
-        let via_upstream = self
-            .get_property(vec!["response", "code_details"])
-            .is_some_and(|d| d == b"via_upstream");
+        let via_upstream =
+            abi::property(&["response", "code_details"]).is_some_and(|d| d == b"via_upstream");
         let source = match (via_upstream, all_utf8) {
             (false, _) => Source::Envoy,
             (true, false) => Source::Unreplayable,
             (true, true) => Source::Origin,
         };
+        let now = abi::now_ms();
         let step =
             self.flow
                 .borrow_mut()
-                .handle_response_headers(now_ms(), &resp, end_of_stream, source);
+                .handle_response_headers(now, &resp, end_of_stream, source);
         if let Some(cs) = step.cache_status {
-            self.set_http_response_header("cache-status", Some(&cs));
+            let _ = abi::set_header(abi::Map::Response, "cache-status", Some(&cs));
         }
         if let Some(name) = step.remove_header {
-            self.set_http_response_header(&name, None);
+            let _ = abi::set_header(abi::Map::Response, &name, None);
         }
         if let Some(write) = step.publish {
-            self.publish(StoreWrite::Entry(write));
+            self.publish(StoreWrite::Entry(write), now);
         }
         if !step.invalidate.is_empty() {
-            self.publish(StoreWrite::Invalidate(step.invalidate));
+            self.publish(StoreWrite::Invalidate(step.invalidate), now);
         }
         self.count_events();
         if let Some(reply) = step.respond {
@@ -290,9 +211,9 @@ impl HttpContext for CacheStream {
         // Continue (never Pause): the chunk goes on to the client at once and the buffer holds
         // only the new bytes (PLATFORM.md).
         let chunk = if body_size > 0 {
-            match self.get_http_response_body(0, body_size) {
-                Some(c) => c,
-                None => {
+            match abi::buffer(abi::Buffer::ResponseBody, 0, body_size) {
+                Ok(Some(c)) => c,
+                _ => {
                     // A hole in the recording would be a wrong body on every hit.
                     self.flow.borrow_mut().abort_recording();
                     self.count_events();
@@ -307,7 +228,7 @@ impl HttpContext for CacheStream {
             .borrow_mut()
             .handle_response_body(&chunk, end_of_stream);
         if let Some(write) = write {
-            self.publish(StoreWrite::Entry(write));
+            self.publish(StoreWrite::Entry(write), abi::now_ms());
         }
         self.count_events();
         Action::Continue

@@ -8,10 +8,9 @@
 //! twice would deliver to the last registrant only.
 //!
 //! Where the host refuses shared queues (a restricted capability set), the root's tick is the
-//! wake-up instead: one tick period later. The SDK's shared-queue calls panic (trapping the
+//! wake-up instead: one millisecond later. The SDK's shared-queue calls panic (trapping the
 //! VM) on the status a restricted call returns, so the three calls are made here directly.
 
-use super::PUBLISH_TICK;
 use log::warn;
 use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
@@ -70,7 +69,7 @@ impl Wake {
         if queue.is_none() {
             warn!(
                 "fleet-cache: no shared queue (a restricted capability?); lookups and writes \
-                 wait for the root's {PUBLISH_TICK:?} tick instead"
+                 wait for the root's next tick (1 ms) instead"
             );
         }
         Wake {
@@ -86,12 +85,6 @@ impl Wake {
             return true;
         }
         self.queue.is_some_and(enqueue_empty)
-    }
-
-    /// Whether a wake-up was asked of the tick (no queue) and has not happened yet: the
-    /// tick must stay fast until it does.
-    pub fn owed_by_tick(&self) -> bool {
-        self.queue.is_none() && self.armed.get()
     }
 
     /// The root is awake: empties the queue and lets the next work wake it again.

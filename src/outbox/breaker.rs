@@ -65,7 +65,10 @@ impl Breaker {
     pub fn admit_lookup(&mut self, now_ms: u64) -> Admit {
         match self.state {
             State::Closed { .. } => Admit::Yes,
-            State::Open { until_ms, backoff_ms } if now_ms >= until_ms => {
+            State::Open {
+                until_ms,
+                backoff_ms,
+            } if now_ms >= until_ms => {
                 self.state = State::Probing { backoff_ms };
                 Admit::Probe
             }
@@ -128,7 +131,11 @@ impl Breaker {
     fn open(&mut self, now_ms: u64, backoff_ms: u64) {
         // Between half and all of the backoff.
         let half = backoff_ms / 2;
-        let jitter = if half == 0 { 0 } else { self.next() % (half + 1) };
+        let jitter = if half == 0 {
+            0
+        } else {
+            self.next() % (half + 1)
+        };
         self.state = State::Open {
             until_ms: now_ms.saturating_add(backoff_ms - half + jitter),
             backoff_ms,
@@ -175,7 +182,10 @@ mod tests {
         assert_eq!(b.admit_lookup(10), Admit::No);
         assert!(!b.admits_writes());
         let until = open_until(&b);
-        assert!((510..=1010).contains(&until), "jittered within the backoff: {until}");
+        assert!(
+            (510..=1010).contains(&until),
+            "jittered within the backoff: {until}"
+        );
     }
 
     #[test]
@@ -230,13 +240,7 @@ mod tests {
 
     #[test]
     fn zero_failures_never_opens() {
-        let mut b = Breaker::new(
-            BreakerSettings {
-                failures: 0,
-                ..S
-            },
-            1,
-        );
+        let mut b = Breaker::new(BreakerSettings { failures: 0, ..S }, 1);
         for _ in 0..100 {
             assert_eq!(b.failure(0, false), None);
         }

@@ -119,7 +119,10 @@ pub enum Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Note {
     /// A write landed (`rode`: in a lookup batch's callout).
-    Published { bytes: usize, rode: bool },
+    Published {
+        bytes: usize,
+        rode: bool,
+    },
     WriteRetrying(StoreError),
     WriteFailed(StoreError),
     /// An answer that echoed another command's nonce.
@@ -316,10 +319,13 @@ impl Outbox {
             self.deadlines.insert(stream, deadline.max(extended));
             return None;
         }
-        let out = self.flights.values_mut().filter_map(|f| match &mut f.carries {
-            Carries::Lookup { wants, .. } => Some(wants.iter_mut()),
-            _ => None,
-        });
+        let out = self
+            .flights
+            .values_mut()
+            .filter_map(|f| match &mut f.carries {
+                Carries::Lookup { wants, .. } => Some(wants.iter_mut()),
+                _ => None,
+            });
         if let Some(w) = out
             .flatten()
             .chain(self.pending.iter_mut())
@@ -369,7 +375,13 @@ impl Outbox {
 
     /// The answer to a callout: its status and body, or `None` when the host could not hand
     /// the body over (the answer failed after it started arriving).
-    pub fn answered(&mut self, now_ms: u64, token: u32, status: Option<u16>, body: Option<Vec<u8>>) {
+    pub fn answered(
+        &mut self,
+        now_ms: u64,
+        token: u32,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+    ) {
         // Unknown: a callout given up on, whose answer is no one's any more.
         let Some(nonce) = self.tokens.remove(&token) else {
             return;
@@ -504,15 +516,23 @@ impl Outbox {
         }
         if let Some((stream, purge)) = self.purges.pop_front() {
             if self.breaker.admits_writes() {
-                return Some((Carries::Purge { stream, purge }, self.settings.write_timeout_ms));
+                return Some((
+                    Carries::Purge { stream, purge },
+                    self.settings.write_timeout_ms,
+                ));
             }
             self.replies
                 .push_back((stream, Reply::Purge(Err(StoreError::BreakerOpen))));
             return self.next_carries(now_ms);
         }
-        let lookups_out = self.flights.values().filter(|f| f.carries.is_lookup()).count();
+        let lookups_out = self
+            .flights
+            .values()
+            .filter(|f| f.carries.is_lookup())
+            .count();
         let may_look = !self.pending.is_empty()
-            && (lookups_out == 0 || (self.pending.len() >= MAX_KEYS && lookups_out < MAX_IN_FLIGHT));
+            && (lookups_out == 0
+                || (self.pending.len() >= MAX_KEYS && lookups_out < MAX_IN_FLIGHT));
         if may_look {
             let n = self.pending.len().min(MAX_KEYS);
             let wants: Vec<Want> = self.pending.drain(..n).collect();

@@ -56,10 +56,6 @@ fn bulk(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(format!(":{n}\r\n").as_bytes());
-}
-
 impl Redis {
     /// Runs a Webdis request; returns its `.raw` answer.
     fn run(&mut self, req: &Request<'_>) -> Vec<u8> {
@@ -82,9 +78,9 @@ impl Redis {
         let nonce = argv[0].clone();
         let num = |a: &Vec<u8>| -> i64 { std::str::from_utf8(a).unwrap().parse().unwrap() };
         let mut out = Vec::new();
-        if script.starts_with("local o={ARGV[1]}") {
+        if script.starts_with("local o={ARGV[1],''}") {
             let budget = num(&argv[1]);
-            out.extend_from_slice(format!("*{}\r\n", keys.len() + 1).as_bytes());
+            out.extend_from_slice(format!("*{}\r\n", keys.len() + 2).as_bytes());
             bulk(&mut out, &nonce);
             self.lookup(&mut out, &keys, budget);
         } else if script.starts_with("local s=2") {
@@ -92,10 +88,10 @@ impl Redis {
             bulk(&mut out, &nonce);
         } else if script.starts_with("local s=3") {
             let used = self.set_entries(&keys, &argv[2..]);
-            out.extend_from_slice(format!("*{}\r\n", keys.len() - used + 2).as_bytes());
+            out.extend_from_slice(format!("*{}\r\n", keys.len() - used + 3).as_bytes());
             bulk(&mut out, &nonce);
             self.lookup(&mut out, &keys[used..], num(&argv[1]));
-            int(&mut out, 1);
+            bulk(&mut out, b"1");
         } else if script.starts_with("local l=") {
             let (total, start, last) = (num(&argv[1]), num(&argv[2]), num(&argv[3]));
             out.extend_from_slice(b"*2\r\n");
@@ -104,7 +100,7 @@ impl Redis {
                 Some(v) if v.len() as i64 == total => {
                     bulk(&mut out, &v[start as usize..=last as usize])
                 }
-                _ => int(&mut out, 0),
+                _ => bulk(&mut out, b""),
             }
         } else if script.starts_with("local n=0 for i=1") {
             let mut n = 0;
@@ -116,7 +112,7 @@ impl Redis {
             }
             out.extend_from_slice(b"*2\r\n");
             bulk(&mut out, &nonce);
-            int(&mut out, n);
+            bulk(&mut out, n.to_string().as_bytes());
         } else if script.starts_with("local n=0 for _,t") {
             let mut n = 0;
             for t in &keys {
@@ -129,7 +125,7 @@ impl Redis {
             }
             out.extend_from_slice(b"*2\r\n");
             bulk(&mut out, &nonce);
-            int(&mut out, n);
+            bulk(&mut out, n.to_string().as_bytes());
         } else if script.starts_with("local k=KEYS[#KEYS]") {
             let k = keys.last().unwrap();
             let (keep, expected) = (num(&argv[2]) as usize, num(&argv[3]) as usize);
@@ -146,21 +142,30 @@ impl Redis {
         out
     }
 
+    /// As Webdis frames the script's answer: every element a bulk string.
     fn lookup(&self, out: &mut Vec<u8>, keys: &[String], mut budget: i64) {
+        let mut letters = Vec::new();
+        let mut slots = Vec::new();
         for k in keys {
-            if self.hashes.contains(k) {
-                int(out, -1);
-                continue;
-            }
-            match self.strings.get(k) {
-                None => int(out, 0),
-                Some(v) if v.is_empty() => int(out, 0),
-                Some(v) if v.len() as i64 > budget => int(out, v.len() as i64),
-                Some(v) => {
-                    budget -= v.len() as i64;
-                    bulk(out, v)
+            let (letter, slot) = if self.hashes.contains(k) {
+                (b'f', Vec::new())
+            } else {
+                match self.strings.get(k) {
+                    None => (b'm', Vec::new()),
+                    Some(v) if v.is_empty() => (b'm', Vec::new()),
+                    Some(v) if v.len() as i64 > budget => (b'l', v.len().to_string().into_bytes()),
+                    Some(v) => {
+                        budget -= v.len() as i64;
+                        (b'v', v.clone())
+                    }
                 }
-            }
+            };
+            letters.push(letter);
+            slots.push(slot);
+        }
+        bulk(out, &letters);
+        for s in slots {
+            bulk(out, &s);
         }
     }
 
@@ -248,10 +253,7 @@ impl Sim {
 
     /// Sends everything the outbox lets go, and collects replies and notes.
     fn pump(&mut self) {
-        loop {
-            let Some(o) = self.outbox.poll_send(self.now) else {
-                break;
-            };
+        while let Some(o) = self.outbox.poll_send(self.now) {
             let nonce = o.nonce;
             let token = (!self.refuse).then(|| {
                 let t = self.next_token;
@@ -305,7 +307,8 @@ impl Sim {
             self.out.drain(..).partition(|c| c.deadline <= self.now);
         self.out = kept;
         for c in late {
-            self.outbox.answered(self.now, c.token, Some(504), Some(Vec::new()));
+            self.outbox
+                .answered(self.now, c.token, Some(504), Some(Vec::new()));
         }
         self.outbox.handle_timeout(self.now);
         self.pump();
@@ -440,7 +443,7 @@ fn a_batch_answer_after_some_waiters_timed_out_serves_the_others() {
     s.want(2, "a");
     s.advance(45);
     assert_eq!(s.error(1), Some(StoreError::Timeout), "at its own deadline");
-    assert!(s.replies.get(&2).is_none());
+    assert!(!s.replies.contains_key(&2));
     // The first callout's timeout answer sends the second batch: it still has time.
     assert_eq!(s.out.len(), 1);
     s.answer();
@@ -469,15 +472,19 @@ fn swapped_answers_are_store_errors_never_values() {
     let tokens: Vec<u32> = s.out.iter().map(|c| c.token).collect();
     s.out.clear();
     // Batch 2 gets batch 3's answer and vice versa; batch 1 its own.
-    s.outbox.answered(s.now, tokens[0], Some(200), Some(answers[0].clone()));
-    s.outbox.answered(s.now, tokens[1], Some(200), Some(answers[2].clone()));
-    s.outbox.answered(s.now, tokens[2], Some(200), Some(answers[1].clone()));
+    s.outbox
+        .answered(s.now, tokens[0], Some(200), Some(answers[0].clone()));
+    s.outbox
+        .answered(s.now, tokens[1], Some(200), Some(answers[2].clone()));
+    s.outbox
+        .answered(s.now, tokens[2], Some(200), Some(answers[1].clone()));
     s.pump();
     assert_eq!(s.error(100), Some(StoreError::Mismatch));
     assert_eq!(s.error(100 + MAX_KEYS as u32), Some(StoreError::Mismatch));
     assert_eq!(s.notes.iter().filter(|n| **n == Note::Mismatch).count(), 2);
     // A duplicate of an answer already used is no one's.
-    s.outbox.answered(s.now, tokens[0], Some(200), Some(answers[0].clone()));
+    s.outbox
+        .answered(s.now, tokens[0], Some(200), Some(answers[0].clone()));
     s.pump();
     assert_eq!(s.outbox.waiting(), 0);
 }
@@ -492,14 +499,22 @@ fn a_write_answered_with_another_commands_answer_is_not_counted_done() {
     let lookup_answer = s.redis.run(&s.out[1].request);
     // The write's callout receives the lookup's answer.
     s.answer_with(Some(200), Some(lookup_answer));
-    assert!(s.notes.contains(&Note::WriteRetrying(StoreError::Mismatch)), "{:?}", s.notes);
+    assert!(
+        s.notes.contains(&Note::WriteRetrying(StoreError::Mismatch)),
+        "{:?}",
+        s.notes
+    );
     assert!(!s.notes.iter().any(|n| matches!(n, Note::Published { .. })));
 }
 
 #[test]
 fn truncated_broken_and_garbage_answers_fail_the_batch_and_the_worker_goes_on() {
     for (status, body, error) in [
-        (Some(200), Some(b"*2\r\n$16\r\n".to_vec()), StoreError::Garbage),
+        (
+            Some(200),
+            Some(b"*2\r\n$16\r\n".to_vec()),
+            StoreError::Garbage,
+        ),
         (Some(200), None, StoreError::Broken),
         (Some(200), Some(b"<html>".to_vec()), StoreError::Garbage),
         (Some(500), Some(b"oops".to_vec()), StoreError::Status(500)),
@@ -536,12 +551,10 @@ fn a_callout_never_answered_is_given_up_on() {
 #[test]
 fn the_breaker_opens_skips_probes_and_closes() {
     let mut s = Sim::new();
-    let mut stream = 0;
     // Five failing callouts in a row.
-    for _ in 0..5 {
+    for stream in 0..5 {
         s.want(stream, "a");
         s.answer_with(Some(503), Some(Vec::new()));
-        stream += 1;
     }
     assert!(s.notes.contains(&Note::BreakerOpened));
     assert!(s.outbox.breaker_open());
@@ -549,8 +562,14 @@ fn the_breaker_opens_skips_probes_and_closes() {
     s.want(100, "a");
     assert_eq!(s.error(100), Some(StoreError::BreakerOpen));
     assert!(s.out.is_empty());
-    assert!(!s.outbox.write(entry_write("w", b"x")), "entries are not held");
-    assert!(s.outbox.write(StoreWrite::Invalidate(vec!["i".into()])), "invalidations are");
+    assert!(
+        !s.outbox.write(entry_write("w", b"x")),
+        "entries are not held"
+    );
+    assert!(
+        s.outbox.write(StoreWrite::Invalidate(vec!["i".into()])),
+        "invalidations are"
+    );
     s.pump();
     assert!(s.out.is_empty(), "no write while open");
     // After the backoff: one probe, alone.
@@ -560,7 +579,7 @@ fn the_breaker_opens_skips_probes_and_closes() {
     assert_eq!(s.error(102), Some(StoreError::BreakerOpen));
     assert_eq!(s.out.len(), 1);
     s.want(103, "a");
-    assert!(s.replies.get(&103).is_none(), "joins the probe");
+    assert!(!s.replies.contains_key(&103), "joins the probe");
     s.answer();
     assert!(s.notes.contains(&Note::BreakerClosed));
     assert_eq!(s.value(101).unwrap(), b"<missing>");
@@ -586,10 +605,14 @@ fn a_failed_probe_keeps_the_breaker_open_longer() {
     assert_eq!(s.error(10), Some(StoreError::Timeout));
     s.advance(1_000);
     s.want(11, "a");
-    assert_eq!(s.error(11), Some(StoreError::BreakerOpen), "the backoff doubled");
+    assert_eq!(
+        s.error(11),
+        Some(StoreError::BreakerOpen),
+        "the backoff doubled"
+    );
     s.advance(1_000);
     s.want(12, "a");
-    assert!(s.replies.get(&12).is_none(), "probing again");
+    assert!(!s.replies.contains_key(&12), "probing again");
 }
 
 #[test]
@@ -603,7 +626,11 @@ fn pending_lookups_go_to_the_origin_when_the_breaker_opens() {
     s.want(11, "y");
     assert_eq!(s.out.len(), 1);
     s.answer_with(Some(503), Some(Vec::new()));
-    assert_eq!(s.error(11), Some(StoreError::BreakerOpen), "not held for the probe");
+    assert_eq!(
+        s.error(11),
+        Some(StoreError::BreakerOpen),
+        "not held for the probe"
+    );
 }
 
 #[test]
@@ -643,7 +670,10 @@ fn no_answer_carries_more_than_the_bound() {
         s.outbox.answered(s.now, token, Some(200), Some(body));
         s.pump();
     }
-    assert!(biggest <= ANSWER_BYTES + 4096, "an answer of {biggest} bytes");
+    assert!(
+        biggest <= ANSWER_BYTES + 4096,
+        "an answer of {biggest} bytes"
+    );
     for k in 0..8u32 {
         assert_eq!(s.value(k + 1).unwrap(), vec![k as u8; 3 << 20]);
     }
@@ -658,7 +688,7 @@ fn a_large_value_extends_its_waiters_deadline_by_its_size() {
     s.answer();
     // Pieces out; the original deadline (100 ms) passes, the allowance (16 MiB x 10 ms) holds.
     s.advance(50);
-    assert!(s.replies.get(&1).is_none());
+    assert!(!s.replies.contains_key(&1));
     s.answer_all();
     assert_eq!(s.value(1).unwrap().len(), 16 << 20);
 }
@@ -759,10 +789,16 @@ fn writes_retry_once_and_a_refused_dispatch_waits() {
     s.outbox.write(entry_write("w", b"x"));
     s.pump();
     s.answer_with(Some(503), Some(Vec::new()));
-    assert!(s.notes.contains(&Note::WriteRetrying(StoreError::Unavailable)));
+    assert!(
+        s.notes
+            .contains(&Note::WriteRetrying(StoreError::Unavailable))
+    );
     assert_eq!(s.out.len(), 1, "retried at once");
     s.answer_with(Some(503), Some(Vec::new()));
-    assert!(s.notes.contains(&Note::WriteFailed(StoreError::Unavailable)));
+    assert!(
+        s.notes
+            .contains(&Note::WriteFailed(StoreError::Unavailable))
+    );
     assert!(s.outbox.is_idle());
 
     let mut s = Sim::new();
@@ -817,7 +853,7 @@ fn purges_get_their_count_and_a_swapped_one_is_an_error() {
     s.pump();
     s.answer_with(
         Some(200),
-        Some(b"*2\r\n$16\r\n0000000000000000\r\n:5\r\n".to_vec()),
+        Some(b"*2\r\n$16\r\n0000000000000000\r\n$1\r\n5\r\n".to_vec()),
     );
     assert_eq!(s.error(2), Some(StoreError::Mismatch));
 }
@@ -825,7 +861,9 @@ fn purges_get_their_count_and_a_swapped_one_is_an_error() {
 #[test]
 fn a_refresh_goes_alone_and_is_settled() {
     let mut s = Sim::new();
-    s.redis.strings.insert("e".into(), b"headbody-oldtail".to_vec());
+    s.redis
+        .strings
+        .insert("e".into(), b"headbody-oldtail".to_vec());
     let refresh = StoreWrite::Entry(Write {
         key: "e".into(),
         variant: None,
@@ -841,7 +879,11 @@ fn a_refresh_goes_alone_and_is_settled() {
     s.pump();
     s.answer();
     assert_eq!(s.redis.strings["e"], b"headbodynewtail");
-    assert!(s.notes.iter().any(|n| matches!(n, Note::Published { rode: false, .. })));
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| matches!(n, Note::Published { rode: false, .. }))
+    );
 }
 
 #[test]
@@ -853,4 +895,3 @@ fn a_wait_past_the_deadline_before_asking_is_a_timeout_at_once() {
     assert_eq!(s.error(1), Some(StoreError::Timeout));
     assert!(s.out.is_empty());
 }
-

@@ -4,8 +4,9 @@
 //! every key byte outside `[A-Za-z0-9_-]` is percent-encoded; values are written with PUT (the
 //! body becomes the last argument, binary-safe) and read with the `.raw` extension (RESP
 //! framing); `SET .. PX` can't follow a PUT value, so writes are one `EVAL`, which also makes a
-//! variant and its index one atomic write. Webdis' `.raw` drops nil elements from arrays, so no
-//! script returns a nil: a missing key is the integer 0.
+//! variant and its index one atomic write. Webdis' `.raw` drops nil elements from arrays and
+//! turns integers inside arrays into bulk strings, so scripts answer arrays of strings only:
+//! a lookup says what each slot holds in a string of one letter per key.
 //!
 //! Every command is a script whose first argument is the command's nonce, and every answer
 //! starts with it: an answer is used only for the command it answers (Webdis has been seen
@@ -33,17 +34,20 @@ pub fn encode_arg(out: &mut String, arg: &[u8]) {
     }
 }
 
-/// Reads `KEYS[f..]` into `o`, at most `b` bytes of values in all: per key its value, 0 when
-/// missing (or empty: no stored value is empty), -1 for another Redis type (not ours: the next
-/// write's `SET` replaces it), or the length of a value that does not fit (read in pieces).
-/// `STRLEN` first, so a large value is never copied into the script or the answer.
+/// Reads `KEYS[f..]` into `o`, at most `b` bytes of values in all, and what each slot holds
+/// into `t`, one letter per key: `v` its value; `m` missing (or empty: no stored value is
+/// empty); `f` another Redis type (not ours: the next write's `SET` replaces it); `l` a value
+/// that does not fit, whose slot is its length (read in pieces). `STRLEN` first, so a large
+/// value is never copied into the script or the answer. The letters end up in `o[2]`.
 const LOOKUP_LOOP: &str = "for i=f,#KEYS do local k=KEYS[i] local n=redis.pcall('STRLEN',k) \
-if type(n)~='number' then o[#o+1]=-1 elseif n==0 then o[#o+1]=0 \
-elseif n>b then o[#o+1]=n else b=b-n o[#o+1]=redis.call('GET',k) end end ";
+if type(n)~='number' then t[#t+1]='f' o[#o+1]='' \
+elseif n==0 then t[#t+1]='m' o[#o+1]='' \
+elseif n>b then t[#t+1]='l' o[#o+1]=tostring(n) \
+else b=b-n t[#t+1]='v' o[#o+1]=redis.call('GET',k) end end o[2]=table.concat(t) ";
 
-/// A lookup: ARGV nonce, inline bytes; answers `[nonce, slot...]`.
+/// A lookup: ARGV nonce, inline bytes; answers `[nonce, letters, slot...]`.
 const LOOKUP: [&str; 3] = [
-    "local o={ARGV[1]} local b=tonumber(ARGV[2]) local f=1 ",
+    "local o={ARGV[1],''} local t={} local b=tonumber(ARGV[2]) local f=1 ",
     LOOKUP_LOOP,
     "return o",
 ];
@@ -84,14 +88,14 @@ const SET_ENTRIES: [&str; 3] = ["local s=2 ", SET_ENTRIES_LOOP, "return ARGV[1]"
 /// batch: one callout's Envoy CPU instead of two; a key written and read in one batch reads
 /// its new value): ARGV nonce, inline bytes, then the entries. The writes run under `pcall`:
 /// a store that refuses them (out of memory, a read-only replica) still answers the lookup.
-/// Answers `[nonce, slot..., 1 if the writes landed else 0]`.
+/// Answers `[nonce, letters, slot..., "1" if the writes landed else "0"]`.
 const SET_ENTRIES_THEN_LOOKUP: [&str; 5] = [
     "local s=3 local ok=pcall(function() ",
     SET_ENTRIES_LOOP,
     "end) local wk=0 for a=3,#ARGV-1,5 do wk=wk+tonumber(ARGV[a]) end \
-local o={ARGV[1]} local b=tonumber(ARGV[2]) local f=wk+1 ",
+local o={ARGV[1],''} local t={} local b=tonumber(ARGV[2]) local f=wk+1 ",
     LOOKUP_LOOP,
-    "o[#o+1]=ok and 1 or 0 return o",
+    "o[#o+1]=ok and '1' or '0' return o",
 ];
 
 /// A metadata refresh: keeps the first ARGV[3] bytes (format header and body) of the entry at
@@ -134,9 +138,9 @@ return {ARGV[1],n}",
 ];
 
 /// Bytes ARGV[3]..=ARGV[4] of KEYS[1] if it still holds ARGV[2] bytes. Answers
-/// `[nonce, bytes]`, or `[nonce, 0]` when the value changed or is gone.
+/// `[nonce, bytes]`, or `[nonce, ""]` when the value changed or is gone.
 const PIECE: [&str; 1] = ["local l=redis.pcall('STRLEN',KEYS[1]) \
-if l~=tonumber(ARGV[2]) then return {ARGV[1],0} end \
+if l~=tonumber(ARGV[2]) then return {ARGV[1],''} end \
 return {ARGV[1],redis.call('GETRANGE',KEYS[1],ARGV[3],ARGV[4])}"];
 
 /// A script as a Webdis argument, encoded once per VM.
@@ -357,24 +361,21 @@ pub fn decode(
     }
     let answer = match (expect, elements) {
         (Expect::Done, None) => Answer::Done,
-        (Expect::Values(n), Some(len)) if len == n + 1 => Answer::Values(r.slots(n)?),
-        (Expect::ValuesAndWrites(n), Some(len)) if len == n + 2 => {
+        (Expect::Values(n), Some(len)) if len == n + 2 => Answer::Values(r.slots(n)?),
+        (Expect::ValuesAndWrites(n), Some(len)) if len == n + 3 => {
             let slots = r.slots(n)?;
-            let written = match r.integer()? {
+            let written = match r.number()? {
                 1 => Ok(()),
                 0 => Err(StoreError::Refused),
                 _ => return Err(StoreError::Garbage),
             };
             Answer::ValuesAndWrites(slots, written)
         }
-        (Expect::Count, Some(2)) => {
-            Answer::Count(u64::try_from(r.integer()?).map_err(|_| StoreError::Garbage)?)
+        (Expect::Count, Some(2)) => Answer::Count(r.number()?),
+        (Expect::Piece, Some(2)) => {
+            let range = r.bulk_range()?.ok_or(StoreError::Garbage)?;
+            Answer::Piece((!range.is_empty()).then_some(range))
         }
-        (Expect::Piece, Some(2)) => match r.slot()? {
-            Slot::Value(range) => Answer::Piece(Some(range)),
-            Slot::Missing => Answer::Piece(None),
-            _ => return Err(StoreError::Garbage),
-        },
         _ => return Err(StoreError::Garbage),
     };
     if r.at != body.len() {
@@ -398,7 +399,9 @@ impl<'b> Resp<'b> {
     fn header(&mut self, kind: u8) -> Result<Option<usize>, StoreError> {
         match self.signed(kind)? {
             -1 => Ok(None),
-            n => usize::try_from(n).map(Some).map_err(|_| StoreError::Garbage),
+            n => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| StoreError::Garbage),
         }
     }
 
@@ -429,10 +432,6 @@ impl<'b> Resp<'b> {
         Ok(if neg { -v } else { v })
     }
 
-    fn integer(&mut self) -> Result<i64, StoreError> {
-        self.signed(b':')
-    }
-
     /// A bulk string's bytes (`None` for a nil).
     fn bulk(&mut self) -> Result<Option<&'b [u8]>, StoreError> {
         Ok(self.bulk_range()?.map(|r| &self.buf[r]))
@@ -453,26 +452,51 @@ impl<'b> Resp<'b> {
         Ok(Some(start..end))
     }
 
-    /// One key's slot of a lookup.
-    fn slot(&mut self) -> Result<Slot, StoreError> {
-        match self.buf.get(self.at) {
-            Some(b'$') => Ok(match self.bulk_range()? {
-                Some(r) if !r.is_empty() => Slot::Value(r),
-                _ => Slot::Missing,
-            }),
-            Some(b':') => match self.integer()? {
-                0 => Ok(Slot::Missing),
-                -1 => Ok(Slot::Foreign),
-                n if n > 0 => Ok(Slot::Large(n as u64)),
-                _ => Err(StoreError::Garbage),
-            },
-            _ => Err(StoreError::Garbage),
+    /// A number: an integer, or (inside an array, where Webdis turns integers into bulk
+    /// strings) a bulk string of digits.
+    fn number(&mut self) -> Result<u64, StoreError> {
+        if self.buf.get(self.at) == Some(&b':') {
+            return u64::try_from(self.signed(b':')?).map_err(|_| StoreError::Garbage);
         }
+        let digits = self.bulk()?.ok_or(StoreError::Garbage)?;
+        parse_digits(digits)
     }
 
+    /// A lookup's slots: the letters saying what each holds, then one bulk string per key.
     fn slots(&mut self, n: usize) -> Result<Vec<Slot>, StoreError> {
-        (0..n).map(|_| self.slot()).collect()
+        let letters = self.bulk()?.ok_or(StoreError::Garbage)?;
+        if letters.len() != n {
+            return Err(StoreError::Garbage);
+        }
+        let mut slots = Vec::with_capacity(n);
+        for &letter in letters {
+            let range = self.bulk_range()?.ok_or(StoreError::Garbage)?;
+            let slot = match letter {
+                b'v' if range.is_empty() => Slot::Missing,
+                b'v' => Slot::Value(range),
+                b'm' if range.is_empty() => Slot::Missing,
+                b'f' if range.is_empty() => Slot::Foreign,
+                b'l' => match parse_digits(&self.buf[range])? {
+                    0 => return Err(StoreError::Garbage),
+                    len => Slot::Large(len),
+                },
+                _ => return Err(StoreError::Garbage),
+            };
+            slots.push(slot);
+        }
+        Ok(slots)
     }
+}
+
+/// A non-negative decimal number, strictly digits.
+fn parse_digits(digits: &[u8]) -> Result<u64, StoreError> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(StoreError::Garbage);
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or(StoreError::Garbage)
 }
 
 #[cfg(test)]

@@ -35,7 +35,10 @@ fn lookup_path_carries_keys_nonce_and_budget() {
     };
     let (p, body) = path(encode(N, &cmd));
     assert!(p.starts_with("/EVAL/local%20o"), "{p}");
-    assert!(p.ends_with(&format!("/2/ns%3Aa/ns%3Ab%2Ec/{NONCE}/4096.raw")), "{p}");
+    assert!(
+        p.ends_with(&format!("/2/ns%3Aa/ns%3Ab%2Ec/{NONCE}/4096.raw")),
+        "{p}"
+    );
     assert_eq!(body, None);
 }
 
@@ -76,7 +79,9 @@ fn write_paths() {
     };
     let (p, body) = path(encode(N, &cmd));
     assert!(
-        p.ends_with(&format!("/3/ns%3Ak/ns%3Atag%3A1/ns%3Aa/{NONCE}/99/2/5000/0/-/2.raw")),
+        p.ends_with(&format!(
+            "/3/ns%3Ak/ns%3Atag%3A1/ns%3Aa/{NONCE}/99/2/5000/0/-/2.raw"
+        )),
         "{p}"
     );
     assert_eq!(body.unwrap(), [1, 2], "a lone entry is sent as it is");
@@ -96,12 +101,17 @@ fn refresh_invalidate_purge_piece_paths() {
         ..plain_write()
     };
     let (p, body) = path(encode(N, &Command::Refresh(&variant)));
-    assert!(p.ends_with(&format!("/2/ns%3Ak/ns%3Av/{NONCE}/5000/106/150.raw")), "{p}");
+    assert!(
+        p.ends_with(&format!("/2/ns%3Ak/ns%3Av/{NONCE}/5000/106/150.raw")),
+        "{p}"
+    );
     assert_eq!(body.unwrap(), [1, 2]);
     let keys = vec!["ns:a".to_string(), "ns:b".to_string()];
     let (p, _) = path(encode(N, &Command::Invalidate(&keys)));
     assert!(
-        p.ends_with(&format!("/4/ns%3Aa/ns%3Aa%3Av/ns%3Ab/ns%3Ab%3Av/{NONCE}.raw")),
+        p.ends_with(&format!(
+            "/4/ns%3Aa/ns%3Aa%3Av/ns%3Ab/ns%3Ab%3Av/{NONCE}.raw"
+        )),
         "{p}"
     );
     let tags = vec!["ns:tag:x".to_string()];
@@ -114,7 +124,10 @@ fn refresh_invalidate_purge_piece_paths() {
         end: 100,
     };
     let (p, _) = path(encode(N, &piece));
-    assert!(p.ends_with(&format!("/1/ns%3Aa/{NONCE}/100/50/99.raw")), "{p}");
+    assert!(
+        p.ends_with(&format!("/1/ns%3Aa/{NONCE}/100/50/99.raw")),
+        "{p}"
+    );
 }
 
 #[test]
@@ -137,34 +150,50 @@ fn frame(parts: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn lookup_answers() {
-    let body = frame(&[b"$3\r\na\0b\r\n", b":0\r\n", b":-1\r\n", b":5000000\r\n", b"$0\r\n\r\n"]);
+    // As Webdis frames them: every element a bulk string.
+    let body = frame(&[
+        b"$5\r\nvmflm\r\n",
+        b"$3\r\na\0b\r\n",
+        b"$0\r\n\r\n",
+        b"$0\r\n\r\n",
+        b"$7\r\n5000000\r\n",
+        b"$0\r\n\r\n",
+    ]);
     let Ok(Answer::Values(slots)) = ok(Expect::Values(5), &body) else {
         panic!("{:?}", ok(Expect::Values(5), &body))
     };
     assert_eq!(
         slots,
         [
-            Slot::Value(31..34),
+            Slot::Value(42..45),
             Slot::Missing,
             Slot::Foreign,
             Slot::Large(5_000_000),
             Slot::Missing
         ]
     );
-    assert_eq!(&body[31..34], b"a\0b");
+    assert_eq!(&body[42..45], b"a\0b");
     // A value may hold CRLF: only the length frames it.
-    let body = frame(&[b"$2\r\n\r\n\r\n"]);
-    assert!(matches!(ok(Expect::Values(1), &body), Ok(Answer::Values(_))));
+    let body = frame(&[b"$1\r\nv\r\n", b"$2\r\n\r\n\r\n"]);
+    assert!(matches!(
+        ok(Expect::Values(1), &body),
+        Ok(Answer::Values(_))
+    ));
+    // Integers (another Webdis framing) are read too where a number is expected.
+    assert_eq!(
+        ok(Expect::Count, &frame(&[b":7\r\n"])),
+        Ok(Answer::Count(7))
+    );
 }
 
 #[test]
 fn riders_answers() {
-    let body = frame(&[b"$2\r\nhi\r\n", b":1\r\n"]);
+    let body = frame(&[b"$1\r\nv\r\n", b"$2\r\nhi\r\n", b"$1\r\n1\r\n"]);
     assert!(matches!(
         ok(Expect::ValuesAndWrites(1), &body),
         Ok(Answer::ValuesAndWrites(_, Ok(())))
     ));
-    let body = frame(&[b":0\r\n", b":0\r\n"]);
+    let body = frame(&[b"$1\r\nm\r\n", b"$0\r\n\r\n", b"$1\r\n0\r\n"]);
     assert_eq!(
         ok(Expect::ValuesAndWrites(1), &body),
         Ok(Answer::ValuesAndWrites(
@@ -178,58 +207,98 @@ fn riders_answers() {
 fn done_count_and_piece_answers() {
     let done = format!("$16\r\n{NONCE}\r\n");
     assert_eq!(ok(Expect::Done, done.as_bytes()), Ok(Answer::Done));
-    assert_eq!(ok(Expect::Count, &frame(&[b":12\r\n"])), Ok(Answer::Count(12)));
+    assert_eq!(
+        ok(Expect::Count, &frame(&[b"$2\r\n12\r\n"])),
+        Ok(Answer::Count(12))
+    );
     let piece = frame(&[b"$3\r\nxyz\r\n"]);
     assert_eq!(ok(Expect::Piece, &piece), Ok(Answer::Piece(Some(31..34))));
-    assert_eq!(ok(Expect::Piece, &frame(&[b":0\r\n"])), Ok(Answer::Piece(None)));
+    assert_eq!(
+        ok(Expect::Piece, &frame(&[b"$0\r\n\r\n"])),
+        Ok(Answer::Piece(None))
+    );
 }
 
 #[test]
 fn another_commands_answer_is_a_mismatch() {
     let other = "$16\r\n0000000000009999\r\n";
-    assert_eq!(ok(Expect::Done, other.as_bytes()), Err(StoreError::Mismatch));
-    let other_lookup = b"*2\r\n$16\r\n0000000000009999\r\n:0\r\n";
-    assert_eq!(ok(Expect::Values(1), other_lookup), Err(StoreError::Mismatch));
+    assert_eq!(
+        ok(Expect::Done, other.as_bytes()),
+        Err(StoreError::Mismatch)
+    );
+    let other_lookup = b"*3\r\n$16\r\n0000000000009999\r\n$1\r\nm\r\n$0\r\n\r\n";
+    assert_eq!(
+        ok(Expect::Values(1), other_lookup),
+        Err(StoreError::Mismatch)
+    );
     // Our nonce, but a lookup's shape where a write's answer was expected.
-    assert_eq!(ok(Expect::Done, &frame(&[b":0\r\n"])), Err(StoreError::Garbage));
+    assert_eq!(
+        ok(Expect::Done, &frame(&[b"$1\r\nm\r\n"])),
+        Err(StoreError::Garbage)
+    );
     // A plain GET's answer (the old protocol) is not this command's.
-    assert_eq!(ok(Expect::Values(1), b"$3\r\nabc\r\n"), Err(StoreError::Mismatch));
+    assert_eq!(
+        ok(Expect::Values(1), b"$3\r\nabc\r\n"),
+        Err(StoreError::Mismatch)
+    );
 }
 
 #[test]
 fn statuses_and_errors() {
-    assert_eq!(decode(N, Expect::Done, Some(503), b""), Err(StoreError::Unavailable));
-    assert_eq!(decode(N, Expect::Done, Some(504), b""), Err(StoreError::Timeout));
-    assert_eq!(decode(N, Expect::Done, Some(403), b""), Err(StoreError::Status(403)));
+    assert_eq!(
+        decode(N, Expect::Done, Some(503), b""),
+        Err(StoreError::Unavailable)
+    );
+    assert_eq!(
+        decode(N, Expect::Done, Some(504), b""),
+        Err(StoreError::Timeout)
+    );
+    assert_eq!(
+        decode(N, Expect::Done, Some(403), b""),
+        Err(StoreError::Status(403))
+    );
     assert_eq!(decode(N, Expect::Done, None, b""), Err(StoreError::Garbage));
-    assert_eq!(ok(Expect::Done, b"-OOM command not allowed\r\n"), Err(StoreError::Refused));
+    assert_eq!(
+        ok(Expect::Done, b"-OOM command not allowed\r\n"),
+        Err(StoreError::Refused)
+    );
 }
 
 #[test]
 fn garbage_is_garbage() {
-    for body in [
-        &b""[..],
-        b"*",
-        b"*1\r\n",
-        b"*x\r\n",
-        b"$16\r\n0000000000001234",
-        b"*2\r\n$16\r\n0000000000001234\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n$5\r\nabc\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n$3\r\nabcdef\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n:-2\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n:+3\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n$18446744073709551615\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n$99999999999999999999999\r\n",
-        b"*2\r\n$16\r\n0000000000001234\r\n:0\r\nextra",
-        b"*3\r\n$16\r\n0000000000001234\r\n:0\r\n",
-        b"*99999999999999999999999\r\n",
-        b"{\"GET\":\"x\"}",
-    ] {
-        let r = ok(Expect::Values(1), body);
+    let n = "$16\r\n0000000000001234\r\n";
+    let cases: Vec<Vec<u8>> = [
+        "",
+        "*",
+        "*1\r\n",
+        "*x\r\n",
+        "$16\r\n0000000000001234",
+        "*3\r\n{n}",
+        "*3\r\n{n}$1\r\nv\r\n",
+        "*3\r\n{n}$1\r\nv\r\n$5\r\nabc\r\n",
+        "*3\r\n{n}$1\r\nv\r\n$3\r\nabcdef\r\n",
+        "*3\r\n{n}$1\r\nx\r\n$0\r\n\r\n",
+        "*3\r\n{n}$2\r\nvv\r\n$0\r\n\r\n",
+        "*3\r\n{n}$1\r\nm\r\n$1\r\nz\r\n",
+        "*3\r\n{n}$1\r\nl\r\n$2\r\n-1\r\n",
+        "*3\r\n{n}$1\r\nl\r\n$1\r\n0\r\n",
+        "*3\r\n{n}$1\r\nl\r\n$21\r\n999999999999999999999\r\n",
+        "*3\r\n{n}$1\r\nv\r\n$18446744073709551615\r\n",
+        "*3\r\n{n}$1\r\nv\r\n$99999999999999999999999\r\n",
+        "*3\r\n{n}$1\r\nm\r\n$0\r\n\r\nextra",
+        "*4\r\n{n}$1\r\nm\r\n$0\r\n\r\n",
+        "*99999999999999999999999\r\n",
+        "{\"GET\":\"x\"}",
+    ]
+    .iter()
+    .map(|c| c.replace("{n}", n).into_bytes())
+    .collect();
+    for body in cases {
+        let r = ok(Expect::Values(1), &body);
         assert!(
             matches!(r, Err(StoreError::Garbage)),
             "{:?}: {r:?}",
-            String::from_utf8_lossy(body)
+            String::from_utf8_lossy(&body)
         );
     }
 }
