@@ -133,6 +133,8 @@ pub enum Note {
     LargeRead,
     /// A value larger than any the filter writes: treated as foreign.
     TooLarge,
+    /// Writes that rode with a lookup were settled: whether they landed.
+    RidersSettled(Result<(), StoreError>),
 }
 
 /// A callout to send.
@@ -679,6 +681,9 @@ impl Outbox {
     fn settle_writes(&mut self, jobs: Vec<Job>, result: Result<(), StoreError>, rode: bool) {
         if jobs.is_empty() {
             return;
+        }
+        if rode {
+            self.notes.push_back(Note::RidersSettled(result));
         }
         for outcome in self.writes.settle(jobs, result.is_ok()) {
             let e = result.err().unwrap_or(StoreError::Garbage);

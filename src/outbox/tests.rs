@@ -780,6 +780,7 @@ fn small_writes_ride_with_the_next_lookup_batch() {
         bytes: 5,
         rode: true
     }));
+    assert!(s.notes.contains(&Note::RidersSettled(Ok(()))));
     assert_eq!(s.redis.strings["w"], b"entry");
 }
 
