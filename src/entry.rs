@@ -219,6 +219,35 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
     }
 }
 
+/// Response headers that are never stored or replayed: hop-by-hop ones (RFC 9110 §7.6.1) and
+/// those that describe one fetch rather than the resource. See [`never_replayed`].
+const NOT_REPLAYED: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+    // Envoy computes content-length for the local reply from the body.
+    "content-length",
+    // The hit gets a fresh Date and a computed Age instead.
+    "date",
+    "age",
+    // Envoy sets its own on the way out.
+    "server",
+    "x-envoy-upstream-service-time",
+];
+
+/// Whether a response header (lower-cased name) is never stored: the [`NOT_REPLAYED`] names,
+/// pseudo-headers and Envoy's own `x-envoy-*` headers. (`policy::stored_headers` drops these
+/// when storing; this is the one list.)
+pub(crate) fn never_replayed(name: &str) -> bool {
+    NOT_REPLAYED.contains(&name) || name.starts_with(':') || name.starts_with("x-envoy-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
