@@ -20,7 +20,8 @@ pub fn stored_headers(
         .iter()
         .filter(|(name, _)| {
             let n = name.to_ascii_lowercase();
-            // Hop-by-hop, per-fetch, pseudo- and `x-envoy-*` headers (listed in `entry`).
+            // Hop-by-hop, per-fetch, pseudo- and `x-envoy-*` headers: an entry holding one is
+            // refused on read (`entry::decode`), so the list lives there.
             let dropped = never_replayed(&n)
                 || connection_listed.contains(&n)
                 || (strip_set_cookie && n == "set-cookie")
