@@ -6,7 +6,14 @@
 //! The body sits before the metadata so a recording appends chunks straight into the buffer
 //! that is finally sent to the store (no copy at publish time), and a hit hands the body to the
 //! host as a slice of the store's answer (no copy at read time). Everything is validated on
-//! read: magic, version, lengths, both checksums; anything that fails is a miss.
+//! read: magic, version, lengths, both checksums, and what a response would replay (status,
+//! header names and values); anything that fails is a miss.
+//!
+//! A checksum only shows that a value is whole, not who wrote it: anyone with access to the
+//! store can write a well-formed entry. So a stored value is input like any other, and an entry
+//! is refused unless replaying it is safe: a status of 200-599, header names that are
+//! lower-case tokens and never one the cache drops when storing, header values without CR, LF,
+//! NUL or other control characters (no response splitting, no header smuggling).
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +78,10 @@ pub enum EntryError {
     BadMeta,
     /// The body does not match its length or checksum.
     BadBody,
+    /// Well-formed, but it holds what the cache never stores and must never replay: a status
+    /// outside 200-599, a header name that is not a lower-case token or is one that is never
+    /// replayed, a header value with control characters.
+    Unsafe,
 }
 
 impl EntryError {
@@ -81,6 +92,7 @@ impl EntryError {
             EntryError::Truncated => "truncated",
             EntryError::BadMeta => "bad-metadata",
             EntryError::BadBody => "bad-body",
+            EntryError::Unsafe => "unsafe-entry",
         }
     }
 }
@@ -208,15 +220,105 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
             {
                 return Err(EntryError::BadBody);
             }
+            if !safe_to_replay(&meta) {
+                return Err(EntryError::Unsafe);
+            }
             Ok(Decoded::Response { meta, body })
         }
         Meta::Variants(v) => {
             if !body.is_empty() {
                 return Err(EntryError::BadBody);
             }
+            if !v.headers.iter().all(|n| valid_name(n)) {
+                return Err(EntryError::Unsafe);
+            }
             Ok(Decoded::Variants(v))
         }
     }
+}
+
+/// Response headers that are never stored or replayed: hop-by-hop ones (RFC 9110 §7.6.1) and
+/// those that describe one fetch rather than the resource. See [`never_replayed`].
+const NOT_REPLAYED: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+    // Envoy computes content-length for the local reply from the body.
+    "content-length",
+    // The hit gets a fresh Date and a computed Age instead.
+    "date",
+    "age",
+    // Envoy sets its own on the way out.
+    "server",
+    "x-envoy-upstream-service-time",
+];
+
+/// Whether a response header (lower-cased name) is never stored, so an entry that holds it is
+/// refused: the [`NOT_REPLAYED`] names, pseudo-headers and Envoy's own `x-envoy-*` headers.
+/// (`policy::stored_headers` drops these when storing; this is the one list.)
+pub(crate) fn never_replayed(name: &str) -> bool {
+    NOT_REPLAYED.contains(&name) || name.starts_with(':') || name.starts_with("x-envoy-")
+}
+
+/// `NAME_BYTE[b]`: `b` may appear in a stored header name: an RFC 9110 §5.6.2 `tchar`, letters
+/// lower-case only (names are stored lower-cased). `:` is not a `tchar`, so no pseudo-header
+/// passes either.
+const NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// A non-empty lower-case token (RFC 9110 §5.1, §5.6.2).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| NAME_BYTE[b as usize])
+}
+
+/// Every byte is a field-vchar (VCHAR or obs-text), SP or HTAB (RFC 9110 §5.5): no CR, LF, NUL,
+/// DEL or other control character.
+fn valid_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// What a hit replays is what an origin could have sent through Envoy and the cache would have
+/// stored: one pass over each name and value, no allocation.
+fn safe_to_replay(meta: &ResponseMeta) -> bool {
+    (200..=599).contains(&meta.status)
+        && meta
+            .headers
+            .iter()
+            .all(|(n, v)| valid_name(n) && !never_replayed(n) && valid_value(v))
 }
 
 #[cfg(test)]
@@ -321,9 +423,291 @@ mod tests {
         }
     }
 
+    /// A response entry with this status and these headers (and a small body), as a writer
+    /// with store access could craft it: well-formed, checksums right.
+    fn crafted(status: u16, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut w = EntryWriter::new();
+        w.push_chunk(b"body");
+        w.finish_response(ResponseMeta {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..meta()
+        })
+    }
+
+    fn refused(status: u16, headers: &[(&str, &str)]) -> bool {
+        decode(&crafted(status, headers)) == Err(EntryError::Unsafe)
+    }
+
+    /// Headers a typical origin response leaves after `stored_headers`.
+    const TYPICAL: [(&str, &str); 10] = [
+        ("content-type", "text/html; charset=utf-8"),
+        (
+            "cache-control",
+            "public, max-age=60, stale-while-revalidate=30",
+        ),
+        ("etag", "W/\"5e1-abc\""),
+        ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT"),
+        ("vary", "Accept-Encoding"),
+        ("content-encoding", "gzip"),
+        ("link", "</style.css>; rel=preload; as=style"),
+        ("x-request-id", "a1b2\tc3"),
+        (
+            "content-disposition",
+            "attachment; filename=\"na\u{ef}ve.txt\"",
+        ),
+        ("x-empty", ""),
+    ];
+
+    #[test]
+    fn a_typical_response_entry_decodes() {
+        let bytes = crafted(200, &TYPICAL);
+        let Ok(Decoded::Response { meta, body }) = decode(&bytes) else {
+            panic!("{:?}", decode(&bytes))
+        };
+        assert_eq!(body, b"body");
+        assert_eq!(meta.headers.len(), TYPICAL.len());
+        // Names made only of the token's punctuation, and every status from 200 to 599.
+        assert!(!refused(200, &[("!#$%&'*+-.^_`|~09az", "v")]));
+        for status in 200..=599 {
+            assert!(!refused(status, &TYPICAL), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_status_outside_200_to_599_is_refused() {
+        for status in [0, 1, 99, 100, 101, 199, 600, 999, 1000, u16::MAX] {
+            assert!(refused(status, &TYPICAL), "{status} accepted");
+        }
+    }
+
+    #[test]
+    fn an_empty_header_name_is_refused() {
+        assert!(refused(200, &[("", "x")]));
+        assert!(refused(200, &[("content-type", "text/plain"), ("", "")]));
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_a_token_is_refused() {
+        for name in [
+            "x y",
+            "x\r\nx-injected: 1\r\nx-a",
+            "x-a:",
+            "x\0",
+            "x\t",
+            "\"x\"",
+            "x(y)",
+            "x/y",
+            "x@y",
+            "x,y",
+            "x;y",
+            "x=y",
+            "x{y}",
+            "x[y]",
+            "x?",
+            "x\\y",
+            "x<y>",
+            "na\u{ef}ve",
+            "x\u{7f}",
+        ] {
+            assert!(refused(200, &[(name, "v")]), "{name:?} accepted");
+        }
+        // Every byte outside a lower-case token, alone in a name.
+        for b in 0u8..=0x7f {
+            let name = format!("x{}", b as char);
+            let token =
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(refused(200, &[(name.as_str(), "v")]), !token, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn an_upper_case_header_name_is_refused() {
+        // The cache stores names lower-cased (`policy::stored_headers`).
+        for name in ["Content-Type", "X-Custom", "ETAG"] {
+            assert!(refused(200, &[(name, "v")]), "{name:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_pseudo_header_is_refused() {
+        // Refused twice over: `:` is not a token character, and pseudo-headers are never
+        // stored (`never_replayed`).
+        for name in [":status", ":authority", ":"] {
+            assert!(refused(200, &[(name, "200")]), "{name:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_header_value_with_cr_lf_or_nul_is_refused() {
+        for value in [
+            "a\r\nx-injected: 1",
+            "a\nx-injected: 1",
+            "a\rb",
+            "\r\n",
+            "a\0b",
+            "\0",
+        ] {
+            assert!(refused(200, &[("x-a", value)]), "{value:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_header_value_with_other_control_characters_is_refused() {
+        // RFC 9110 §5.5: field-vchar (VCHAR, obs-text), SP and HTAB only.
+        for b in (0u8..0x20).chain([0x7f]) {
+            let value = format!("a{}b", b as char);
+            assert_eq!(
+                refused(200, &[("x-a", value.as_str())]),
+                b != b'\t',
+                "byte {b:#04x}"
+            );
+        }
+        let printable: String = (0x20u8..0x7f).map(char::from).collect();
+        assert!(!refused(200, &[("x-a", &printable)]));
+        assert!(!refused(
+            200,
+            &[("x-a", "\u{e9}\u{20ac}\u{1f600} obs-text")]
+        ));
+    }
+
+    #[test]
+    fn a_header_that_is_never_replayed_is_refused() {
+        for name in NOT_REPLAYED.iter().copied().chain([
+            "x-envoy-upstream-service-time",
+            "x-envoy-decorator-operation",
+            "x-envoy-",
+        ]) {
+            let mut headers = TYPICAL.to_vec();
+            headers.push((name, "1"));
+            assert!(refused(200, &headers), "{name:?} accepted");
+        }
+        // Only the exact names and the prefix.
+        assert!(!refused(
+            200,
+            &[("x-envoy", "1"), ("dates", "1"), ("x-server", "1")]
+        ));
+    }
+
+    #[test]
+    fn a_variants_record_needs_lower_case_token_names() {
+        let record = |names: &[&str]| {
+            let v = VariantsMeta {
+                headers: names.iter().map(|n| n.to_string()).collect(),
+                key_material: b"k".to_vec(),
+            };
+            decode(&encode_variants(v.clone())).map(|d| d == Decoded::Variants(v))
+        };
+        assert_eq!(record(&["accept", "accept-encoding", "x-tenant"]), Ok(true));
+        assert_eq!(record(&["!#$%&'*+-.^_`|~09az"]), Ok(true));
+        for names in [
+            &[""][..],
+            &["accept", ""],
+            &["accept encoding"],
+            &["x\r\nx-injected"],
+            &[":authority"],
+            &["Accept"],
+        ] {
+            assert_eq!(record(names), Err(EntryError::Unsafe), "{names:?}");
+        }
+    }
+
+    /// Whatever the cache itself writes passes the read-side checks: headers as
+    /// `stored_headers` keeps them (mixed-case names, hop-by-hop and per-fetch headers,
+    /// `Connection`-listed names, the targeted field), a 304's merge, a Vary record.
+    #[test]
+    fn what_the_cache_stores_is_never_refused() {
+        use crate::http::ResponseHead;
+        use crate::key::Vary;
+        use crate::policy::stored_headers;
+        use crate::revalidate::merge_not_modified;
+
+        let origin = ResponseHead::for_test(
+            200,
+            &[
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Cache-Control", "max-age=60"),
+                ("ETag", "\"v1\""),
+                ("Vary", "Accept-Encoding, X-Tenant"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"),
+                ("TE", "trailers"),
+                ("Trailer", "x-checksum"),
+                ("Upgrade", "h2c"),
+                ("Proxy-Connection", "close"),
+                ("Proxy-Authenticate", "Basic"),
+                ("Proxy-Authentication-Info", "x"),
+                ("Content-Length", "4"),
+                ("Date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+                ("Age", "3"),
+                ("Server", "origin"),
+                ("X-Envoy-Upstream-Service-Time", "3"),
+                ("x-envoy-decorator-operation", "op"),
+                (":status", "200"),
+                ("Set-Cookie", "a=b"),
+                ("CDN-Cache-Control", "max-age=5"),
+                ("X-Custom-Thing", "\u{e9}t\u{e9}\twith tab"),
+            ],
+        );
+        for strip in [false, true] {
+            for targeted in [None, Some("cdn-cache-control")] {
+                let headers = stored_headers(&origin, strip, targeted);
+                let mut w = EntryWriter::new();
+                w.push_chunk(b"body");
+                let bytes = w.finish_response(ResponseMeta {
+                    headers: headers.clone(),
+                    ..meta()
+                });
+                let Ok(Decoded::Response { meta: m, .. }) = decode(&bytes) else {
+                    panic!("{headers:?}: {:?}", decode(&bytes))
+                };
+                assert_eq!(m.headers, headers);
+
+                // A 304 that updates them: only the tail is rewritten.
+                let nm = ResponseHead::for_test(
+                    304,
+                    &[
+                        ("Cache-Control", "max-age=99"),
+                        ("Date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+                        ("Connection", "close"),
+                        ("X-Envoy-Upstream-Service-Time", "1"),
+                        ("X-New", "n"),
+                    ],
+                );
+                let merged = merge_not_modified(&headers, &nm, targeted);
+                let mut refreshed = bytes[..prefix_len(4)].to_vec();
+                refreshed.extend_from_slice(&encode_tail(&Meta::Response(ResponseMeta {
+                    headers: merged,
+                    ..m
+                })));
+                assert!(
+                    matches!(decode(&refreshed), Ok(Decoded::Response { .. })),
+                    "{:?}",
+                    decode(&refreshed)
+                );
+            }
+        }
+        let Vary::Headers(names) = Vary::parse(origin.values("vary")) else {
+            panic!("no vary")
+        };
+        assert!(matches!(
+            decode(&encode_variants(VariantsMeta {
+                headers: names,
+                key_material: b"k".to_vec(),
+            })),
+            Ok(Decoded::Variants(_))
+        ));
+    }
+
     #[test]
     fn foreign_and_other_version_values_are_named() {
         assert_eq!(decode(b"hello"), Err(EntryError::BadMagic));
+        assert_eq!(EntryError::Unsafe.as_str(), "unsafe-entry");
         assert_eq!(decode(b""), Err(EntryError::BadMagic));
         let mut b = entry(&[b"x"]);
         b[4] = 9;

@@ -1,28 +1,7 @@
 //! Which response headers are stored and replayed.
 
+use crate::entry::never_replayed;
 use crate::http::ResponseHead;
-
-/// Response headers that must not be stored or replayed: hop-by-hop ones (RFC 9110 §7.6.1)
-/// and those that describe one fetch rather than the resource.
-const NOT_REPLAYED: [&str; 14] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authentication-info",
-    // Envoy computes content-length for the local reply from the body.
-    "content-length",
-    // The hit gets a fresh Date and a computed Age instead.
-    "date",
-    "age",
-    // Envoy sets its own on the way out.
-    "server",
-    "x-envoy-upstream-service-time",
-];
 
 /// The headers of a response as they are stored: without hop-by-hop and per-fetch headers,
 /// without those `Connection` names, and without `Set-Cookie` when it is stripped.
@@ -41,9 +20,9 @@ pub fn stored_headers(
         .iter()
         .filter(|(name, _)| {
             let n = name.to_ascii_lowercase();
-            let dropped = NOT_REPLAYED.contains(&n.as_str())
-                || n.starts_with(':')
-                || n.starts_with("x-envoy-")
+            // Hop-by-hop, per-fetch, pseudo- and `x-envoy-*` headers: an entry holding one is
+            // refused on read (`entry::decode`), so the list lives there.
+            let dropped = never_replayed(&n)
                 || connection_listed.contains(&n)
                 || (strip_set_cookie && n == "set-cookie")
                 // Meant for this cache (RFC 9213): not for anyone downstream.

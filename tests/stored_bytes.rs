@@ -1,0 +1,274 @@
+//! Stored bytes are input, not trusted: a well-formed, correctly checksummed entry that someone
+//! with access to the store planted at a URL's key, holding what the cache never stores (a
+//! header value with CR LF, status 0, an empty header name, a NUL in a value, a hop-by-hop
+//! header), is refused through real Envoy, Webdis and Redis. The request goes to the origin
+//! (`detail=invalid-entry`), the entry is counted as corrupt, nothing of it reaches the client,
+//! and the origin's answer overwrites it. Run with `cargo test --test stored_bytes`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleet_cache::config::Config;
+use fleet_cache::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta};
+use fleet_cache::http::RequestHead;
+use fleet_cache::key::CacheKey;
+use serde_json::json;
+use support::origin::{text_body, unique_suffix};
+use support::{Resp, Stack, StackOptions};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// These tests write the shared store directly: the in-proxy tier, which could answer from a
+/// copy for up to its max age, is off, so every lookup reads what Redis holds.
+fn store_only() -> StackOptions {
+    StackOptions::with_config(json!({"memory": {"max_bytes": 0}}))
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A filter counter of envoy 0 (0 while not shown).
+fn stat(st: &Stack, name: &str) -> u64 {
+    st.stat(0, name).unwrap_or(0)
+}
+
+/// What to print when an expectation about the running stack fails.
+fn diag(st: &Stack) -> String {
+    let log = st.envoy_log(0);
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    format!(
+        "keys: {:?}\nstats:\n{}\nenvoy log tail:\n{tail}",
+        st.keys(),
+        st.stats(0)
+    )
+}
+
+fn cache_status(r: &Resp) -> String {
+    r.header("cache-status").unwrap_or_default().to_string()
+}
+
+/// `SET key value` straight to Redis over RESP (binary-safe; Webdis' ACL refuses SET).
+fn redis_set(st: &Stack, key: &str, value: &[u8]) {
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+    cmd.extend_from_slice(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
+    cmd.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+    cmd.extend_from_slice(value);
+    cmd.extend_from_slice(b"\r\n");
+    let mut s = TcpStream::connect(("127.0.0.1", st.redis_port())).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&cmd).expect("write to redis");
+    let mut reply = [0u8; 5];
+    s.read_exact(&mut reply).expect("redis reply");
+    assert_eq!(&reply, b"+OK\r\n", "SET {key}");
+}
+
+/// The raw bytes of a key's value: `redis-cli GET` prints the value and one `\n`, which
+/// `redis_cli_bytes` removes (checked against STRLEN).
+fn redis_get(st: &Stack, key: &str) -> Vec<u8> {
+    let v = st.redis_cli_bytes(&["GET", key]);
+    let len: usize = st.redis_cli(&["STRLEN", key]).parse().expect("STRLEN");
+    assert_eq!(v.len(), len, "redis-cli GET {key} returned other bytes");
+    v
+}
+
+/// The key the filter reads for a plain GET of `target` through the harness client (`Host:
+/// localhost`, over http), computed by the crate itself from the stack's plugin config.
+fn primary_key(st: &Stack, target: &str) -> CacheKey {
+    let cfg = Config::parse(st.plugin_config().to_string().as_bytes()).expect("plugin config");
+    let req = RequestHead {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "localhost".into(),
+        path: target.into(),
+        headers: vec![],
+    };
+    CacheKey::primary(&cfg, &req)
+}
+
+const CRAFTED_BODY: &[u8] = b"planted body\n";
+
+/// A fresh, well-formed, correctly checksummed response entry for `key`, as anyone with store
+/// access can write one: 200, `content-type`, `x-note`, `CRAFTED_BODY`; `tamper` changes it.
+fn crafted(key: &CacheKey, tamper: impl FnOnce(&mut ResponseMeta)) -> Vec<u8> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut meta = ResponseMeta {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "text/plain".into()),
+            ("x-note".into(), "planted".into()),
+        ],
+        chunks: vec![],
+        stored_at_ms: now_ms,
+        lifetime_s: 300,
+        initial_age_s: 0,
+        no_cache: false,
+        must_revalidate: false,
+        key_material: key.material.clone(),
+        body_len: 0,
+        body_crc32: 0,
+    };
+    tamper(&mut meta);
+    let mut w = EntryWriter::new();
+    w.push_chunk(CRAFTED_BODY);
+    w.finish_response(meta)
+}
+
+/// Nothing a planted header carried reached the client: no `x-injected` header, no trace of
+/// one in any header name or value.
+fn assert_nothing_injected(r: &Resp, what: &str) {
+    for (name, values) in &r.headers {
+        assert!(!name.contains("injected"), "{what}: {r:?}");
+        for v in values {
+            assert!(!v.contains("injected"), "{what}: {r:?}");
+        }
+    }
+}
+
+/// The whole story for one kind of planted entry:
+/// 1. the untampered planted entry is a hit with the planted body (the key and the entry are
+///    right, so what follows is the tampering's doing, not a wrong key or a bad checksum);
+/// 2. the tampered one (`tamper`) is refused: the GET goes to the origin (`fwd=uri-miss;
+///    detail=invalid-entry`), gets the origin's body, `fleet_cache_corrupt_entries` goes up,
+///    nothing planted reaches the client;
+/// 3. the origin's answer overwrites it in Redis, and the next GET is a hit with that answer.
+fn planted_entry_is_refused_and_overwritten(tamper: impl FnOnce(&mut ResponseMeta)) {
+    let st = Stack::start(store_only());
+    // unique=1: the origin's body names its fetch, so a hit shows which fetch wrote the entry.
+    let target = "/planted?unique=1&cc=max-age%3D60";
+    let key = primary_key(&st, target);
+
+    // 1. Untampered: served as planted.
+    redis_set(&st, &key.redis_key, &crafted(&key, |_| {}));
+    let planted = st.get(target, &[]);
+    assert_eq!(planted.status, 200, "{planted:?}\n{}", diag(&st));
+    assert!(
+        cache_status(&planted).contains("; hit"),
+        "the untampered planted entry is not a hit (wrong key?): {planted:?}\n{}",
+        diag(&st)
+    );
+    assert_eq!(planted.body, CRAFTED_BODY);
+    assert_eq!(planted.header("x-note"), Some("planted"));
+    assert_eq!(st.origin().count("/planted"), 0);
+    let corrupt_before = stat(&st, "fleet_cache_corrupt_entries");
+
+    // 2. Tampered: refused as unsafe (the checksums are right).
+    let bad = crafted(&key, tamper);
+    assert_eq!(entry::decode(&bad), Err(EntryError::Unsafe));
+    redis_set(&st, &key.redis_key, &bad);
+    assert_eq!(redis_get(&st, &key.redis_key), bad);
+
+    let refetch = st.get(target, &[]);
+    assert_nothing_injected(&refetch, "refetch");
+    assert_eq!(refetch.status, 200, "{refetch:?}\n{}", diag(&st));
+    assert!(refetch.complete);
+    let cs = cache_status(&refetch);
+    assert!(
+        cs.contains("fwd=uri-miss") && cs.contains("detail=invalid-entry"),
+        "{cs}\n{}",
+        diag(&st)
+    );
+    assert_eq!(
+        st.origin().count("/planted"),
+        1,
+        "not fetched from the origin"
+    );
+    let mut expect = text_body(target);
+    expect.push_str(&unique_suffix(1));
+    assert_eq!(refetch.text(), expect);
+    assert_eq!(refetch.header("x-note"), None, "{refetch:?}");
+    let counted = poll(Duration::from_secs(5), || {
+        stat(&st, "fleet_cache_corrupt_entries") > corrupt_before
+    });
+    assert!(
+        counted,
+        "fleet_cache_corrupt_entries stayed at {corrupt_before}\n{}",
+        diag(&st)
+    );
+
+    // 3. Overwritten by the origin's answer, then a plain hit.
+    let repaired = poll(Duration::from_secs(5), || {
+        matches!(
+            entry::decode(&redis_get(&st, &key.redis_key)),
+            Ok(Decoded::Response { body, .. }) if body == refetch.body
+        )
+    });
+    assert!(
+        repaired,
+        "the planted entry was not overwritten\n{}",
+        diag(&st)
+    );
+    assert_eq!(st.keys(), vec![key.redis_key.clone()]);
+    let hit = st.get(target, &[]);
+    assert_nothing_injected(&hit, "hit after repair");
+    assert_eq!(hit.status, 200, "{hit:?}");
+    assert!(
+        cache_status(&hit).contains("; hit"),
+        "{hit:?}\n{}",
+        diag(&st)
+    );
+    assert_eq!(hit.body, refetch.body);
+    assert_eq!(
+        st.origin().count("/planted"),
+        1,
+        "the hit after the repair reached the origin"
+    );
+}
+
+fn add_header(meta: &mut ResponseMeta, name: &str, value: &str) {
+    meta.headers.push((name.into(), value.into()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planted entries
+
+/// (a) Response splitting: a value that would end the header line and start another.
+#[test]
+fn header_value_with_crlf_is_refused() {
+    planted_entry_is_refused_and_overwritten(|m| add_header(m, "x-a", "1\r\nx-injected: 1"));
+}
+
+/// (b) `HTTP/1.1 0 Unknown`.
+#[test]
+fn status_zero_is_refused() {
+    planted_entry_is_refused_and_overwritten(|m| m.status = 0);
+}
+
+/// (c) A header line with no name.
+#[test]
+fn empty_header_name_is_refused() {
+    planted_entry_is_refused_and_overwritten(|m| add_header(m, "", "x-injected"));
+}
+
+/// (d) A NUL inside a value.
+#[test]
+fn nul_in_header_value_is_refused() {
+    planted_entry_is_refused_and_overwritten(|m| add_header(m, "x-a", "1\0x-injected: 1"));
+}
+
+/// (e) A hop-by-hop header the cache never stores: a replayed `transfer-encoding: chunked`
+/// would contradict the local reply's framing.
+#[test]
+fn transfer_encoding_header_is_refused() {
+    planted_entry_is_refused_and_overwritten(|m| add_header(m, "transfer-encoding", "chunked"));
+}
