@@ -299,7 +299,7 @@ const NAME_BYTE: [bool; 256] = {
 };
 
 /// A non-empty lower-case token (RFC 9110 §5.1, §5.6.2).
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| NAME_BYTE[b as usize])
 }
 

@@ -241,10 +241,13 @@ impl Vary {
         let mut names: Vec<String> = Vec::new();
         for v in values {
             for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if name == "*" {
+                let name = name.to_ascii_lowercase();
+                // A member that is not a field name can't select a variant: as `*`, the
+                // response is not stored (a stored record with it would be refused on read).
+                if name == "*" || !crate::entry::valid_name(&name) {
                     return Vary::Any;
                 }
-                names.push(name.to_ascii_lowercase());
+                names.push(name);
             }
         }
         // Equal names are identical, so an unstable sort gives the same list.
@@ -268,6 +271,16 @@ mod tests {
 
     fn key(cfg: &Config, r: &RequestHead) -> String {
         CacheKey::primary(cfg, r).redis_key
+    }
+
+    #[test]
+    fn a_vary_member_that_is_not_a_field_name_is_vary_star() {
+        assert_eq!(Vary::parse(["Accept, x y"].into_iter()), Vary::Any);
+        assert_eq!(Vary::parse(["accept, x\u{1}"].into_iter()), Vary::Any);
+        assert_eq!(
+            Vary::parse(["Accept, X-Y"].into_iter()),
+            Vary::Headers(vec!["accept".into(), "x-y".into()])
+        );
     }
 
     #[test]

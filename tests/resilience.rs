@@ -138,7 +138,8 @@ fn raw_exchange(port: u16, request: &str) -> (String, Vec<u8>) {
 // 7. Store down
 
 /// Redis stopped: every request is answered by the origin (fail-open, no 5xx), counted as a
-/// store error; once Redis is back, caching resumes without restarting Envoy.
+/// store error, and after `store.breaker_failures` of them the store is skipped (breaker
+/// open); once Redis is back, caching resumes within a second without restarting Envoy.
 #[test]
 fn redis_down_fails_open_then_caching_resumes() {
     let st = Stack::start(store_only());
@@ -159,7 +160,13 @@ fn redis_down_fails_open_then_caching_resumes() {
             "request {i}: {r:?}"
         );
         assert!(cs.contains("fwd=miss"), "request {i}: {cs}");
-        assert!(cs.contains("detail=store-unavailable"), "request {i}: {cs}");
+        let detail = if i < 5 {
+            "detail=store-unavailable"
+        } else {
+            // The breaker opened after five failures (probes may fail in between).
+            "detail=store-"
+        };
+        assert!(cs.contains(detail), "request {i}: {cs}");
         // A store that refused the read is not written to: no write storm during an outage.
         assert!(!cs.contains("; stored"), "request {i}: {cs}");
     }
@@ -167,7 +174,23 @@ fn redis_down_fails_open_then_caching_resumes() {
         assert_eq!(st.origin().count(&format!("/down{p}")), 5);
     }
     assert_eq!(stat(&st, "fleet_cache_lookups"), 20, "{}", diag(&st));
-    assert_eq!(stat(&st, "fleet_cache_store_errors"), 20, "{}", diag(&st));
+    let errors = stat(&st, "fleet_cache_store_errors");
+    let skipped = stat(&st, "fleet_cache_store_skipped");
+    assert_eq!(errors + skipped, 20, "{}", diag(&st));
+    assert!(
+        skipped >= 10,
+        "the breaker skipped the store: {}",
+        diag(&st)
+    );
+    // Each worker (two) has its own breaker; the gauge counts those open.
+    let openings = stat(&st, "fleet_cache_store_breaker_openings");
+    assert!((1..=2).contains(&openings), "{}", diag(&st));
+    assert_eq!(
+        stat(&st, "fleet_cache_store_breaker_open"),
+        openings,
+        "{}",
+        diag(&st)
+    );
     assert_eq!(stat(&st, "fleet_cache_hits"), 0);
     // Nothing was recorded, so nothing was even tried.
     assert_eq!(stat(&st, "fleet_cache_published"), 0, "{}", diag(&st));
@@ -197,6 +220,18 @@ fn redis_down_fails_open_then_caching_resumes() {
         st.webdis_log()
     );
 
+    // The next request after the backoff probes the store and closes the breaker: caching
+    // is back within a second (the backoff is at most `store.breaker_max_backoff_ms`).
+    let back = Instant::now();
+    let closed = poll(Duration::from_millis(1_500), || {
+        !cache_status(&st.get("/probe", &[])).contains("detail=")
+    });
+    assert!(
+        closed,
+        "breaker still open after {:?}: {}",
+        back.elapsed(),
+        diag(&st)
+    );
     let target = "/after?cc=max-age%3D60";
     let published_before = stat(&st, "fleet_cache_published");
     let miss = st.get(target, &[]);
@@ -209,6 +244,12 @@ fn redis_down_fails_open_then_caching_resumes() {
     );
     wait_stat(&st, "fleet_cache_published", published_before + 1);
     assert_eq!(st.keys().len(), 1, "{}", diag(&st));
+    // Every worker's breaker closes on its next request's probe.
+    let all_closed = poll(Duration::from_millis(1_500), || {
+        st.get("/probe", &[]);
+        stat(&st, "fleet_cache_store_breaker_open") == 0
+    });
+    assert!(all_closed, "{}", diag(&st));
 
     let hit = st.get(target, &[]);
     assert_eq!(hit.status, 200);
