@@ -47,7 +47,9 @@ pub enum Mode {
     /// truncated RESP (keep-alive).
     Garbage,
     /// Relay to Webdis, but answer each request with Webdis' answer to the request relayed
-    /// before it (over all connections): answers arrive for the wrong command.
+    /// before it (over all connections): answers arrive for the wrong command. Set with
+    /// `set_mode_for(method, Swap)`, the answer is that of the previous request of the method
+    /// (e.g. lookups get other lookups' answers, which are other keys' entries).
     Swap,
 }
 
@@ -79,9 +81,11 @@ struct Shared {
     upstream_errors: AtomicUsize,
     /// Fault answers still being written or held open (drip, stall, endless, oversized).
     open_faults: AtomicUsize,
-    /// Swap mode: Webdis' latest answer (kept in Proxy mode too, so the first swapped request
-    /// already gets another request's answer).
-    last_answer: Mutex<Option<Vec<u8>>>,
+    /// Swap mode: Webdis' latest answer, under "" and under its request's method (kept in
+    /// Proxy mode too, so the first swapped request already gets another request's answer).
+    last_answers: Mutex<HashMap<String, Vec<u8>>>,
+    /// Swap answers that differ from what Webdis answered to the request itself.
+    swapped_other: AtomicUsize,
     recent: Mutex<VecDeque<String>>,
     /// Clones of every open socket (client and upstream), shut down on drop to unblock reads.
     sockets: Mutex<HashMap<u64, TcpStream>>,
@@ -110,7 +114,8 @@ impl FakeStore {
             faulted: AtomicUsize::new(0),
             upstream_errors: AtomicUsize::new(0),
             open_faults: AtomicUsize::new(0),
-            last_answer: Mutex::new(None),
+            last_answers: Mutex::new(HashMap::new()),
+            swapped_other: AtomicUsize::new(0),
             recent: Mutex::new(VecDeque::new()),
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -169,6 +174,11 @@ impl FakeStore {
         self.shared.faulted.load(Ordering::SeqCst)
     }
 
+    /// Swap answers that were not Webdis' answer to the request itself.
+    pub fn swapped_other(&self) -> usize {
+        self.shared.swapped_other.load(Ordering::SeqCst)
+    }
+
     /// Relays that failed on the Webdis side (answered 502 by the fake store itself).
     pub fn upstream_errors(&self) -> usize {
         self.shared.upstream_errors.load(Ordering::SeqCst)
@@ -201,8 +211,8 @@ impl FakeStore {
     /// A one-paragraph summary for assertion messages.
     pub fn describe(&self) -> String {
         format!(
-            "fake store: mode {:?} for {:?}, {} requests, {} faulted ({} open), {} upstream errors; \
-             recent:\n  {}",
+            "fake store: mode {:?} for {:?}, {} requests, {} faulted ({} open, {} swapped for \
+             another answer), {} upstream errors; recent:\n  {}",
             self.mode(),
             lock(&self.shared.only_method)
                 .as_deref()
@@ -210,6 +220,7 @@ impl FakeStore {
             self.requests(),
             self.faulted(),
             self.open_faults(),
+            self.swapped_other(),
             self.upstream_errors(),
             self.recent().join("\n  ")
         )
@@ -260,23 +271,22 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
         match listener.accept() {
             Ok((stream, _)) => {
                 let sh2 = sh.clone();
-                let spawned =
-                    thread::Builder::new()
-                        .name("fake-store-conn".into())
-                        .spawn(move || {
-                            let id = sh2.track(&stream);
-                            let _ = serve(stream, &sh2);
-                            sh2.forget(id);
-                        });
+                let conn = move || {
+                    let id = sh2.track(&stream);
+                    // An error only ends this connection: the peer is gone or broke framing.
+                    let _ = serve(stream, &sh2);
+                    sh2.forget(id);
+                };
+                let spawned = thread::Builder::new()
+                    .name("fake-store-conn".into())
+                    .spawn(conn);
                 if let Ok(h) = spawned {
                     let mut threads = lock(&sh.threads);
                     threads.retain(|t| !t.is_finished());
                     threads.push(h);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(10))
-            }
+            // WouldBlock: nothing to accept yet; anything else: try again all the same.
             Err(_) => thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -426,11 +436,13 @@ fn serve_requests(
             break;
         };
         let n = sh.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let mode = {
+        let method = req.first.split(' ').next().unwrap_or("").to_string();
+        // The mode for this request, and the key of the answer Swap mode hands it.
+        let (mode, swap_key) = {
             let m = lock(&sh.mode);
-            match lock(&sh.only_method).as_deref() {
-                Some(only) if !req.first.starts_with(&format!("{only} ")) => Mode::Proxy,
-                _ => m.clone(),
+            match lock(&sh.only_method).clone() {
+                Some(only) if only != method => (Mode::Proxy, String::new()),
+                only => (m.clone(), only.unwrap_or_default()),
             }
         };
         {
@@ -448,14 +460,27 @@ fn serve_requests(
         let keep = match mode {
             Mode::Proxy => {
                 let answer = upstream.relay(&req, sh);
-                *lock(&sh.last_answer) = Some(answer.clone());
+                let mut last = lock(&sh.last_answers);
+                last.insert(String::new(), answer.clone());
+                last.insert(method, answer.clone());
+                drop(last);
                 r.get_mut().write_all(&answer)?;
                 true
             }
             Mode::Swap => {
                 let answer = upstream.relay(&req, sh);
-                let prev = lock(&sh.last_answer).replace(answer.clone());
-                r.get_mut().write_all(&prev.unwrap_or(answer))?;
+                let prev = {
+                    let mut last = lock(&sh.last_answers);
+                    let prev = last.get(&swap_key).cloned();
+                    last.insert(String::new(), answer.clone());
+                    last.insert(method, answer.clone());
+                    prev
+                };
+                let sent = prev.unwrap_or(answer.clone());
+                if sent != answer {
+                    sh.swapped_other.fetch_add(1, Ordering::SeqCst);
+                }
+                r.get_mut().write_all(&sent)?;
                 true
             }
             fault => {
