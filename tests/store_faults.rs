@@ -276,6 +276,13 @@ fn settle(rig: &Rig) {
     }
 }
 
+/// The control case: no answer at all is a plain timeout, which the filter has always
+/// survived. It shows the steps above pass when the VM survives the fault.
+#[test]
+fn silent_store() {
+    fault_then_recovery(Mode::Silent);
+}
+
 #[test]
 fn drip_after_headers() {
     fault_then_recovery(Mode::DripAfterHeaders);

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub enum Mode {
     /// Relay to Webdis and back (the default).
     Proxy,
+    /// No answer at all, until the peer closes (a store that times out before answering: the
+    /// control case, which the filter has always survived).
+    Silent,
     /// `200` with `Content-Length: DRIP_LENGTH`, then one byte every 50 ms until the peer
     /// closes: the answer has started and never finishes.
     DripAfterHeaders,
@@ -588,6 +591,10 @@ fn answer_fault(
                 // Fails once the peer has closed (the write after the one that drew an RST).
                 s.write_all(b"x")?;
             }
+            Ok(false)
+        }
+        Mode::Silent => {
+            wait_for_close(r, sh);
             Ok(false)
         }
         Mode::StallAfterHeaders => {
