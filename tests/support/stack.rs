@@ -67,6 +67,13 @@ pub struct StackOptions {
     /// A custom redis.conf (its text) instead of envoy/redis.conf. The harness still adds
     /// `--port`, `--bind 127.0.0.1`, `--dir`, `--pidfile` and its admin user.
     pub redis_conf: Option<String>,
+    /// Point Envoy's store cluster (`{{WEBDIS_PORT}}` in the Envoy template) at this port
+    /// instead of Webdis': something the test runs in front of Webdis, such as
+    /// `support::fake_store::FakeStore`, which then relays to [`Stack::webdis_port`].
+    pub store_port: Option<u16>,
+    /// Envoy's `--concurrency`: its worker threads, each with its own wasm VM (default 2). 1
+    /// makes every request land on the same worker, hence the same VM.
+    pub concurrency: usize,
 }
 
 impl Default for StackOptions {
@@ -80,6 +87,8 @@ impl Default for StackOptions {
             envoy_template: None,
             webdis_template: None,
             redis_conf: None,
+            store_port: None,
+            concurrency: 2,
         }
     }
 }
@@ -120,6 +129,8 @@ pub struct Stack {
     envoy_template: Option<String>,
     webdis_template: Option<String>,
     redis_conf: Option<PathBuf>,
+    store_port: Option<u16>,
+    concurrency: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -407,11 +418,13 @@ fn require_wasm() {
     }
 }
 
-fn envoy_command(config: &Path, log: &Path) -> Command {
+fn envoy_command(config: &Path, log: &Path, concurrency: usize) -> Command {
     let mut cmd = Command::new(ENVOY_BIN);
     cmd.arg("-c")
         .arg(config)
-        .args(["--disable-hot-restart", "--concurrency", "2", "-l", "info"])
+        .args(["--disable-hot-restart", "--concurrency"])
+        .arg(concurrency.to_string())
+        .args(["-l", "info"])
         .args(["--component-log-level", "wasm:debug"])
         // The --log-path file is written in batches, every 10 s by default: tests that read the
         // log while Envoy runs need it within a fraction of a second.
@@ -473,6 +486,8 @@ impl Stack {
             envoy_template: opts.envoy_template.clone(),
             webdis_template: opts.webdis_template.clone(),
             redis_conf: None,
+            store_port: opts.store_port,
+            concurrency: opts.concurrency,
         };
         if let Some(conf) = &opts.redis_conf {
             let p = st.path.join("redis.conf");
@@ -575,7 +590,8 @@ impl Stack {
     }
 
     fn boot_envoys(&mut self, n: usize) {
-        let (origin, webdis) = (self.origin_port, self.webdis_port);
+        // The store cluster's port: Webdis, or what the test put in front of it.
+        let (origin, webdis) = (self.origin_port, self.store_port());
         let yaml_ports = |listen, admin| EnvoyPorts {
             listen,
             admin,
@@ -633,7 +649,10 @@ impl Stack {
 
     fn spawn_envoy(&self, i: usize) {
         let s = &self.envoy_slots[i];
-        let child = spawn(&mut envoy_command(&s.config, &s.log), &s.stderr);
+        let child = spawn(
+            &mut envoy_command(&s.config, &s.log, self.concurrency),
+            &s.stderr,
+        );
         lock(&self.envoys)[i] = Some(child);
     }
 
@@ -682,7 +701,7 @@ impl Stack {
         fs::write(&config, render_envoy_yaml(&ports, config_text, false)).expect("write yaml");
         let log = dir.path().join("envoy.log");
         let stderr = dir.path().join("envoy.stderr");
-        let mut child = spawn(&mut envoy_command(&config, &log), &stderr);
+        let mut child = spawn(&mut envoy_command(&config, &log, 2), &stderr);
         let w = wait_until(&mut child, ENVOY_READY_TIMEOUT, || envoy_ready(ports.admin));
         stop_children(std::slice::from_mut(&mut child), STOP_GRACE);
         let text = format!("{}{}", read_lossy(&log), read_lossy(&stderr));
@@ -728,6 +747,11 @@ impl Stack {
 
     pub fn webdis_port(&self) -> u16 {
         self.webdis_port
+    }
+
+    /// The port Envoy's store cluster points at: `StackOptions::store_port`, else Webdis'.
+    pub fn store_port(&self) -> u16 {
+        self.store_port.unwrap_or(self.webdis_port)
     }
 
     pub fn envoy_count(&self) -> usize {
