@@ -50,6 +50,11 @@ struct Rig {
 }
 
 fn start() -> Rig {
+    start_with_breaker(5)
+}
+
+/// `breaker_failures` consecutive failed callouts open the breaker (0: never).
+fn start_with_breaker(breaker_failures: u64) -> Rig {
     let fake = FakeStore::start();
     let st = Stack::start(StackOptions {
         store_port: Some(fake.port()),
@@ -60,7 +65,8 @@ fn start() -> Rig {
                 "timeout_ms": STORE_TIMEOUT.as_millis() as u64,
                 // Writes that meet a fault give up within 1 s (default 5 s): the tests wait for
                 // every faulted callout to end before checking recovery.
-                "publish_timeout_ms": 1000
+                "publish_timeout_ms": 1000,
+                "breaker_failures": breaker_failures
             },
             // Every lookup goes to the store: the in-proxy tier would hide it.
             "memory": {"max_bytes": 0}
@@ -337,7 +343,9 @@ fn garbage_answers() {
 /// may fail, and the store holds no wrong entry afterwards.
 #[test]
 fn swapped_answers_never_serve_another_url() {
-    let rig = start();
+    // Swapped answers are store errors, which would open the breaker and stop the swapping
+    // this test is about: it stays closed here.
+    let rig = start_with_breaker(0);
     let urls: Vec<String> = (0..10).map(|i| cacheable(&format!("/swap-{i}"))).collect();
     // Half of them stored: their lookups return entries, which then land on other requests.
     for u in &urls[..5] {
@@ -402,8 +410,10 @@ fn swapped_requests(rig: &Rig, urls: &[String], what: &str) {
         rig.fake.describe()
     );
     note_some(rig, what, &wrongs);
-    if rig.fake.faulted() < results.len() {
-        rig.note(format!("{what}: fewer swapped answers than requests"));
+    // Concurrent lookups of one key share a callout, so some requests ride on another's
+    // (swapped) answer; most must have met a swap of their own for the test to mean much.
+    if rig.fake.faulted() < results.len() * 3 / 4 {
+        rig.note(format!("{what}: few swapped answers for the requests"));
     }
 }
 
