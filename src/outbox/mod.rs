@@ -656,14 +656,14 @@ impl Outbox {
             self.notes.push_back(Note::BreakerOpened);
             // No added wait while open: what has not left yet goes to the origin now.
             for want in std::mem::take(&mut self.pending) {
-                self.reply_all(&want.streams, || Err(StoreError::BreakerOpen));
+                self.reply_all(&want.streams, Err(StoreError::BreakerOpen));
             }
         }
         match flight.carries {
             Carries::Lookup { wants, riders, .. } => {
                 self.settle_writes(riders, Err(e), true);
                 for w in wants {
-                    self.reply_all(&w.streams, || Err(e));
+                    self.reply_all(&w.streams, Err(e));
                 }
             }
             Carries::Writes(jobs) => self.settle_writes(jobs, Err(e), false),
@@ -672,7 +672,7 @@ impl Outbox {
             }
             Carries::Piece { key, .. } => {
                 if let Some(a) = self.assemblies.remove(&key) {
-                    self.reply_all(&a.streams, || Err(e));
+                    self.reply_all(&a.streams, Err(e));
                 }
             }
         }
@@ -699,14 +699,15 @@ impl Outbox {
     fn deliver(&mut self, now_ms: u64, wants: Vec<Want>, slots: Vec<Slot>, body: &Rc<Vec<u8>>) {
         for (want, slot) in wants.into_iter().zip(slots) {
             match slot {
-                Slot::Missing => self.reply_all(&want.streams, || Ok(None)),
-                Slot::Foreign => self.reply_all(&want.streams, || Ok(Some(Bytes::foreign()))),
-                Slot::Value(range) => self.reply_all(&want.streams, || {
-                    Ok(Some(Bytes {
+                Slot::Missing => self.reply_all(&want.streams, Ok(None)),
+                Slot::Foreign => self.reply_all(&want.streams, Ok(Some(Bytes::foreign()))),
+                Slot::Value(range) => {
+                    let bytes = Bytes {
                         buf: body.clone(),
-                        range: range.clone(),
-                    }))
-                }),
+                        range,
+                    };
+                    self.reply_all(&want.streams, Ok(Some(bytes)))
+                }
                 Slot::Large(total) => self.assemble(now_ms, want, total),
             }
         }
@@ -724,7 +725,7 @@ impl Outbox {
         }
         if total > self.settings.max_value_bytes {
             self.notes.push_back(Note::TooLarge);
-            self.reply_all(&streams, || Ok(Some(Bytes::foreign())));
+            self.reply_all(&streams, Ok(Some(Bytes::foreign())));
             return;
         }
         let extended = large_deadline(&self.settings, now_ms, total);
@@ -740,7 +741,7 @@ impl Outbox {
         let assembling: u64 = self.assemblies.values().map(|a| a.total).sum();
         if assembling + total > self.settings.max_queue_bytes as u64 {
             // Memory is bounded: this worker is reading enough large values already.
-            self.reply_all(&streams, || Err(StoreError::Busy));
+            self.reply_all(&streams, Err(StoreError::Busy));
             return;
         }
         self.assemblies.insert(
@@ -781,29 +782,22 @@ impl Outbox {
         match result {
             Ok(()) => {
                 self.notes.push_back(Note::LargeRead);
-                let len = a.buf.len();
-                let buf = Rc::new(a.buf);
-                self.reply_all(&a.streams, || {
-                    Ok(Some(Bytes {
-                        buf: buf.clone(),
-                        range: 0..len,
-                    }))
-                });
+                let bytes = Bytes {
+                    range: 0..a.buf.len(),
+                    buf: Rc::new(a.buf),
+                };
+                self.reply_all(&a.streams, Ok(Some(bytes)));
             }
-            Err(None) => self.reply_all(&a.streams, || Ok(None)),
-            Err(Some(e)) => self.reply_all(&a.streams, || Err(e)),
+            Err(None) => self.reply_all(&a.streams, Ok(None)),
+            Err(Some(e)) => self.reply_all(&a.streams, Err(e)),
         }
     }
 
     /// Replies to each of `streams` still waiting (each exactly once).
-    fn reply_all(
-        &mut self,
-        streams: &[StreamId],
-        reply: impl Fn() -> Result<Option<Bytes>, StoreError>,
-    ) {
+    fn reply_all(&mut self, streams: &[StreamId], reply: Result<Option<Bytes>, StoreError>) {
         for s in streams {
             if self.deadlines.remove(s).is_some() {
-                self.replies.push_back((*s, Reply::Lookup(reply())));
+                self.replies.push_back((*s, Reply::Lookup(reply.clone())));
             }
         }
     }

@@ -159,28 +159,41 @@ macro_rules! script {
     }};
 }
 
+/// Appends `/<n>`.
+fn push_num(path: &mut String, n: u64) {
+    path.push('/');
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[i..].iter().for_each(|&d| path.push(d as char));
+}
+
 /// `/EVAL/<script>/<numkeys>/<keys...>/<nonce>`; the caller appends its other ARGV and `.raw`.
-fn eval_path<'k>(
-    script: &str,
-    keys: impl Iterator<Item = &'k str> + Clone,
-    nonce: u64,
-    extra: usize,
-) -> String {
-    let keys_len: usize = keys.clone().map(|k| k.len() + 8).sum();
+fn eval_path(script: &str, keys: &[&str], nonce: u64, extra: usize) -> String {
+    let keys_len: usize = keys.iter().map(|k| k.len() + 8).sum();
     let mut path = String::with_capacity(script.len() + keys_len + extra + 48);
     path.push_str("/EVAL/");
     path.push_str(script);
-    let n = keys.clone().count();
-    path.push_str(&format!("/{n}"));
+    push_num(&mut path, keys.len() as u64);
     for key in keys {
         path.push('/');
         encode_arg(&mut path, key.as_bytes());
     }
-    path.push_str(&format!("/{nonce:016x}"));
+    path.push('/');
+    push_hex(&mut path, &nonce.to_be_bytes());
     path
 }
 
-fn get(path: String) -> Request<'static> {
+fn get(mut path: String) -> Request<'static> {
+    path.push_str(".raw");
     Request::Http {
         method: "GET",
         path,
@@ -188,12 +201,21 @@ fn get(path: String) -> Request<'static> {
     }
 }
 
+fn put<'a>(mut path: String, body: Cow<'a, [u8]>) -> Request<'a> {
+    path.push_str(".raw");
+    Request::Http {
+        method: "PUT",
+        path,
+        body: Some(body),
+    }
+}
+
 /// The request for `command`, carrying `nonce`.
 pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
     match command {
         Command::Lookup { keys, inline_bytes } => {
-            let mut path = eval_path(script!(LOOKUP), keys.iter().copied(), nonce, 16);
-            path.push_str(&format!("/{inline_bytes}.raw"));
+            let mut path = eval_path(script!(LOOKUP), keys, nonce, 16);
+            push_num(&mut path, *inline_bytes as u64);
             get(path)
         }
         Command::Write {
@@ -201,82 +223,74 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
             then_lookup,
             inline_bytes,
         } => {
-            let keys = entries
+            let sets: Vec<String> = entries
                 .iter()
-                .flat_map(|w| entry_keys(w))
-                .chain(then_lookup.iter().map(|k| Cow::Borrowed(*k)));
-            let owned: Vec<Cow<'_, str>> = keys.collect();
-            let mut path = if then_lookup.is_empty() {
-                eval_path(
-                    script!(SET_ENTRIES),
-                    owned.iter().map(|k| k.as_ref()),
-                    nonce,
-                    64 * entries.len(),
-                )
-            } else {
-                let mut p = eval_path(
-                    script!(SET_ENTRIES_THEN_LOOKUP),
-                    owned.iter().map(|k| k.as_ref()),
-                    nonce,
-                    64 * entries.len(),
-                );
-                p.push_str(&format!("/{inline_bytes}"));
-                p
-            };
+                .filter(|w| w.variant.is_some())
+                .map(|w| super::layout::variants_set_key(&w.key))
+                .collect();
+            let mut sets = sets.iter();
+            let mut keys: Vec<&str> = Vec::with_capacity(4 * entries.len() + then_lookup.len());
             for w in entries {
-                path.push_str(&format!("/{}/{}/", entry_key_count(w), w.ttl_ms));
+                keys.push(&w.key);
+                if let Some(v) = &w.variant {
+                    keys.push(&v.key);
+                    keys.push(sets.next().map_or("", String::as_str));
+                }
+                keys.extend(w.tags.iter().map(String::as_str));
+            }
+            keys.extend_from_slice(then_lookup);
+            let script = if then_lookup.is_empty() {
+                script!(SET_ENTRIES)
+            } else {
+                script!(SET_ENTRIES_THEN_LOOKUP)
+            };
+            let mut path = eval_path(script, &keys, nonce, 64 * entries.len());
+            if !then_lookup.is_empty() {
+                push_num(&mut path, *inline_bytes as u64);
+            }
+            for w in entries {
+                push_num(&mut path, entry_key_count(w) as u64);
+                push_num(&mut path, w.ttl_ms);
                 match &w.variant {
-                    None => path.push_str("0/-"),
+                    None => path.push_str("/0/-"),
                     Some(v) => {
-                        path.push_str("1/");
+                        path.push_str("/1/");
                         push_hex(&mut path, &v.record);
                     }
                 }
-                path.push_str(&format!("/{}", w.entry.len()));
+                push_num(&mut path, w.entry.len() as u64);
             }
-            path.push_str(".raw");
-            Request::Http {
-                method: "PUT",
-                path,
-                body: Some(entries_body(entries)),
-            }
+            put(path, entries_body(entries))
         }
         Command::Refresh(w) => {
             let r = w.refresh.unwrap_or(super::Refresh {
                 keep: 0,
                 expected_len: u64::MAX,
             });
-            let entry_key = w.variant.as_ref().map_or(&w.key, |v| &v.key);
-            let keys: Vec<&str> = match &w.variant {
-                Some(_) => vec![&w.key, entry_key],
-                None => vec![entry_key],
+            let mut path = match &w.variant {
+                Some(v) => eval_path(script!(REFRESH), &[&w.key, &v.key], nonce, 48),
+                None => eval_path(script!(REFRESH), &[&w.key], nonce, 48),
             };
-            let mut path = eval_path(script!(REFRESH), keys.into_iter(), nonce, 48);
-            path.push_str(&format!("/{}/{}/{}.raw", w.ttl_ms, r.keep, r.expected_len));
-            Request::Http {
-                method: "PUT",
-                path,
-                body: Some(Cow::Borrowed(&w.entry)),
+            for n in [w.ttl_ms, r.keep, r.expected_len] {
+                push_num(&mut path, n);
             }
+            put(path, Cow::Borrowed(&w.entry))
         }
         Command::Invalidate(resource_keys) => {
             let sets: Vec<String> = resource_keys
                 .iter()
                 .map(|k| super::layout::variants_set_key(k))
                 .collect();
-            let keys = resource_keys
+            let keys: Vec<&str> = resource_keys
                 .iter()
                 .zip(&sets)
-                .flat_map(|(k, s)| [k.as_str(), s.as_str()]);
-            let mut path = eval_path(script!(INVALIDATE), keys, nonce, 0);
-            path.push_str(".raw");
-            get(path)
+                .flat_map(|(k, s)| [k.as_str(), s.as_str()])
+                .collect();
+            get(eval_path(script!(INVALIDATE), &keys, nonce, 0))
         }
         Command::PurgeTags(tag_set_keys) => {
-            let keys = tag_set_keys.iter().map(String::as_str);
-            let mut path = eval_path(script!(PURGE_TAGS), keys, nonce, 0);
-            path.push_str(".raw");
-            get(path)
+            let keys: Vec<&str> = tag_set_keys.iter().map(String::as_str).collect();
+            get(eval_path(script!(PURGE_TAGS), &keys, nonce, 0))
         }
         Command::Piece {
             key,
@@ -284,27 +298,17 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
             start,
             end,
         } => {
-            let mut path = eval_path(script!(PIECE), std::iter::once(*key), nonce, 48);
+            let mut path = eval_path(script!(PIECE), &[key], nonce, 48);
             // GETRANGE's end is inclusive.
-            let last = end.saturating_sub(1);
-            path.push_str(&format!("/{total}/{start}/{last}.raw"));
+            for n in [*total, *start, end.saturating_sub(1)] {
+                push_num(&mut path, n);
+            }
             get(path)
         }
     }
 }
 
-/// The KEYS one entry takes in [`SET_ENTRIES_LOOP`], in order.
-fn entry_keys(w: &Write) -> Vec<Cow<'_, str>> {
-    let mut keys = Vec::with_capacity(entry_key_count(w));
-    keys.push(Cow::Borrowed(w.key.as_str()));
-    if let Some(v) = &w.variant {
-        keys.push(Cow::Borrowed(v.key.as_str()));
-        keys.push(Cow::Owned(super::layout::variants_set_key(&w.key)));
-    }
-    keys.extend(w.tags.iter().map(|t| Cow::Borrowed(t.as_str())));
-    keys
-}
-
+/// The KEYS one entry takes in [`SET_ENTRIES_LOOP`].
 fn entry_key_count(w: &Write) -> usize {
     let fixed = if w.variant.is_some() { 3 } else { 1 };
     fixed + w.tags.len()
@@ -385,7 +389,9 @@ pub fn decode(
 }
 
 fn nonce_text(nonce: u64) -> String {
-    format!("{nonce:016x}")
+    let mut s = String::with_capacity(16);
+    push_hex(&mut s, &nonce.to_be_bytes());
+    s
 }
 
 /// A RESP reader over an answer: every length checked, nothing trusted.
