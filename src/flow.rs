@@ -20,6 +20,7 @@ use crate::purge::{self, PurgeRequest};
 use crate::range::{self, RangeAnswer};
 pub use crate::reply::{Body, Reply, ReplyHeaders};
 use crate::revalidate;
+pub use crate::store::PurgeCommand;
 use crate::store::{Refresh, StoreError, VariantWrite, Write};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -71,15 +72,6 @@ pub enum RequestStep {
     /// The in-proxy tier had the answer (or part of it): carry this step out as if the store
     /// had answered.
     Decided(LookupStep<'static>),
-}
-
-/// A purge to run in the store on behalf of the request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PurgeCommand {
-    /// Remove these resources (their keys) with all their variants.
-    Resources(Vec<String>),
-    /// Remove every resource listed in these tag sets (their keys).
-    Tags(Vec<String>),
 }
 
 /// What to do after a store answer.

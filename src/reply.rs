@@ -109,17 +109,13 @@ impl ReplyHeaders {
 
     /// The lines as the host takes them.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.lines.iter().map(|line| match line {
+        self.lines.iter().filter_map(|line| match line {
+            // Positions come from this same entry's list (see `stored`): always there.
             Line::Stored(i) => {
-                // Positions come from this same entry's list (see `stored`).
-                let (n, v) = &self
-                    .stored
-                    .as_ref()
-                    .expect("stored lines have an entry")
-                    .headers[*i];
-                (n.as_str(), v.as_str())
+                let (n, v) = self.stored.as_ref()?.headers.get(*i)?;
+                Some((n.as_str(), v.as_str()))
             }
-            Line::Added(n, v) => (*n, v.as_str()),
+            Line::Added(n, v) => Some((*n, v.as_str())),
         })
     }
 

@@ -120,10 +120,10 @@ pub(super) fn array<'v>(v: &'v Value, path: &str) -> Result<&'v [Value], ConfigE
 pub(super) fn variant(v: &Value, path: &str, names: &[&str]) -> Result<usize, ConfigError> {
     let (name, content) = match v {
         Value::String(s) => (s.as_str(), None),
-        Value::Object(o) if o.len() == 1 => {
-            let (k, c) = o.iter().next().expect("one entry");
-            (k.as_str(), Some(c))
-        }
+        Value::Object(o) if o.len() == 1 => match o.iter().next() {
+            Some((k, c)) => (k.as_str(), Some(c)),
+            None => (path, None),
+        },
         Value::Object(_) => {
             return Err(error(
                 path,

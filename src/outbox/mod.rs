@@ -29,8 +29,9 @@
 pub mod breaker;
 pub mod writes;
 
-use crate::flow::PurgeCommand;
-use crate::store::{self, Answer, Command, Expect, Request, Slot, StoreError, StoreWrite};
+use crate::store::{
+    self, Answer, Command, Expect, PurgeCommand, Request, Slot, StoreError, StoreWrite,
+};
 use breaker::{Admit, Breaker, BreakerSettings, Change};
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, Range};

@@ -127,6 +127,15 @@ pub struct VariantWrite {
     pub record: Vec<u8>,
 }
 
+/// A purge to run in the store on behalf of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PurgeCommand {
+    /// Remove these resources (their keys) with all their variants.
+    Resources(Vec<String>),
+    /// Remove every resource listed in these tag sets (their keys).
+    Tags(Vec<String>),
+}
+
 /// A command for the store, borrowing what it sends.
 #[derive(Debug)]
 pub enum Command<'a> {
