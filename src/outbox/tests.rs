@@ -896,3 +896,25 @@ fn a_wait_past_the_deadline_before_asking_is_a_timeout_at_once() {
     assert_eq!(s.error(1), Some(StoreError::Timeout));
     assert!(s.out.is_empty());
 }
+
+#[test]
+fn answers_out_of_order_each_serve_their_own_streams() {
+    let mut s = Sim::new();
+    s.want(0, "first");
+    for i in 0..(2 * MAX_KEYS as u32) {
+        s.redis
+            .strings
+            .insert(format!("k{i}"), format!("v{i}").into_bytes());
+        s.want(100 + i, &format!("k{i}"));
+    }
+    assert_eq!(s.out.len(), 3);
+    // The last callout answers first, then the first, then the middle one.
+    let last = s.out.pop().unwrap();
+    let body = s.redis.run(&last.request);
+    s.outbox.answered(s.now, last.token, Some(200), Some(body));
+    s.pump();
+    s.answer_all();
+    for i in 0..(2 * MAX_KEYS as u32) {
+        assert_eq!(s.value(100 + i).unwrap(), format!("v{i}").into_bytes());
+    }
+}
