@@ -655,13 +655,12 @@ def wrk(url, seconds, latency, script_args=None):
 # The cases. Each row: id, label, profile, size tag, Envoy name (or None), url, kind.
 
 
-def lookup_script_arg():
-    """The lookup script exactly as the filter sends it (src/store/webdis.rs `LOOKUP_ARG`)."""
-    src = open(os.path.join(ROOT, "src", "store", "webdis.rs")).read()
-    m = re.search(r'const LOOKUP_ARG: &str =\s*"([^"]+)";', src)
-    if not m:
-        raise SystemExit("bench: LOOKUP_ARG not found in src/store/webdis.rs")
-    return m.group(1)
+def lookup_path(key):
+    """The filter's lookup of one key, exactly as it sends it (`store::encode`, printed by
+    examples/lookup_path.rs)."""
+    out = subprocess.run(["cargo", "run", "-q", "--release", "--example", "lookup_path", "--", key],
+                         cwd=ROOT, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def case_rows(memory_ok):
@@ -716,7 +715,7 @@ def case_rows(memory_ok):
         "/d?size=1024&cc=public%2C%20max-age%3D3600", port=SLOW_PORT)
     for tag, _ in SIZES:
         add("ctx-webdis", "Webdis, the filter's lookup of one key, direct", "context", tag, None,
-            f"/EVAL/{lookup_script_arg()}/1/benchprobe%3A{tag}.raw", port=WEBDIS_PORT)
+            lookup_path(f"benchprobe:{tag}"), port=WEBDIS_PORT)
     return rows
 
 
