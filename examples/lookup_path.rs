@@ -6,7 +6,9 @@ use fleet_cache::outbox::ANSWER_BYTES;
 use fleet_cache::store::{self, Command, Request};
 
 fn main() {
-    let key = std::env::args().nth(1).unwrap_or_else(|| "benchprobe:1k".into());
+    let key = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "benchprobe:1k".into());
     let command = Command::Lookup {
         keys: vec![&key],
         inline_bytes: ANSWER_BYTES,

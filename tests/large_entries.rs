@@ -615,18 +615,12 @@ fn a_string_at_a_variants_set_key_does_not_block_the_write() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bug, ignored until src/outbox is fixed: a piece answer of an abandoned read of a key is
-// credited to a newer read of the same key. `Outbox::piece_arrived` finds the assembly by key
-// alone and counts bytes received, not which pieces: the old read's pieces fill the new one's
-// slots and lower its `out`, and once the received bytes reach the total the value is
-// delivered with ranges never received (zeros). The entry decoder refuses it (a spurious miss,
-// `detail=invalid-entry`, counted corrupt, the entry rewritten); nothing wrong is served.
-// `cargo test --test large_entries -- --ignored` shows both.
+// A read abandoned while its pieces are out must not spoil the next read of the same key:
+// each read of a large value is its own (the outbox ties a piece to its read, not its key).
 
 /// Through real Envoy: a client that goes away while a 20 MiB entry is being read, then
-/// another request for it at once. Fails today: the next request is `detail=invalid-entry`.
+/// another request for it at once: a hit, not `detail=invalid-entry`.
 #[test]
-#[ignore = "src bug: a piece of an abandoned read is credited to the next read of the key"]
 fn an_abandoned_read_does_not_spoil_the_next_read_of_the_entry() {
     use std::io::Write;
     use std::net::TcpStream;
@@ -665,9 +659,8 @@ fn an_abandoned_read_does_not_spoil_the_next_read_of_the_entry() {
 
 /// The same in the outbox alone, deterministic: read 1 of a six-piece value sends four
 /// pieces and is abandoned; read 2 of the key sends four more; read 1's pieces come back,
-/// then two of read 2's. Fails today: read 2 is answered with bytes 16 MiB.. never received.
+/// then two of read 2's: read 2 is never answered with bytes it did not receive.
 #[test]
-#[ignore = "src bug: a piece of an abandoned read is credited to the next read of the key"]
 fn a_piece_of_an_abandoned_read_is_not_credited_to_the_next_read() {
     use fleet_cache::outbox::breaker::BreakerSettings;
     use fleet_cache::outbox::{Outbox, Reply, Settings};

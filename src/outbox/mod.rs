@@ -56,7 +56,9 @@ pub const ANSWER_BYTES: usize = 4 << 20;
 /// their transfer: only a few small ones ride.
 pub const MAX_RIDER_BYTES: usize = 64 << 10;
 
-/// Pieces of one large value out at once.
+/// Pieces out at once, for all the large values a worker reads. Values are read one after the
+/// other (oldest first), not all at once: N values read together would all finish at about N
+/// times one transfer, and all miss a deadline that one of them alone would meet.
 const MAX_PIECES_OUT: usize = 4;
 
 /// A write the host refused to dispatch waits this long before it is tried again.
@@ -170,8 +172,10 @@ enum Carries {
         stream: StreamId,
         purge: PurgeCommand,
     },
-    /// Bytes `start..end` of a large value being assembled.
+    /// Bytes `start..end` of a large value being assembled (by assembly `id`: a piece of a
+    /// read that was abandoned is no one's, even if the key is read again).
     Piece {
+        id: u64,
         key: String,
         total: u64,
         start: u64,
@@ -216,6 +220,7 @@ impl Carries {
                 total,
                 start,
                 end,
+                ..
             } => Command::Piece {
                 key,
                 total: *total,
@@ -243,6 +248,8 @@ struct Flight {
 /// A large value being read in pieces.
 #[derive(Debug)]
 struct Assembly {
+    id: u64,
+    key: String,
     total: u64,
     buf: Vec<u8>,
     /// Where the next piece to request starts.
@@ -269,7 +276,9 @@ pub struct Outbox {
     flights: HashMap<u64, Flight>,
     /// Host token -> nonce of the flight it carries.
     tokens: HashMap<u32, u64>,
-    assemblies: HashMap<String, Assembly>,
+    /// Large values being read, oldest first.
+    assemblies: Vec<Assembly>,
+    next_assembly: u64,
     replies: VecDeque<(StreamId, Reply)>,
     notes: VecDeque<Note>,
     breaker: Breaker,
@@ -289,7 +298,8 @@ impl Outbox {
             purges: VecDeque::new(),
             flights: HashMap::new(),
             tokens: HashMap::new(),
-            assemblies: HashMap::new(),
+            assemblies: Vec::new(),
+            next_assembly: 0,
             replies: VecDeque::new(),
             notes: VecDeque::new(),
             breaker: Breaker::new(settings.breaker, seed.rotate_left(17)),
@@ -316,7 +326,7 @@ impl Outbox {
         }
         // A value already on its way serves this stream too: it left at most one round trip
         // ago, as fresh as any lookup this one would send.
-        if let Some(a) = self.assemblies.get_mut(&key) {
+        if let Some(a) = self.assemblies.iter_mut().find(|a| a.key == key) {
             a.streams.push(stream);
             let extended = large_deadline(&self.settings, now_ms, a.total);
             self.deadlines.insert(stream, deadline.max(extended));
@@ -575,12 +585,13 @@ impl Outbox {
         Some((Carries::Writes(batch), self.settings.write_timeout_ms))
     }
 
-    /// The next piece of a large value, if one may go.
+    /// The next piece of a large value, if one may go: the oldest value's first.
     fn next_piece(&mut self, now_ms: u64) -> Option<(Carries, u64)> {
-        let (key, a) = self
-            .assemblies
-            .iter_mut()
-            .find(|(_, a)| a.next < a.total && a.out < MAX_PIECES_OUT)?;
+        let out: usize = self.assemblies.iter().map(|a| a.out).sum();
+        if out >= MAX_PIECES_OUT {
+            return None;
+        }
+        let a = self.assemblies.iter_mut().find(|a| a.next < a.total)?;
         let start = a.next;
         let end = (start + ANSWER_BYTES as u64).min(a.total);
         a.next = end;
@@ -593,7 +604,8 @@ impl Outbox {
             .copied()
             .unwrap_or(now_ms + 1);
         let carries = Carries::Piece {
-            key: key.clone(),
+            id: a.id,
+            key: a.key.clone(),
             total: a.total,
             start,
             end,
@@ -623,12 +635,9 @@ impl Outbox {
             (Carries::Purge { stream, .. }, Answer::Count(n)) => {
                 self.replies.push_back((stream, Reply::Purge(Ok(n))));
             }
-            (
-                Carries::Piece {
-                    key, start, end, ..
-                },
-                Answer::Piece(range),
-            ) => self.piece_arrived(&key, start, end, range.map(|r| &body[r])),
+            (Carries::Piece { id, start, end, .. }, Answer::Piece(range)) => {
+                self.piece_arrived(id, start, end, range.map(|r| &body[r]))
+            }
             // `decode` checked the shape against `expect`, computed from these very carries.
             (carries, _) => {
                 let flight = Flight {
@@ -648,7 +657,11 @@ impl Outbox {
             self.notes.push_back(Note::Mismatch);
         }
         let probe = matches!(flight.carries, Carries::Lookup { probe: true, .. });
-        if e == StoreError::Refused {
+        // A piece's deadline is its readers' transfer allowance, not the store's health: a
+        // large read that runs late says nothing that should skip the store for small ones.
+        let late_piece =
+            matches!(flight.carries, Carries::Piece { .. }) && e == StoreError::Timeout;
+        if e == StoreError::Refused || late_piece {
             // Redis answered: it is up, it just refused (out of memory, read-only).
             if self.breaker.success() == Some(Change::Closed) {
                 self.notes.push_back(Note::BreakerClosed);
@@ -671,8 +684,9 @@ impl Outbox {
             Carries::Purge { stream, .. } => {
                 self.replies.push_back((stream, Reply::Purge(Err(e))));
             }
-            Carries::Piece { key, .. } => {
-                if let Some(a) = self.assemblies.remove(&key) {
+            Carries::Piece { id, .. } => {
+                if let Some(i) = self.assemblies.iter().position(|a| a.id == id) {
+                    let a = self.assemblies.remove(i);
                     self.reply_all(&a.streams, Err(e));
                 }
             }
@@ -735,33 +749,34 @@ impl Outbox {
                 *d = (*d).max(extended);
             }
         }
-        if let Some(a) = self.assemblies.get_mut(&want.key) {
+        if let Some(a) = self.assemblies.iter_mut().find(|a| a.key == want.key) {
             a.streams.extend(streams);
             return;
         }
-        let assembling: u64 = self.assemblies.values().map(|a| a.total).sum();
+        let assembling: u64 = self.assemblies.iter().map(|a| a.total).sum();
         if assembling + total > self.settings.max_queue_bytes as u64 {
             // Memory is bounded: this worker is reading enough large values already.
             self.reply_all(&streams, Err(StoreError::Busy));
             return;
         }
-        self.assemblies.insert(
-            want.key,
-            Assembly {
-                total,
-                buf: vec![0; total as usize],
-                next: 0,
-                out: 0,
-                received: 0,
-                streams,
-            },
-        );
+        self.next_assembly += 1;
+        self.assemblies.push(Assembly {
+            id: self.next_assembly,
+            key: want.key,
+            total,
+            buf: vec![0; total as usize],
+            next: 0,
+            out: 0,
+            received: 0,
+            streams,
+        });
     }
 
-    fn piece_arrived(&mut self, key: &str, start: u64, end: u64, bytes: Option<&[u8]>) {
-        let Some(a) = self.assemblies.get_mut(key) else {
+    fn piece_arrived(&mut self, id: u64, start: u64, end: u64, bytes: Option<&[u8]>) {
+        let Some(i) = self.assemblies.iter().position(|a| a.id == id) else {
             return;
         };
+        let a = &mut self.assemblies[i];
         a.out = a.out.saturating_sub(1);
         let slot = a.buf.get_mut(start as usize..end as usize);
         let result = match (bytes, slot) {
@@ -777,9 +792,7 @@ impl Outbox {
             (None, _) => Err(None),
             _ => Err(Some(StoreError::Garbage)),
         };
-        let Some(a) = self.assemblies.remove(key) else {
-            return;
-        };
+        let a = self.assemblies.remove(i);
         match result {
             Ok(()) => {
                 self.notes.push_back(Note::LargeRead);
@@ -821,7 +834,7 @@ impl Outbox {
                 }
             }
         }
-        self.assemblies.retain(|_, a| {
+        self.assemblies.retain_mut(|a| {
             a.streams.retain(|s| *s != stream);
             !a.streams.is_empty()
         });

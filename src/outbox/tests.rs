@@ -918,3 +918,76 @@ fn answers_out_of_order_each_serve_their_own_streams() {
         assert_eq!(s.value(100 + i).unwrap(), format!("v{i}").into_bytes());
     }
 }
+
+#[test]
+fn large_values_are_read_one_after_the_other() {
+    let mut s = Sim::new();
+    for k in ["a", "b", "c"] {
+        s.redis
+            .strings
+            .insert(k.into(), vec![k.as_bytes()[0]; 8 << 20]);
+    }
+    s.want(0, "x");
+    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+        s.want(1 + i as u32, k);
+    }
+    s.answer();
+    s.answer();
+    // Three values of two pieces each: four pieces out in all, the oldest value's first.
+    assert_eq!(s.out.len(), 4);
+    s.answer();
+    s.answer();
+    assert_eq!(s.value(1).unwrap().len(), 8 << 20, "a is done first");
+    assert!(!s.replies.contains_key(&2) || !s.replies.contains_key(&3));
+    s.answer_all();
+    assert_eq!(s.value(2).unwrap(), vec![b'b'; 8 << 20]);
+    assert_eq!(s.value(3).unwrap(), vec![b'c'; 8 << 20]);
+}
+
+#[test]
+fn a_large_read_past_its_allowance_does_not_open_the_breaker() {
+    let mut s = Sim::new();
+    s.want(100, "first");
+    for i in 0..6u32 {
+        let k = format!("big{i}");
+        s.redis.strings.insert(k.clone(), vec![1; 5 << 20]);
+        s.want(i, &k);
+    }
+    s.answer();
+    s.answer();
+    // Four pieces out; none comes back in time, and the next ones neither.
+    for _ in 0..4 {
+        s.advance(500);
+    }
+    for i in 0..6u32 {
+        assert_eq!(s.error(i), Some(StoreError::Timeout), "{i}");
+    }
+    assert!(!s.outbox.breaker_open(), "{:?}", s.notes);
+    s.want(200, "small");
+    assert_eq!(s.out.len(), 1, "lookups still go to the store");
+}
+
+#[test]
+fn a_piece_of_an_abandoned_read_is_no_one_elses() {
+    let mut s = Sim::new();
+    let value: Vec<u8> = (0..(9 << 20)).map(|i| (i % 251) as u8).collect();
+    s.redis.strings.insert("big".into(), value.clone());
+    s.want(1, "big");
+    s.answer();
+    let old: Vec<Call> = s.out.drain(..).collect();
+    s.outbox.stream_gone(1);
+    s.want(2, "big");
+    s.answer();
+    // The abandoned read's pieces answer first; the new read must not count them.
+    for c in old {
+        let body = s.redis.run(&c.request);
+        s.outbox.answered(s.now, c.token, Some(200), Some(body));
+    }
+    s.pump();
+    assert!(
+        !s.replies.contains_key(&2),
+        "answered from another read's pieces"
+    );
+    s.answer_all();
+    assert_eq!(s.value(2).unwrap(), value);
+}
