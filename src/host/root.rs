@@ -22,20 +22,22 @@ impl CacheRoot {
 }
 
 impl Context for CacheRoot {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _: usize) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
         let now = abi::now_ms();
         // A failed read (the answer broke after it started arriving) is `None`: a store
-        // error for what the callout carried, never a trap.
+        // error (`Broken`) for what the callout carried, never a trap.
         let status = abi::header(abi::Map::CallResponse, ":status")
             .ok()
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        // No headers at all: Envoy reports a callout that failed (reset, cut mid-way, over its
+        // buffer limit) this way, with nothing to read.
         let body = match abi::buffer(abi::Buffer::CallResponseBody, 0, body_size) {
-            Ok(b) => Some(b.unwrap_or_default()),
-            Err(_) => None,
+            Ok(b) if headers > 0 => Some(b.unwrap_or_default()),
+            _ => None,
         };
         if let Ok(mut outbox) = shared.outbox.try_borrow_mut() {
             outbox.answered(now, token, status, body);

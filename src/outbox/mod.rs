@@ -324,19 +324,22 @@ impl Outbox {
         if deadline <= now_ms {
             return Some(Reply::Lookup(Err(StoreError::Timeout)));
         }
+        // While the breaker is open nothing waits on the store, except on the probe.
+        let open = self.breaker.is_open();
         // A value already on its way serves this stream too: it left at most one round trip
         // ago, as fresh as any lookup this one would send.
-        if let Some(a) = self.assemblies.iter_mut().find(|a| a.key == key) {
+        if let Some(a) = self.assemblies.iter_mut().find(|a| a.key == key && !open) {
             a.streams.push(stream);
-            let extended = large_deadline(&self.settings, now_ms, a.total);
-            self.deadlines.insert(stream, deadline.max(extended));
+            let allowance = transfer_allowance(&self.settings, a.total);
+            self.deadlines
+                .insert(stream, deadline.saturating_add(allowance));
             return None;
         }
         let out = self
             .flights
             .values_mut()
             .filter_map(|f| match &mut f.carries {
-                Carries::Lookup { wants, .. } => Some(wants.iter_mut()),
+                Carries::Lookup { wants, probe, .. } if *probe || !open => Some(wants.iter_mut()),
                 _ => None,
             });
         if let Some(w) = out
@@ -502,8 +505,10 @@ impl Outbox {
     pub fn poll_timeout(&self) -> Option<u64> {
         let deadlines = self.deadlines.values().copied();
         let flights = self.flights.values().map(|f| f.give_up_ms);
-        let retry = (self.write_retry_at_ms > 0 && self.writes.can_send())
-            .then_some(self.write_retry_at_ms);
+        // A write waiting out its retry delay; not while the breaker holds writes back.
+        let retry =
+            (self.write_retry_at_ms > 0 && self.writes.can_send() && self.breaker.admits_writes())
+                .then_some(self.write_retry_at_ms);
         deadlines.chain(flights).chain(retry).min()
     }
 
@@ -527,7 +532,10 @@ impl Outbox {
         if let Some(piece) = self.next_piece(now_ms) {
             return Some(piece);
         }
-        if let Some((stream, purge)) = self.purges.pop_front() {
+        if now_ms >= self.write_retry_at_ms {
+            self.write_retry_at_ms = 0;
+        }
+        while let Some((stream, purge)) = self.purges.pop_front() {
             if self.breaker.admits_writes() {
                 return Some((
                     Carries::Purge { stream, purge },
@@ -536,7 +544,6 @@ impl Outbox {
             }
             self.replies
                 .push_back((stream, Reply::Purge(Err(StoreError::BreakerOpen))));
-            return self.next_carries(now_ms);
         }
         let lookups_out = self
             .flights
@@ -587,7 +594,12 @@ impl Outbox {
 
     /// The next piece of a large value, if one may go: the oldest value's first.
     fn next_piece(&mut self, now_ms: u64) -> Option<(Carries, u64)> {
-        let out: usize = self.assemblies.iter().map(|a| a.out).sum();
+        // Pieces of abandoned reads still out count too: their answers still come into the VM.
+        let out = self
+            .flights
+            .values()
+            .filter(|f| matches!(f.carries, Carries::Piece { .. }))
+            .count();
         if out >= MAX_PIECES_OUT {
             return None;
         }
@@ -623,11 +635,11 @@ impl Outbox {
         match (flight.carries, answer) {
             (Carries::Lookup { wants, riders, .. }, Answer::Values(slots)) => {
                 self.settle_writes(riders, Ok(()), true);
-                self.deliver(now_ms, wants, slots, &body);
+                self.deliver(wants, slots, &body);
             }
             (Carries::Lookup { wants, riders, .. }, Answer::ValuesAndWrites(slots, written)) => {
                 self.settle_writes(riders, written, true);
-                self.deliver(now_ms, wants, slots, &body);
+                self.deliver(wants, slots, &body);
             }
             (Carries::Writes(jobs), Answer::Done | Answer::Count(_)) => {
                 self.settle_writes(jobs, Ok(()), false);
@@ -661,16 +673,21 @@ impl Outbox {
         // large read that runs late says nothing that should skip the store for small ones.
         let late_piece =
             matches!(flight.carries, Carries::Piece { .. }) && e == StoreError::Timeout;
-        if e == StoreError::Refused || late_piece {
+        if late_piece {
+            // Neither a failure nor a success of the store.
+        } else if e == StoreError::Refused {
             // Redis answered: it is up, it just refused (out of memory, read-only).
             if self.breaker.success() == Some(Change::Closed) {
                 self.notes.push_back(Note::BreakerClosed);
             }
         } else if self.breaker.failure(now_ms, probe) == Some(Change::Opened) {
             self.notes.push_back(Note::BreakerOpened);
-            // No added wait while open: what has not left yet goes to the origin now.
+            // No added wait while open: what has not been read yet goes to the origin now.
             for want in std::mem::take(&mut self.pending) {
                 self.reply_all(&want.streams, Err(StoreError::BreakerOpen));
+            }
+            for a in std::mem::take(&mut self.assemblies) {
+                self.reply_all(&a.streams, Err(StoreError::BreakerOpen));
             }
         }
         match flight.carries {
@@ -711,7 +728,7 @@ impl Outbox {
     }
 
     /// A lookup's values to the streams still waiting for them.
-    fn deliver(&mut self, now_ms: u64, wants: Vec<Want>, slots: Vec<Slot>, body: &Rc<Vec<u8>>) {
+    fn deliver(&mut self, wants: Vec<Want>, slots: Vec<Slot>, body: &Rc<Vec<u8>>) {
         for (want, slot) in wants.into_iter().zip(slots) {
             match slot {
                 Slot::Missing => self.reply_all(&want.streams, Ok(None)),
@@ -723,13 +740,13 @@ impl Outbox {
                     };
                     self.reply_all(&want.streams, Ok(Some(bytes)))
                 }
-                Slot::Large(total) => self.assemble(now_ms, want, total),
+                Slot::Large(total) => self.assemble(want, total),
             }
         }
     }
 
     /// A value too large for the answer: read it in pieces for the streams still waiting.
-    fn assemble(&mut self, now_ms: u64, want: Want, total: u64) {
+    fn assemble(&mut self, want: Want, total: u64) {
         let streams: Vec<StreamId> = want
             .streams
             .into_iter()
@@ -743,10 +760,10 @@ impl Outbox {
             self.reply_all(&streams, Ok(Some(Bytes::foreign())));
             return;
         }
-        let extended = large_deadline(&self.settings, now_ms, total);
+        let allowance = transfer_allowance(&self.settings, total);
         for s in &streams {
             if let Some(d) = self.deadlines.get_mut(s) {
-                *d = (*d).max(extended);
+                *d = d.saturating_add(allowance);
             }
         }
         if let Some(a) = self.assemblies.iter_mut().find(|a| a.key == want.key) {
@@ -857,13 +874,10 @@ impl Outbox {
     }
 }
 
-/// The deadline of a stream waiting for a value of `total` bytes read in pieces: the lookup
-/// timeout again from now, plus the transfer allowance per MiB.
-fn large_deadline(s: &Settings, now_ms: u64, total: u64) -> u64 {
-    let mib = total.div_ceil(1 << 20);
-    now_ms
-        .saturating_add(s.lookup_timeout_ms)
-        .saturating_add(mib.saturating_mul(s.large_ms_per_mib))
+/// What a stream waiting for a value of `total` bytes read in pieces may wait beyond its
+/// lookup deadline: `store.large_entry_ms_per_mib` per MiB.
+fn transfer_allowance(s: &Settings, total: u64) -> u64 {
+    total.div_ceil(1 << 20).saturating_mul(s.large_ms_per_mib)
 }
 
 #[cfg(test)]

@@ -287,6 +287,15 @@ impl Sim {
         self.pump();
     }
 
+    /// The store answers the newest callout out.
+    fn answer_with_last(&mut self) {
+        let call = self.out.pop().unwrap();
+        let body = self.redis.run(&call.request);
+        self.outbox
+            .answered(self.now, call.token, Some(200), Some(body));
+        self.pump();
+    }
+
     fn answer_all(&mut self) {
         while !self.out.is_empty() {
             self.answer();
@@ -990,4 +999,97 @@ fn a_piece_of_an_abandoned_read_is_no_one_elses() {
     );
     s.answer_all();
     assert_eq!(s.value(2).unwrap(), value);
+}
+
+#[test]
+fn a_late_piece_neither_closes_an_open_breaker_nor_resets_its_count() {
+    let mut s = Sim::new();
+    s.redis.strings.insert("big".into(), vec![7; 9 << 20]);
+    s.want(1, "big");
+    s.answer();
+    let pieces: Vec<Call> = s.out.drain(..).collect();
+    for i in 0..4 {
+        s.want(10 + i, &format!("k{i}"));
+        s.answer_with(Some(503), Some(Vec::new()));
+    }
+    // A piece times out in the middle of the failures: it is not a success.
+    s.outbox
+        .answered(s.now, pieces[0].token, Some(504), Some(Vec::new()));
+    s.pump();
+    s.want(20, "k");
+    s.answer_with(Some(503), Some(Vec::new()));
+    assert!(
+        s.outbox.breaker_open(),
+        "five failures in a row: {:?}",
+        s.notes
+    );
+    s.outbox
+        .answered(s.now, pieces[1].token, Some(504), Some(Vec::new()));
+    s.pump();
+    assert!(
+        s.outbox.breaker_open(),
+        "a late piece closed it: {:?}",
+        s.notes
+    );
+}
+
+#[test]
+fn a_write_held_back_by_the_breaker_does_not_keep_the_timer_in_the_past() {
+    let mut s = Sim::new();
+    s.refuse = true;
+    s.outbox.write(entry_write("w", b"x"));
+    s.pump();
+    for i in 0..4 {
+        s.want(i, &format!("k{i}"));
+    }
+    assert!(s.outbox.breaker_open());
+    s.refuse = false;
+    s.advance(20);
+    s.advance(20);
+    let t = s.outbox.poll_timeout();
+    assert!(
+        t.is_none_or(|t| t > s.now),
+        "{t:?} <= {}: the root would tick every millisecond",
+        s.now
+    );
+}
+
+#[test]
+fn pieces_of_an_abandoned_read_count_against_the_cap() {
+    let mut s = Sim::new();
+    s.redis.strings.insert("big".into(), vec![7; 30 << 20]);
+    s.redis.strings.insert("big2".into(), vec![8; 30 << 20]);
+    s.want(1, "big");
+    s.answer();
+    assert_eq!(s.out.len(), MAX_PIECES_OUT);
+    s.outbox.stream_gone(1);
+    s.want(2, "big2");
+    s.answer_with_last();
+    assert!(s.out.len() <= MAX_PIECES_OUT, "pieces out: {}", s.out.len());
+}
+
+#[test]
+fn nothing_waits_on_a_failing_store_once_the_breaker_opened() {
+    let mut s = Sim::new();
+    for i in 0..4 {
+        s.want(i, &format!("f{i}"));
+        s.answer_with(Some(503), Some(Vec::new()));
+    }
+    s.want(10, "hot");
+    for i in 0..MAX_KEYS as u32 {
+        s.want(20 + i, &format!("k{i}"));
+    }
+    assert_eq!(s.out.len(), 2);
+    // The full batch fails: the breaker opens while "hot" is still out.
+    let c = s.out.pop().unwrap();
+    s.outbox
+        .answered(s.now, c.token, Some(503), Some(Vec::new()));
+    s.pump();
+    assert!(s.outbox.breaker_open());
+    s.want(99, "hot");
+    assert_eq!(
+        s.error(99),
+        Some(StoreError::BreakerOpen),
+        "answered at once"
+    );
 }
