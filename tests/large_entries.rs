@@ -616,7 +616,8 @@ fn a_string_at_a_variants_set_key_does_not_block_the_write() {
 
 // ---------------------------------------------------------------------------------------------
 // A read abandoned while its pieces are out must not spoil the next read of the same key:
-// each read of a large value is its own (the outbox ties a piece to its read, not its key).
+// each read of a large value is its own (the outbox ties a piece to its read, not its key;
+// `a_piece_of_an_abandoned_read_is_no_one_elses` in src/outbox/tests.rs is the same, alone).
 
 /// Through real Envoy: a client that goes away while a 20 MiB entry is being read, then
 /// another request for it at once: a hit, not `detail=invalid-entry`.
@@ -655,121 +656,4 @@ fn an_abandoned_read_does_not_spoil_the_next_read_of_the_entry() {
         "after an abandoned read of the entry: {seen:?}; corrupt entries {}",
         stat(&st, "fleet_cache_corrupt_entries")
     );
-}
-
-/// The same in the outbox alone, deterministic: read 1 of a six-piece value sends four
-/// pieces and is abandoned; read 2 of the key sends four more; read 1's pieces come back,
-/// then two of read 2's: read 2 is never answered with bytes it did not receive.
-#[test]
-fn a_piece_of_an_abandoned_read_is_not_credited_to_the_next_read() {
-    use fleet_cache::outbox::breaker::BreakerSettings;
-    use fleet_cache::outbox::{Outbox, Reply, Settings};
-    use fleet_cache::store::Request;
-
-    fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-        out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
-        out.extend_from_slice(b);
-        out.extend_from_slice(b"\r\n");
-    }
-    fn nonce_text(n: u64) -> Vec<u8> {
-        let mut s = String::new();
-        key::push_hex(&mut s, &n.to_be_bytes());
-        s.into_bytes()
-    }
-    /// A callout sent and dispatched: its nonce, token, and for a piece its byte range.
-    struct Sent {
-        nonce: u64,
-        token: u32,
-        range: Option<(usize, usize)>,
-    }
-    fn send_all(o: &mut Outbox, now: u64, token: &mut u32) -> Vec<Sent> {
-        let mut sent = Vec::new();
-        while let Some(out) = o.poll_send(now) {
-            let nonce = out.nonce;
-            let Request::Http { path, .. } = out.request;
-            // A piece's path ends in /<total>/<start>/<last byte>.raw.
-            let range = path.contains("GETRANGE").then(|| {
-                let n: Vec<usize> = path
-                    .trim_end_matches(".raw")
-                    .rsplit('/')
-                    .take(2)
-                    .map(|s| s.parse().expect("piece bounds"))
-                    .collect();
-                (n[1], n[0] + 1)
-            });
-            *token += 1;
-            o.dispatched(now, nonce, Some(*token));
-            sent.push(Sent {
-                nonce,
-                token: *token,
-                range,
-            });
-        }
-        sent
-    }
-
-    let total = 5 * ANSWER_BYTES + 1000;
-    let value: Vec<u8> = (0..total).map(|i| (i % 251) as u8 + 1).collect();
-    let lookup_answer = |nonce| {
-        let mut b = b"*3\r\n".to_vec();
-        bulk(&mut b, &nonce_text(nonce));
-        bulk(&mut b, b"l");
-        bulk(&mut b, total.to_string().as_bytes());
-        b
-    };
-    let piece_answer = |s: &Sent| {
-        let (a, e) = s.range.expect("a piece");
-        let mut b = b"*2\r\n".to_vec();
-        bulk(&mut b, &nonce_text(s.nonce));
-        bulk(&mut b, &value[a..e]);
-        b
-    };
-    let mut o = Outbox::new(
-        Settings {
-            lookup_timeout_ms: 2000,
-            write_timeout_ms: 5000,
-            large_ms_per_mib: 20,
-            max_value_bytes: 64 << 20,
-            max_queue_bytes: 256 << 20,
-            breaker: BreakerSettings {
-                failures: 5,
-                backoff_ms: 250,
-                max_backoff_ms: 1000,
-            },
-        },
-        7,
-    );
-    let mut token = 0;
-    // Read 1: the lookup says "large", four pieces leave; then its stream goes away.
-    assert!(o.want(0, 1, "ns:k".into(), 0).is_none());
-    let l = send_all(&mut o, 0, &mut token);
-    o.answered(1, l[0].token, Some(200), Some(lookup_answer(l[0].nonce)));
-    let old = send_all(&mut o, 1, &mut token);
-    assert_eq!(old.len(), 4);
-    o.stream_gone(1);
-    // Read 2 of the same key.
-    assert!(o.want(5, 2, "ns:k".into(), 5).is_none());
-    let l = send_all(&mut o, 5, &mut token);
-    o.answered(6, l[0].token, Some(200), Some(lookup_answer(l[0].nonce)));
-    let new = send_all(&mut o, 6, &mut token);
-    assert_eq!(new.len(), 4);
-    // Read 1's pieces come back (right bytes, right ranges), then two of read 2's.
-    for s in &old {
-        o.answered(10, s.token, Some(200), Some(piece_answer(s)));
-    }
-    send_all(&mut o, 10, &mut token);
-    for s in &new[..2] {
-        o.answered(12, s.token, Some(200), Some(piece_answer(s)));
-    }
-    while let Some((stream, reply)) = o.poll_reply() {
-        if let Reply::Lookup(Ok(Some(bytes))) = reply {
-            let first_wrong = bytes.iter().zip(&value).position(|(a, b)| a != b);
-            assert_eq!(
-                first_wrong,
-                None,
-                "stream {stream} was given {} bytes that are not the stored value",
-                bytes.len()
-            );
-        }
-    }
 }
