@@ -18,8 +18,9 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"FLCE";
-/// 2: `no_cache` and `must_revalidate` in the metadata.
-pub const FORMAT_VERSION: u16 = 2;
+/// 2: `no_cache` and `must_revalidate` in the metadata. 3: the key's SHA-256 digest instead of
+/// its material (which held the request values `Vary` names: cookies, tokens).
+pub const FORMAT_VERSION: u16 = 3;
 const HEADER_LEN: usize = 6;
 /// Where the body starts in a stored value.
 pub const BODY_START: usize = HEADER_LEN;
@@ -52,9 +53,10 @@ pub struct ResponseMeta {
     pub no_cache: bool,
     /// `must-revalidate`/`proxy-revalidate`/`s-maxage`: never served stale.
     pub must_revalidate: bool,
-    /// The key material the entry was stored under: a value found under a key must carry the
-    /// material the reader computed, or it is a collision or a foreign value.
-    pub key_material: Vec<u8>,
+    /// SHA-256 of the key material the entry was stored under: a value found under a key must
+    /// carry the digest the reader computed, or it is a foreign value (or was moved). A digest,
+    /// not the material: nothing request-derived is stored in the clear.
+    pub key_digest: [u8; 32],
     pub body_len: u64,
     pub body_crc32: u32,
 }
@@ -62,7 +64,8 @@ pub struct ResponseMeta {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VariantsMeta {
     pub headers: Vec<String>,
-    pub key_material: Vec<u8>,
+    /// As [`ResponseMeta::key_digest`], of the resource's primary key.
+    pub key_digest: [u8; 32],
 }
 
 /// Why a stored value was refused.
@@ -335,7 +338,7 @@ mod tests {
             initial_age_s: 2,
             no_cache: false,
             must_revalidate: false,
-            key_material: b"key".to_vec(),
+            key_digest: [7; 32],
             body_len: 0,
             body_crc32: 0,
         }
@@ -359,7 +362,7 @@ mod tests {
         assert_eq!(m.chunks, vec![4, 3]);
         assert_eq!(m.body_len, 7);
         assert_eq!(m.status, 200);
-        assert_eq!(m.key_material, b"key");
+        assert_eq!(m.key_digest, [7; 32]);
     }
 
     #[test]
@@ -375,7 +378,7 @@ mod tests {
     fn variants_round_trip() {
         let v = VariantsMeta {
             headers: vec!["accept".into()],
-            key_material: b"k".to_vec(),
+            key_digest: [1; 32],
         };
         assert_eq!(
             decode(&encode_variants(v.clone())),
@@ -597,7 +600,7 @@ mod tests {
         let record = |names: &[&str]| {
             let v = VariantsMeta {
                 headers: names.iter().map(|n| n.to_string()).collect(),
-                key_material: b"k".to_vec(),
+                key_digest: [1; 32],
             };
             decode(&encode_variants(v.clone())).map(|d| d == Decoded::Variants(v))
         };
@@ -698,7 +701,7 @@ mod tests {
         assert!(matches!(
             decode(&encode_variants(VariantsMeta {
                 headers: names,
-                key_material: b"k".to_vec(),
+                key_digest: [1; 32],
             })),
             Ok(Decoded::Variants(_))
         ));

@@ -37,7 +37,7 @@ pub enum Event {
     StoreError(StoreError),
     /// A stored value failed validation (and will be overwritten by the next fetch).
     CorruptEntry(EntryError),
-    /// A stored value carried another key's material: a collision or a foreign write.
+    /// A stored value carried another key's digest: a foreign write, or a value under the wrong key.
     KeyMismatch,
     /// A response was seen and not stored, and why.
     NotStored(NotStored),
@@ -467,7 +467,7 @@ impl Flow {
         let expected = variant.as_ref().unwrap_or(&lookup.primary);
         match found {
             Found::Variants(v) if variant.is_none() => {
-                if v.key_material != lookup.primary.material || v.headers.is_empty() {
+                if v.key_digest != lookup.primary.digest || v.headers.is_empty() {
                     self.events.push(Event::KeyMismatch);
                     self.events.push(Event::Miss);
                     return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
@@ -489,7 +489,7 @@ impl Flow {
                 self.state = State::AwaitVariant(lookup, vkey);
                 LookupStep::Lookup(key)
             }
-            Found::Response { meta, value } if meta.key_material == expected.material => {
+            Found::Response { meta, value } if meta.key_digest == expected.digest => {
                 let from_memory = value.is_in_memory();
                 if !from_memory {
                     self.remember_response(&expected.redis_key, &meta, &value, now_ms);
@@ -942,9 +942,9 @@ impl Flow {
             )),
             Vary::None | Vary::Any => None,
         };
-        let key_material = match &variant {
-            Some((v, _)) => v.material.clone(),
-            None => primary.material.clone(),
+        let key_digest = match &variant {
+            Some((v, _)) => v.digest,
+            None => primary.digest,
         };
         Recording {
             expected_len: resp
@@ -964,7 +964,7 @@ impl Flow {
                 initial_age_s: s.initial_age_s,
                 no_cache: s.no_cache,
                 must_revalidate: s.must_revalidate,
-                key_material,
+                key_digest,
                 body_len: 0,
                 body_crc32: 0,
             },
@@ -1043,7 +1043,7 @@ impl Flow {
             Some((vkey, headers)) => {
                 let record = entry::encode_variants(VariantsMeta {
                     headers,
-                    key_material: rec.primary.material,
+                    key_digest: rec.primary.digest,
                 });
                 (
                     rec.primary.redis_key,

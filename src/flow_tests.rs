@@ -463,6 +463,52 @@ fn vary_variants_are_cached_apart_and_never_cross_served() {
     assert!(none.hit.is_none());
 }
 
+/// Invariant 10: request values that select a variant (cookies, tokens, keyed headers) never
+/// reach a stored byte; the stored value proves its key with the key's digest, and a variant of
+/// another user is still never served.
+#[test]
+fn no_request_value_is_stored_in_the_clear() {
+    let cfg = Config {
+        key: crate::config::KeyConfig {
+            headers: vec!["x-tenant".into()],
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let headers = [
+        ("cache-control", "public, max-age=60"),
+        ("vary", "Cookie, Authorization"),
+    ];
+    let secret_req = |user: &str| {
+        req(
+            "GET",
+            "/me",
+            &[
+                ("cookie", &format!("session=SECRET-COOKIE-{user}")),
+                ("authorization", &format!("Bearer SECRET-TOKEN-{user}")),
+                ("x-tenant", "SECRET-TENANT"),
+            ],
+        )
+    };
+    assert!(
+        h.run(secret_req("alice"), &ok(&headers, &[b"alice's page"]))
+            .published
+    );
+    for (value, _) in h.store.values.values() {
+        for secret in ["SECRET-COOKIE", "SECRET-TOKEN", "SECRET-TENANT"] {
+            assert!(
+                !value.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} stored"
+            );
+        }
+    }
+    let again = h.run(secret_req("alice"), &ok(&headers, &[b"unused"]));
+    assert_eq!(again.hit.expect("alice's own variant").2, b"alice's page");
+    let bob = h.run(secret_req("bob"), &ok(&headers, &[b"bob's page"]));
+    assert!(bob.hit.is_none(), "another user's variant is never served");
+}
+
 #[test]
 fn vary_star_is_not_stored() {
     let mut h = Harness::new(Config::default());

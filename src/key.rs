@@ -14,16 +14,23 @@ use sha2::{Digest, Sha256};
 /// The key of a resource before Vary is known: what the first lookup reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    /// Unambiguous (length-prefixed) encoding of the request parts that select the entry.
+    /// Unambiguous (length-prefixed) encoding of the request parts that select the entry. Kept
+    /// in memory only (a variant's key is derived from it): request values such as cookies or
+    /// tokens that `Vary` names are in it, so it never reaches the store.
     pub material: Vec<u8>,
+    /// SHA-256 of the material: the Redis key's name, and what a stored value carries to prove
+    /// it was written for this key (no request byte in the clear).
+    pub digest: [u8; 32],
     /// `<namespace>:<hex sha256 of material>`: the Redis key.
     pub redis_key: String,
 }
 
 impl CacheKey {
     fn from_material(namespace: &str, material: Vec<u8>) -> CacheKey {
-        let redis_key = layout::entry_key(namespace, &Sha256::digest(&material));
+        let digest: [u8; 32] = Sha256::digest(&material).into();
+        let redis_key = layout::entry_key(namespace, &digest);
         CacheKey {
+            digest,
             material,
             redis_key,
         }

@@ -111,7 +111,7 @@ impl MemoryTier {
                             .map(|(n, v)| n.len() + v.len())
                             .sum::<usize>()
                 }
-                Remembered::Variants(v) => v.key_material.len(),
+                Remembered::Variants(v) => v.headers.iter().map(String::len).sum(),
             };
         if bytes > self.max_bytes / 4 {
             // One value may not push out most of the tier.
@@ -161,9 +161,10 @@ mod tests {
     use super::*;
 
     fn variants(n: usize) -> Remembered {
+        // `n` bytes of header names: the size the tier counts.
         Remembered::Variants(VariantsMeta {
-            headers: vec!["accept".into()],
-            key_material: vec![0; n],
+            headers: vec!["a".repeat(n)],
+            key_digest: [0; 32],
         })
     }
 

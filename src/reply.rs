@@ -154,7 +154,7 @@ mod tests {
             initial_age_s: 0,
             no_cache: false,
             must_revalidate: false,
-            key_material: vec![],
+            key_digest: [0; 32],
             body_len: 0,
             body_crc32: 0,
         })

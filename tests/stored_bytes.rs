@@ -124,7 +124,7 @@ fn crafted(key: &CacheKey, tamper: impl FnOnce(&mut ResponseMeta)) -> Vec<u8> {
         initial_age_s: 0,
         no_cache: false,
         must_revalidate: false,
-        key_material: key.material.clone(),
+        key_digest: key.digest,
         body_len: 0,
         body_crc32: 0,
     };
