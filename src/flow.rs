@@ -53,6 +53,9 @@ pub enum Event {
     MemoryHit,
     /// An operator's purge ran in the store.
     Purged,
+    /// A stored response named more tags than are recorded (or tags too long): those were
+    /// left out, and a purge by them will not find it.
+    TagsDropped,
     /// A successful unsafe request invalidated stored resources.
     Invalidated,
 }
@@ -928,7 +931,7 @@ impl Flow {
     }
 
     fn start_recording(
-        &self,
+        &mut self,
         now_ms: u64,
         primary: CacheKey,
         req: &RequestHead,
@@ -946,6 +949,10 @@ impl Flow {
             Some((v, _)) => v.digest,
             None => primary.digest,
         };
+        let (tags, tags_over) = purge::response_tags(&self.cfg, resp);
+        if tags_over > 0 {
+            self.events.push(Event::TagsDropped);
+        }
         Recording {
             expected_len: resp
                 .header("content-length")
@@ -972,7 +979,7 @@ impl Flow {
             variant,
             writer: EntryWriter::new(),
             reservation: Reservation::new(self.worker.budget.clone()),
-            tags: purge::response_tags(&self.cfg, resp),
+            tags,
         }
     }
 

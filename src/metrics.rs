@@ -34,10 +34,11 @@ pub enum Counter {
     StoreMismatches,
     BreakerOpenings,
     LargeEntryReads,
+    TagsDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -63,6 +64,7 @@ impl Counter {
         Counter::StoreMismatches,
         Counter::BreakerOpenings,
         Counter::LargeEntryReads,
+        Counter::TagsDropped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +94,7 @@ impl Counter {
             Counter::StoreMismatches => "fleet_cache_store_mismatches",
             Counter::BreakerOpenings => "fleet_cache_store_breaker_openings",
             Counter::LargeEntryReads => "fleet_cache_large_entry_reads",
+            Counter::TagsDropped => "fleet_cache_tags_dropped",
         }
     }
 
@@ -122,6 +125,7 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::Revalidated => &[Counter::Revalidations],
         Event::MemoryHit => &[Counter::MemoryHits],
         Event::Purged => &[Counter::Purges],
+        Event::TagsDropped => &[Counter::TagsDropped],
         Event::Invalidated => &[Counter::Invalidations],
     }
 }

@@ -12,10 +12,11 @@ pub const PURGE_METHOD: &str = "PURGE";
 /// Purge by tag instead of by URL: the tags, space or comma separated.
 pub const PURGE_TAGS_HEADER: &str = "x-purge-tags";
 
-/// Most tags one response may carry into the store; more are ignored.
-const MAX_TAGS: usize = 32;
-/// Longest tag recorded.
-const MAX_TAG_LEN: usize = 256;
+/// Most tags one response carries into the store (more are counted and not recorded), and one
+/// purge may name (more are refused: never a silent partial purge).
+pub const MAX_TAGS: usize = 32;
+/// Longest tag, in bytes; longer ones are treated as the ones past [`MAX_TAGS`].
+pub const MAX_TAG_LEN: usize = 256;
 
 /// What a PURGE request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,7 +47,18 @@ pub fn purge_request(cfg: &Config, req: &RequestHead) -> PurgeRequest {
         ));
     }
     if req.has(PURGE_TAGS_HEADER) {
-        let tags = tags_of(req.values(PURGE_TAGS_HEADER));
+        let (tags, over) = tags_of(req.values(PURGE_TAGS_HEADER));
+        if over > 0 {
+            return PurgeRequest::Refused(text_reply(
+                400,
+                &format!(
+                    "purge refused: {PURGE_TAGS_HEADER} names {} tags ({over} over the limit); \
+                     at most {MAX_TAGS} per request, each at most {MAX_TAG_LEN} bytes: nothing \
+                     was purged\n",
+                    tags.len() + over
+                ),
+            ));
+        }
         if tags.is_empty() {
             return PurgeRequest::Refused(text_reply(
                 400,
@@ -77,28 +89,41 @@ pub fn purge_reply(result: Result<u64, StoreError>) -> OwnedReply {
     }
 }
 
-/// The tags a response carries in the configured tag header, deduplicated and bounded.
-pub fn response_tags(cfg: &Config, resp: &ResponseHead) -> Vec<String> {
+/// The tag sets (their keys) a response joins from the configured tag header, deduplicated
+/// and bounded, and how many of its tags were past the bounds (not recorded: the caller
+/// counts them).
+pub fn response_tags(cfg: &Config, resp: &ResponseHead) -> (Vec<String>, usize) {
     match &cfg.tag_header {
-        Some(h) => tags_of(resp.values(h))
-            .iter()
-            .map(|t| tag_set_key(&cfg.namespace, t))
-            .collect(),
-        None => Vec::new(),
+        Some(h) => {
+            let (tags, over) = tags_of(resp.values(h));
+            let keys = tags
+                .iter()
+                .map(|t| tag_set_key(&cfg.namespace, t))
+                .collect();
+            (keys, over)
+        }
+        None => (Vec::new(), 0),
     }
 }
 
-fn tags_of<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+/// The distinct tags of a header's values, at most [`MAX_TAGS`] of at most [`MAX_TAG_LEN`]
+/// bytes, and how many others were named (too many or too long).
+fn tags_of<'a>(values: impl Iterator<Item = &'a str>) -> (Vec<String>, usize) {
     let mut tags: Vec<String> = Vec::new();
+    let mut over = 0;
     for v in values {
         for t in v.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
-            if !t.is_empty() && t.len() <= MAX_TAG_LEN && !tags.iter().any(|x| x == t) {
+            if t.is_empty() || tags.iter().any(|x| x == t) {
+                continue;
+            }
+            if t.len() > MAX_TAG_LEN || tags.len() == MAX_TAGS {
+                over += 1;
+            } else {
                 tags.push(t.to_string());
             }
         }
     }
-    tags.truncate(MAX_TAGS);
-    tags
+    (tags, over)
 }
 
 /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI, and
@@ -233,20 +258,50 @@ mod tests {
     }
 
     #[test]
+    fn a_purge_naming_more_tags_than_the_limit_is_refused_whole() {
+        let forty: String = (0..40).map(|i| format!("t{i} ")).collect();
+        let PurgeRequest::Refused(r) = purge(&[("x-purge-token", TOKEN), ("x-purge-tags", &forty)])
+        else {
+            panic!("a partial purge")
+        };
+        assert_eq!(r.status, 400);
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(
+            text.contains("40 tags") && text.contains("at most 32"),
+            "{text}"
+        );
+        let long = format!("ok {}", "x".repeat(MAX_TAG_LEN + 1));
+        assert!(matches!(
+            purge(&[("x-purge-token", TOKEN), ("x-purge-tags", &long)]),
+            PurgeRequest::Refused(r) if r.status == 400
+        ));
+        let max: String = (0..MAX_TAGS).map(|i| format!("t{i} ")).collect();
+        assert!(matches!(
+            purge(&[("x-purge-token", TOKEN), ("x-purge-tags", &max)]),
+            PurgeRequest::Tags(t) if t.len() == MAX_TAGS
+        ));
+    }
+
+    #[test]
     fn response_tags_are_bounded_and_deduplicated() {
         let c = cfg();
         let many: String = (0..100).map(|i| format!("t{i} ")).collect();
         let r = ResponseHead::for_test(200, &[("surrogate-key", &many), ("surrogate-key", "t1")]);
-        assert_eq!(response_tags(&c, &r).len(), MAX_TAGS);
+        let (tags, over) = response_tags(&c, &r);
+        assert_eq!(
+            (tags.len(), over),
+            (MAX_TAGS, 100 - MAX_TAGS),
+            "counted, not silent"
+        );
         let long = "x".repeat(MAX_TAG_LEN + 1);
         let r = ResponseHead::for_test(200, &[("surrogate-key", &long)]);
-        assert!(response_tags(&c, &r).is_empty());
+        assert_eq!(response_tags(&c, &r), (vec![], 1));
         let off = Config {
             tag_header: None,
             ..cfg()
         };
         let r = ResponseHead::for_test(200, &[("surrogate-key", "a")]);
-        assert!(response_tags(&off, &r).is_empty());
+        assert_eq!(response_tags(&off, &r), (vec![], 0));
     }
 
     #[test]

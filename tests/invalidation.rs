@@ -127,6 +127,53 @@ fn purge_by_tag_removes_every_tagged_resource() {
     );
 }
 
+/// A purge naming more tags than one request may (32) is refused whole with a 400 that names
+/// the limit, never carried out in part; within the limit every tag named is purged. A
+/// response's tags past the limit are counted (`fleet_cache_tags_dropped`).
+#[test]
+fn a_purge_over_the_tag_limit_is_refused_whole_never_partial() {
+    let s = Stack::start(purging());
+    let paths: Vec<String> = (0..40)
+        .map(|i| format!("/t{i}?cc=max-age%3D60&header=surrogate-key:tag{i}"))
+        .collect();
+    for p in &paths {
+        cached(&s, 0, p);
+    }
+    let all: String = (0..40).map(|i| format!("tag{i} ")).collect();
+    let r = s.request_via(
+        1,
+        "PURGE",
+        "/",
+        &[("x-purge-token", TOKEN), ("x-purge-tags", &all)],
+        b"",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.text().contains("at most 32"), "{}", r.text());
+    for p in &paths {
+        assert!(cache_status(&s.get(p, &[])).contains("hit"), "{p} purged in part");
+    }
+    for chunk in [0..32, 32..40] {
+        let tags: String = chunk.map(|i| format!("tag{i} ")).collect();
+        let r = s.request_via(
+            1,
+            "PURGE",
+            "/",
+            &[("x-purge-token", TOKEN), ("x-purge-tags", &tags)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    for p in &paths {
+        assert!(!cache_status(&s.get(p, &[])).contains("hit"), "{p} not purged");
+    }
+    // A response with 40 tags: recorded with 32 of them, and said so in a counter.
+    let many: String = (0..40).map(|i| format!("m{i}%20")).collect();
+    cached(&s, 0, &format!("/many?cc=max-age%3D60&header=surrogate-key:{many}"));
+    eventually("the dropped tags counted", &s, || {
+        s.stat(0, "fleet_cache_tags_dropped").unwrap_or(0) >= 1
+    });
+}
+
 #[test]
 fn unauthenticated_purges_are_refused() {
     let s = Stack::start(purging());
