@@ -150,7 +150,10 @@ fn a_purge_over_the_tag_limit_is_refused_whole_never_partial() {
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.text().contains("at most 32"), "{}", r.text());
     for p in &paths {
-        assert!(cache_status(&s.get(p, &[])).contains("hit"), "{p} purged in part");
+        assert!(
+            cache_status(&s.get(p, &[])).contains("hit"),
+            "{p} purged in part"
+        );
     }
     for chunk in [0..32, 32..40] {
         let tags: String = chunk.map(|i| format!("tag{i} ")).collect();
@@ -164,11 +167,18 @@ fn a_purge_over_the_tag_limit_is_refused_whole_never_partial() {
         assert_eq!(r.status, 200, "{r:?}");
     }
     for p in &paths {
-        assert!(!cache_status(&s.get(p, &[])).contains("hit"), "{p} not purged");
+        assert!(
+            !cache_status(&s.get(p, &[])).contains("hit"),
+            "{p} not purged"
+        );
     }
     // A response with 40 tags: recorded with 32 of them, and said so in a counter.
     let many: String = (0..40).map(|i| format!("m{i}%20")).collect();
-    cached(&s, 0, &format!("/many?cc=max-age%3D60&header=surrogate-key:{many}"));
+    cached(
+        &s,
+        0,
+        &format!("/many?cc=max-age%3D60&header=surrogate-key:{many}"),
+    );
     eventually("the dropped tags counted", &s, || {
         s.stat(0, "fleet_cache_tags_dropped").unwrap_or(0) >= 1
     });

@@ -288,6 +288,49 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_5_6_7_expires_in_any_of_the_three_formats_and_any_case() {
+        let date = format_http_date(NOW);
+        // NOW + 30 s as an IMF-fixdate, `Www, DD Mon YYYY HH:MM:SS GMT`, rewritten as the
+        // other two formats, with names in odd case and asctime's day unpadded.
+        let fixdate = format_http_date(NOW + 30_000);
+        let p: Vec<&str> = fixdate
+            .split([',', ' '])
+            .filter(|p| !p.is_empty())
+            .collect();
+        let (wday, day, month, year, time) = (p[0], p[1], p[2], p[3], p[4]);
+        let full = [
+            "Monday",
+            "Tuesday",
+            "Wednesday",
+            "Thursday",
+            "Friday",
+            "Saturday",
+            "Sunday",
+        ]
+        .into_iter()
+        .find(|d| d.starts_with(wday))
+        .unwrap();
+        for expires in [
+            fixdate.to_lowercase(),
+            format!(
+                "{}, {day}-{}-{} {time} GMT",
+                full.to_uppercase(),
+                month.to_lowercase(),
+                &year[2..]
+            ),
+            format!(
+                "{} {} {} {time} {year}",
+                wday.to_lowercase(),
+                month.to_uppercase(),
+                day.trim_start_matches('0')
+            ),
+        ] {
+            let s = store(&[("date", &date), ("expires", &expires)]);
+            assert_eq!(s.map(|s| s.lifetime_s), Ok(30), "{expires}");
+        }
+    }
+
+    #[test]
     fn rfc9110_6_6_1_expires_without_date_counts_from_receipt() {
         let expires = format_http_date(NOW + 30_000);
         assert_eq!(store(&[("expires", &expires)]).unwrap().lifetime_s, 30);
