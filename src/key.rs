@@ -208,7 +208,8 @@ const CASE_INSENSITIVE_LISTS: [&str; 5] = [
 ];
 
 /// Normalises the values of a header for keying: several lines become one list, optional
-/// whitespace goes, and for the known case-insensitive list headers, case goes too.
+/// whitespace goes (around commas too), and for the known case-insensitive list headers, case
+/// and empty items go too (their order stays: see [`CASE_INSENSITIVE_LISTS`]).
 pub fn normalize_header_value<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> String {
     let mut items: Vec<String> = Vec::new();
     let listed = CASE_INSENSITIVE_LISTS.contains(&name);
@@ -226,7 +227,12 @@ pub fn normalize_header_value<'a>(name: &str, values: impl Iterator<Item = &'a s
                     .filter(|i| !i.is_empty()),
             );
         } else {
-            items.push(v.split_ascii_whitespace().collect::<Vec<_>>().join(" "));
+            // Any value may be a list (RFC 9110 §5.6.1): whitespace around its commas is not
+            // part of it, so `1,2` and ` 1, 2 ` select one variant; inner runs become one space.
+            items.extend(
+                v.split(',')
+                    .map(|i| i.split_ascii_whitespace().collect::<Vec<_>>().join(" ")),
+            );
         }
     }
     items.join(",")
@@ -429,6 +435,29 @@ mod tests {
         assert_ne!(
             a,
             CacheKey::primary(&cfg, &req("/a", &[("accept", "a")])).redis_key
+        );
+    }
+
+    #[test]
+    fn rfc9110_5_6_1_whitespace_around_commas_selects_no_other_variant() {
+        let n = |v: &'static str| normalize_header_value("x-list", [v].into_iter());
+        assert_eq!(n("1,2"), n(" 1, 2 "));
+        assert_eq!(n("1,2"), n("1 ,\t2"));
+        assert_eq!(
+            normalize_header_value("x-list", ["1", "2"].into_iter()),
+            n("1, 2"),
+            "two lines are one list"
+        );
+        assert_ne!(n("1,2"), n("2,1"), "order is kept");
+        assert_ne!(n("a b"), n("ab"));
+        let a = |v: &'static str| normalize_header_value("accept", [v].into_iter());
+        assert_eq!(
+            a("text/html,application/json"),
+            a(" text/html , application/json ")
+        );
+        assert_ne!(
+            a("text/html, application/json"),
+            a("application/json, text/html")
         );
     }
 
