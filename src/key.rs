@@ -161,13 +161,21 @@ fn param_name(param: &str) -> &str {
     param.split_once('=').map_or(param, |(n, _)| n)
 }
 
-/// The query as the key sees it, appended to `out`: ignored parameters dropped and, when
-/// configured, the rest sorted by name (a stable sort keeps repeated parameters in their
-/// order). Parameters are compared as sent, without decoding.
+/// The query as the key sees it, appended to `out`. Without a configured normalisation it is
+/// kept exactly as sent: an origin may tell `/x?a=1&&b=2` from `/x?a=1&b=2`, and `/x?` from
+/// `/x` (the `?` is part of the key). With `key.query_ignore` or `key.query_sort`, ignored
+/// parameters and empty ones are dropped and, when sorting, the rest sorted by name (a stable
+/// sort keeps repeated parameters in their order). Parameters are compared as sent, without
+/// decoding.
 fn push_query(out: &mut Vec<u8>, query: Option<&str>, cfg: &KeyConfig) {
     let Some(query) = query else {
         return;
     };
+    out.push(b'?');
+    if cfg.query_ignore.is_empty() && !cfg.query_sort {
+        out.extend_from_slice(query.as_bytes());
+        return;
+    }
     let kept = query.split('&').filter(|p| !p.is_empty()).filter(|p| {
         let name = param_name(p);
         !cfg.query_ignore
@@ -305,7 +313,9 @@ mod tests {
     }
 
     /// Keys are what the whole fleet's stored entries are found by: a change in how they are
-    /// derived orphans every entry (and mixes versions during a rollout). Pinned here.
+    /// derived orphans every entry (and mixes versions during a rollout). Pinned here. Changed
+    /// with entry format 3 (the query's `?` joins the key), a release that needs a new
+    /// `namespace` anyway (README, "Entry format changes").
     #[test]
     fn keys_are_stable_across_versions() {
         let mut cfg = Config::default();
@@ -318,7 +328,7 @@ mod tests {
         let plain = key(&Config::default(), &req("/f/1k", &[]));
         assert_eq!(
             key(&cfg, &r),
-            "default:57bd11e33def93b388047c960cd6195a99e0e3df47aa7fef419e622fe3eddfdd"
+            "default:721d1fce97bebfd4bc14dfb18a1b13e981d1e961d0b1f6358dfe9a17ad547e0d"
         );
         assert_eq!(
             plain,
@@ -389,7 +399,7 @@ mod tests {
         // Repeated parameters keep their relative order.
         let mut query = Vec::new();
         push_query(&mut query, Some("b=1&a=2&a=1"), &cfg.key);
-        assert_eq!(query, b"a=2&a=1&b=1");
+        assert_eq!(query, b"?a=2&a=1&b=1");
     }
 
     #[test]
@@ -459,6 +469,22 @@ mod tests {
             a("text/html, application/json"),
             a("application/json, text/html")
         );
+    }
+
+    #[test]
+    fn the_query_is_kept_exactly_without_a_configured_normalisation() {
+        let cfg = Config::default();
+        let k = |p: &str| key(&cfg, &req(p, &[]));
+        assert_ne!(k("/x?a=1&&b=2"), k("/x?a=1&b=2"));
+        assert_ne!(k("/x?"), k("/x"));
+        assert_ne!(k("/x?a&"), k("/x?a"));
+        assert_eq!(k("/x?a=1&b=2"), k("/x?a=1&b=2"));
+        // A configured normalisation may merge them.
+        let mut sorted = Config::default();
+        sorted.key.query_sort = true;
+        let s = |p: &str| key(&sorted, &req(p, &[]));
+        assert_eq!(s("/x?b=2&&a=1"), s("/x?a=1&b=2"));
+        assert_ne!(s("/x?"), s("/x"), "the `?` stays significant");
     }
 
     #[test]
