@@ -57,6 +57,7 @@ PLUGIN_CONFIG=$(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))
   "default_ttl_s": 0,
   "max_ttl_s": 3600,
   "cache_name": "fleet-cache",
+  "event_stream_ignores_no_cache": true,
   "purge": { "token": "demo-purge-token-change-me" }
 }
 JSON
@@ -89,6 +90,8 @@ cat <<EOF
 
 fleet-cache is running:
   send requests to   http://127.0.0.1:$LISTEN_PORT/   (e.g. /hello, /stream: a chunked SSE stream)
+  as a browser would curl -N -H 'Accept: text/event-stream' -H 'Cache-Control: no-cache' http://127.0.0.1:$LISTEN_PORT/stream
+                     (served from the cache once stored: event_stream_ignores_no_cache)
   Envoy admin/stats  http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep fleet_cache
   purge a URL        curl -X PURGE -H 'x-purge-token: demo-purge-token-change-me' http://127.0.0.1:$LISTEN_PORT/hello
   logs and PIDs in   $RUN/

@@ -33,6 +33,10 @@ pub struct Config {
     /// Treat client `Cache-Control: no-cache` / `Pragma: no-cache` as an ordinary request (as
     /// CDNs often do) instead of going to the origin.
     pub ignore_client_no_cache: bool,
+    /// Serve requests that accept `text/event-stream` from a fresh entry despite client
+    /// `no-cache`: browsers' `EventSource` always sends it, so without this a stored stream
+    /// never reaches a browser from the cache (narrower than `ignore_client_no_cache`).
+    pub event_stream_ignores_no_cache: bool,
     /// The targeted cache-control field (RFC 9213) this cache obeys over `Cache-Control`, lower
     /// case; not forwarded downstream. `None`: disabled.
     pub cdn_cache_control: Option<String>,
@@ -188,6 +192,7 @@ struct RawConfig {
     heuristic_max_s: u64,
     keep_stale_s: u64,
     ignore_client_no_cache: bool,
+    event_stream_ignores_no_cache: bool,
     cdn_cache_control: String,
     max_body_bytes: u64,
     max_recording_bytes: u64,
@@ -240,6 +245,7 @@ impl Default for RawConfig {
             heuristic_max_s: 86_400,
             keep_stale_s: 3_600,
             ignore_client_no_cache: false,
+            event_stream_ignores_no_cache: false,
             cdn_cache_control: "CDN-Cache-Control".into(),
             max_body_bytes: 16 * 1024 * 1024,
             max_recording_bytes: 256 * 1024 * 1024,
@@ -304,6 +310,7 @@ const TOP_FIELDS: &[&str] = &[
     "heuristic_max_s",
     "keep_stale_s",
     "ignore_client_no_cache",
+    "event_stream_ignores_no_cache",
     "cdn_cache_control",
     "max_body_bytes",
     "max_recording_bytes",
@@ -338,6 +345,10 @@ impl RawConfig {
                 "keep_stale_s" => raw.keep_stale_s = fields::u64(v, "keep_stale_s")?,
                 "ignore_client_no_cache" => {
                     raw.ignore_client_no_cache = fields::boolean(v, "ignore_client_no_cache")?
+                }
+                "event_stream_ignores_no_cache" => {
+                    raw.event_stream_ignores_no_cache =
+                        fields::boolean(v, "event_stream_ignores_no_cache")?
                 }
                 "cdn_cache_control" => {
                     raw.cdn_cache_control = fields::string(v, "cdn_cache_control")?
@@ -714,6 +725,7 @@ impl RawConfig {
             heuristic_max_s: self.heuristic_max_s,
             keep_stale_s: self.keep_stale_s,
             ignore_client_no_cache: self.ignore_client_no_cache,
+            event_stream_ignores_no_cache: self.event_stream_ignores_no_cache,
             cdn_cache_control,
             max_body_bytes: self.max_body_bytes as usize,
             max_recording_bytes: self.max_recording_bytes as usize,

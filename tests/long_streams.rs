@@ -39,3 +39,50 @@ fn a_70_second_stream_is_delivered_whole_and_stored() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// What a browser's `EventSource` sends: it always asks `no-cache`.
+const EVENT_SOURCE: [(&str, &str); 3] = [
+    ("accept", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("pragma", "no-cache"),
+];
+
+/// Stores `/stream` (the origin's SSE route) and returns what a browser then gets.
+fn event_source_after_a_stored_stream(config: serde_json::Value) -> (String, usize) {
+    let st = Stack::start(StackOptions::with_config(config));
+    let path = "/stream?cc=max-age%3D600";
+    let first = st.get(path, &[]);
+    assert_eq!(first.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !st
+        .get(path, &[])
+        .header("cache-status")
+        .is_some_and(|c| c.contains("hit"))
+    {
+        assert!(Instant::now() < deadline, "the stream was never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let browser = st.get(path, &EVENT_SOURCE);
+    assert_eq!(browser.status, 200);
+    assert_eq!(browser.body, first.body);
+    let cs = browser
+        .header("cache-status")
+        .unwrap_or_default()
+        .to_string();
+    (cs, st.origin().count("/stream"))
+}
+
+#[test]
+fn an_event_source_request_is_served_a_stored_stream_with_the_setting() {
+    let (cs, origin_calls) =
+        event_source_after_a_stored_stream(json!({"event_stream_ignores_no_cache": true}));
+    assert!(cs.contains("hit"), "{cs}");
+    assert_eq!(origin_calls, 1, "one generation at the origin");
+}
+
+#[test]
+fn an_event_source_request_goes_to_the_origin_without_the_setting() {
+    let (cs, origin_calls) = event_source_after_a_stored_stream(json!({}));
+    assert!(cs.contains("fwd=request"), "{cs}");
+    assert_eq!(origin_calls, 2, "a new generation for the browser");
+}

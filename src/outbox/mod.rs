@@ -245,6 +245,50 @@ struct Flight {
     give_up_ms: u64,
 }
 
+/// The callouts out, by nonce: a handful (a few batches of each kind), so a list is searched
+/// rather than a map kept (each map type instantiated costs the .wasm kilobytes).
+#[derive(Debug, Default)]
+struct Flights(Vec<(u64, Flight)>);
+
+impl Flights {
+    fn insert(&mut self, nonce: u64, flight: Flight) -> &mut Flight {
+        self.0.push((nonce, flight));
+        let last = self.0.len() - 1;
+        &mut self.0[last].1
+    }
+
+    fn get_mut(&mut self, nonce: u64) -> Option<&mut Flight> {
+        self.0.iter_mut().find(|(n, _)| *n == nonce).map(|(_, f)| f)
+    }
+
+    fn remove(&mut self, nonce: u64) -> Option<Flight> {
+        let i = self.0.iter().position(|(n, _)| *n == nonce)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    /// The flight the host's `token` answers, taken out.
+    fn take_answered(&mut self, token: u32) -> Option<(u64, Flight)> {
+        let i = self.0.iter().position(|(_, f)| f.token == Some(token))?;
+        Some(self.0.swap_remove(i))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u64, &Flight)> {
+        self.0.iter().map(|(n, f)| (n, f))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Flight> {
+        self.0.iter().map(|(_, f)| f)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Flight> {
+        self.0.iter_mut().map(|(_, f)| f)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A large value being read in pieces.
 #[derive(Debug)]
 struct Assembly {
@@ -273,9 +317,7 @@ pub struct Outbox {
     /// No write is sent before this (after the host refused one).
     write_retry_at_ms: u64,
     purges: VecDeque<(StreamId, PurgeCommand)>,
-    flights: HashMap<u64, Flight>,
-    /// Host token -> nonce of the flight it carries.
-    tokens: HashMap<u32, u64>,
+    flights: Flights,
     /// Large values being read, oldest first.
     assemblies: Vec<Assembly>,
     next_assembly: u64,
@@ -296,8 +338,7 @@ impl Outbox {
             writes: WriteQueue::new(settings.max_queue_bytes),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
-            flights: HashMap::new(),
-            tokens: HashMap::new(),
+            flights: Flights::default(),
             assemblies: Vec::new(),
             next_assembly: 0,
             replies: VecDeque::new(),
@@ -399,10 +440,7 @@ impl Outbox {
         body: Option<Vec<u8>>,
     ) {
         // Unknown: a callout given up on, whose answer is no one's any more.
-        let Some(nonce) = self.tokens.remove(&token) else {
-            return;
-        };
-        let Some(flight) = self.flights.remove(&nonce) else {
+        let Some((nonce, flight)) = self.flights.take_answered(token) else {
             return;
         };
         let answer = match body {
@@ -436,10 +474,7 @@ impl Outbox {
             .map(|(n, _)| *n)
             .collect();
         for nonce in lost {
-            if let Some(flight) = self.flights.remove(&nonce) {
-                if let Some(t) = flight.token {
-                    self.tokens.remove(&t);
-                }
+            if let Some(flight) = self.flights.remove(nonce) {
                 self.fail(now_ms, flight, StoreError::Timeout);
             }
         }
@@ -458,12 +493,15 @@ impl Outbox {
         let give_up_ms = now_ms
             .saturating_add(timeout_ms)
             .saturating_add(GIVE_UP_GRACE_MS);
-        let flight = self.flights.entry(nonce).or_insert(Flight {
-            carries,
-            expect,
-            token: None,
-            give_up_ms,
-        });
+        let flight = self.flights.insert(
+            nonce,
+            Flight {
+                carries,
+                expect,
+                token: None,
+                give_up_ms,
+            },
+        );
         Some(Outgoing {
             nonce,
             request: store::encode(nonce, &flight.carries.command()),
@@ -475,13 +513,12 @@ impl Outbox {
     pub fn dispatched(&mut self, now_ms: u64, nonce: u64, token: Option<u32>) {
         match token {
             Some(t) => {
-                if let Some(f) = self.flights.get_mut(&nonce) {
+                if let Some(f) = self.flights.get_mut(nonce) {
                     f.token = Some(t);
-                    self.tokens.insert(t, nonce);
                 }
             }
             None => {
-                if let Some(flight) = self.flights.remove(&nonce) {
+                if let Some(flight) = self.flights.remove(nonce) {
                     if matches!(flight.carries, Carries::Writes(_)) {
                         // Retry later rather than spin on a host that refuses now.
                         self.write_retry_at_ms = now_ms + RETRY_DELAY_MS;

@@ -48,7 +48,10 @@ pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
             v.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
         });
-    if (cc.no_cache || pragma_no_cache) && !cfg.ignore_client_no_cache {
+    if (cc.no_cache || pragma_no_cache)
+        && !cfg.ignore_client_no_cache
+        && !(cfg.event_stream_ignores_no_cache && accepts_event_stream(req))
+    {
         return RequestPolicy::Refresh(method);
     }
     // Preconditions the stored response can't evaluate for the origin (RFC 9110 §13.2.1):
@@ -62,12 +65,72 @@ pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
     RequestPolicy::Lookup(method)
 }
 
+/// Whether the request accepts `text/event-stream` (as `EventSource` asks for it).
+fn accepts_event_stream(req: &RequestHead) -> bool {
+    req.values("accept").any(|v| {
+        v.split(',').any(|range| {
+            range
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn get(headers: &[(&str, &str)]) -> RequestHead {
         RequestHead::for_test("GET", "/", headers)
+    }
+
+    #[test]
+    fn event_stream_requests_may_ignore_client_no_cache_and_only_they() {
+        // What a browser's EventSource sends.
+        let sse = get(&[
+            ("accept", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("pragma", "no-cache"),
+        ]);
+        let json = get(&[
+            ("accept", "application/json"),
+            ("cache-control", "no-cache"),
+        ]);
+        let cfg = Config::default();
+        assert_eq!(
+            request_policy(&cfg, &sse),
+            RequestPolicy::Refresh(Method::Get)
+        );
+        let on = Config {
+            event_stream_ignores_no_cache: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            request_policy(&on, &sse),
+            RequestPolicy::Lookup(Method::Get)
+        );
+        assert_eq!(
+            request_policy(&on, &json),
+            RequestPolicy::Refresh(Method::Get)
+        );
+        let listed = get(&[
+            ("accept", "text/html;q=0.5, TEXT/Event-Stream ; q=1"),
+            ("cache-control", "no-cache"),
+        ]);
+        assert_eq!(
+            request_policy(&on, &listed),
+            RequestPolicy::Lookup(Method::Get)
+        );
+        let no_store = get(&[
+            ("accept", "text/event-stream"),
+            ("cache-control", "no-store"),
+        ]);
+        assert_eq!(
+            request_policy(&on, &no_store),
+            RequestPolicy::Bypass(BypassReason::NoStore),
+            "no-store is still honoured"
+        );
     }
 
     #[test]
