@@ -88,7 +88,7 @@ pub fn not_modified_headers(stored: &[(String, String)]) -> Vec<(String, String)
 pub fn kept_in_not_modified(name: &str, has_etag: bool) -> bool {
     matches!(
         name,
-        "cache-control" | "content-location" | "etag" | "expires" | "vary"
+        "cache-control" | "content-location" | "date" | "etag" | "expires" | "vary"
     ) || (name == "last-modified" && !has_etag)
 }
 

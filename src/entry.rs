@@ -242,7 +242,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
 
 /// Response headers that are never stored or replayed: hop-by-hop ones (RFC 9110 §7.6.1) and
 /// those that describe one fetch rather than the resource. See [`never_replayed`].
-const NOT_REPLAYED: [&str; 14] = [
+const NOT_REPLAYED: [&str; 13] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -254,8 +254,8 @@ const NOT_REPLAYED: [&str; 14] = [
     "proxy-authentication-info",
     // Envoy computes content-length for the local reply from the body.
     "content-length",
-    // The hit gets a fresh Date and a computed Age instead.
-    "date",
+    // A hit gets a computed Age (the stored Date is replayed: RFC 9111 §4, a cache sends the
+    // response's own Date, with Age saying how old it is).
     "age",
     // Envoy sets its own on the way out.
     "server",

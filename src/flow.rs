@@ -260,8 +260,6 @@ pub struct Flow {
 pub struct Worker {
     pub budget: Rc<MemoryBudget>,
     pub memory: RefCell<MemoryTier>,
-    /// The last `Date` value formatted, and its second: hits in the same second reuse it.
-    pub date: RefCell<(u64, String)>,
 }
 
 impl Worker {
@@ -269,18 +267,7 @@ impl Worker {
         Rc::new(Worker {
             budget: MemoryBudget::new(cfg.max_recording_bytes),
             memory: RefCell::new(MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)),
-            date: RefCell::new((u64::MAX, String::new())),
         })
-    }
-
-    /// `Date` for a reply at `now_ms` (IMF-fixdate), formatted once per second.
-    pub fn http_date(&self, now_ms: u64) -> String {
-        let second = now_ms / 1000;
-        let mut cached = self.date.borrow_mut();
-        if cached.0 != second {
-            *cached = (second, policy::format_http_date(now_ms));
-        }
-        cached.1.clone()
     }
 }
 
@@ -666,7 +653,11 @@ impl Flow {
         };
         headers.push("cache-status", ours);
         headers.push("age", freshness.age_s.to_string());
-        headers.push("date", self.worker.http_date(now_ms));
+        // The stored Date is replayed with the rest (recording adds one when the origin sent
+        // none); an entry without one gets its receive time.
+        if !stored.iter().any(|(n, _)| n == "date") {
+            headers.push("date", policy::format_http_date(meta.stored_at_ms));
+        }
         self.state = State::ServingHit;
         // For HEAD, Envoy's local reply sends the headers with the body's content-length and
         // no body, which is exactly a HEAD answer: the same reply serves both methods.
@@ -829,16 +820,22 @@ impl Flow {
     ) -> ResponseStep {
         self.events.push(Event::Revalidated);
         let targeted = policy::targeted_field(&self.cfg, not_modified);
-        let merged = revalidate::merge_not_modified(&reval.meta.headers, not_modified, targeted);
+        let mut merged =
+            revalidate::merge_not_modified(&reval.meta.headers, not_modified, targeted);
+        if not_modified.header("date").is_none() {
+            // A 304 without Date is dated when received (RFC 9110 §6.6.1): the refreshed
+            // response's age counts from now, not from the first response's Date.
+            merged.retain(|(n, _)| n != "date");
+            merged = stored_with_date(merged, now_ms);
+        }
         // Freshness and age come from the updated headers plus the 304's own Date and Age.
         let mut head = ResponseHead {
             status: reval.meta.status,
             headers: merged.clone(),
         };
-        for name in ["date", "age"] {
-            if let Some(v) = not_modified.header(name) {
-                head.headers.push((name.to_string(), v.to_string()));
-            }
+        // The merged headers carry the 304's Date (or the stored one); its Age counts too.
+        if let Some(v) = not_modified.header("age") {
+            head.headers.push(("age".to_string(), v.to_string()));
         }
         let mut meta = reval.meta;
         meta.headers = merged;
@@ -887,7 +884,6 @@ impl Flow {
         headers.retain(|(n, _)| n != "cache-status");
         headers.push(("cache-status".into(), ours));
         headers.push(("age".into(), meta.initial_age_s.to_string()));
-        headers.push(("date".into(), self.worker.http_date(now_ms)));
         // Our local reply comes back through the response callbacks: leave it alone.
         self.state = State::ServingHit;
         ResponseStep {
@@ -960,10 +956,13 @@ impl Flow {
             ttl_ms: s.store_ttl_ms(self.cfg.keep_stale_s),
             meta: ResponseMeta {
                 status: resp.status,
-                headers: policy::stored_headers(
-                    resp,
-                    s.strip_set_cookie,
-                    policy::targeted_field(&self.cfg, resp),
+                headers: stored_with_date(
+                    policy::stored_headers(
+                        resp,
+                        s.strip_set_cookie,
+                        policy::targeted_field(&self.cfg, resp),
+                    ),
+                    now_ms,
                 ),
                 chunks: Vec::new(),
                 stored_at_ms: now_ms,
@@ -1070,6 +1069,16 @@ impl Flow {
             tags: rec.tags,
         })
     }
+}
+
+/// The headers to store, with a `Date` of the receive time when the origin sent none (RFC 9110
+/// §6.6.1: a recipient with a clock adds one to a response it caches): every hit then replays
+/// one Date, and `Age` says how old the response is.
+fn stored_with_date(mut headers: Vec<(String, String)>, received_ms: u64) -> Vec<(String, String)> {
+    if !headers.iter().any(|(n, _)| n == "date") {
+        headers.push(("date".into(), policy::format_http_date(received_ms)));
+    }
+    headers
 }
 
 #[cfg(test)]

@@ -93,6 +93,8 @@ mod tests {
                 ("etag", "\"v1\""),
                 ("cache-control", "max-age=99"),
                 ("x-multi", "c"),
+                // The 304's Date replaces the stored one (RFC 9111 §4.3.4).
+                ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
             ])
         );
     }

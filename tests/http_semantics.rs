@@ -756,3 +756,46 @@ fn preconditions_are_ignored_on_a_stored_error_or_redirect() {
         assert_eq!(s.origin().count(p), 2, "one direct request, one miss");
     }
 }
+
+fn date_s(r: &Resp) -> u64 {
+    let d = r.header("date").expect("a Date");
+    httpdate::parse_http_date(d)
+        .expect("an HTTP-date")
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// RFC 9111 §4 / §4.2.3: a hit sends the stored response's own `Date`, with `Age` saying how
+/// old it is (a fresh `Date` plus `Age` would make a downstream cache count the age twice); a
+/// 304-refreshed answer sends the 304's `Date`.
+#[test]
+fn rfc9111_4_hits_send_the_stored_date_with_age_and_a_304_updates_it() {
+    let s = start(json!({}));
+    let path = "/dated?cc=max-age%3D60";
+    let miss = s.get(path, &[]);
+    let stored_date = miss.header("date").expect("the origin's Date").to_string();
+    wait_published(&s, 1);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let hit = s.get(path, &[]);
+    assert_hit(&hit, 200);
+    assert_eq!(hit.header("date"), Some(stored_date.as_str()), "{hit:?}");
+    assert_eq!(hit.header_all("date").len(), 1, "one Date");
+    assert!(age(&hit) >= 2, "age {}", age(&hit));
+
+    // Stale after 1 s, revalidated: the origin's 304 carries a newer Date, which the answer
+    // (and the next hits) send.
+    let reval = "/redated?cc=max-age%3D1&etag=%22v1%22";
+    let first = s.get(reval, &[]);
+    let first_date = date_s(&first);
+    wait_published(&s, 2);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let refreshed = s.get(reval, &[]);
+    assert!(
+        cache_status(&refreshed).contains("fwd-status=304"),
+        "{refreshed:?}"
+    );
+    assert!(date_s(&refreshed) >= first_date + 2, "{refreshed:?}");
+    assert!(age(&refreshed) <= 1, "{refreshed:?}");
+    assert_eq!(refreshed.header_all("date").len(), 1, "one Date");
+}

@@ -60,6 +60,7 @@ mod tests {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(kept, vec!["content-type", "etag", "set-cookie"]);
+        // Date is the response's own: stored and replayed (with Age) on a hit.
+        assert_eq!(kept, vec!["content-type", "date", "etag", "set-cookie"]);
     }
 }
