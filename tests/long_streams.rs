@@ -47,7 +47,9 @@ const EVENT_SOURCE: [(&str, &str); 3] = [
     ("pragma", "no-cache"),
 ];
 
-/// Stores `/stream` (the origin's SSE route) and returns what a browser then gets.
+/// Stores `/stream` (the origin's SSE route) and returns what a browser then gets, and how
+/// many times the origin was asked for the browser's request (0 or 1: the polling until the
+/// stream is stored may ask it more, and is not counted).
 fn event_source_after_a_stored_stream(config: serde_json::Value) -> (String, usize) {
     let st = Stack::start(StackOptions::with_config(config));
     let path = "/stream?cc=max-age%3D600";
@@ -62,6 +64,7 @@ fn event_source_after_a_stored_stream(config: serde_json::Value) -> (String, usi
         assert!(Instant::now() < deadline, "the stream was never stored");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let before = st.origin().count("/stream");
     let browser = st.get(path, &EVENT_SOURCE);
     assert_eq!(browser.status, 200);
     assert_eq!(browser.body, first.body);
@@ -69,7 +72,7 @@ fn event_source_after_a_stored_stream(config: serde_json::Value) -> (String, usi
         .header("cache-status")
         .unwrap_or_default()
         .to_string();
-    (cs, st.origin().count("/stream"))
+    (cs, st.origin().count("/stream") - before)
 }
 
 #[test]
@@ -77,12 +80,12 @@ fn an_event_source_request_is_served_a_stored_stream_with_the_setting() {
     let (cs, origin_calls) =
         event_source_after_a_stored_stream(json!({"event_stream_ignores_no_cache": true}));
     assert!(cs.contains("hit"), "{cs}");
-    assert_eq!(origin_calls, 1, "one generation at the origin");
+    assert_eq!(origin_calls, 0, "no new generation at the origin");
 }
 
 #[test]
 fn an_event_source_request_goes_to_the_origin_without_the_setting() {
     let (cs, origin_calls) = event_source_after_a_stored_stream(json!({}));
     assert!(cs.contains("fwd=request"), "{cs}");
-    assert_eq!(origin_calls, 2, "a new generation for the browser");
+    assert_eq!(origin_calls, 1, "a new generation for the browser");
 }
