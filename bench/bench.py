@@ -948,7 +948,7 @@ def build_report(rows, info, ttfb, ttfb_statuses, memory_note, warm_notes, load_
                     if r["id"] in ("4", "4k") and r.get("fc_memory_hits"):
                         notes.append("**the in-proxy tier answered some hits**")
                     elif r["id"] == "4" and per < 0.9:
-                        # Concurrent requests for one key share its lookup (src/lookups.rs).
+                        # Concurrent requests for one key share its lookup (src/outbox/mod.rs).
                         notes.append("concurrent hits shared lookups")
             if r.get("fc_store_errors"):
                 notes.append(f"store errors {r['fc_store_errors']}")

@@ -302,10 +302,6 @@ impl Flow {
         purge::purge_reply(result)
     }
 
-    pub fn is_awaiting_purge(&self) -> bool {
-        matches!(self.state, State::AwaitPurge)
-    }
-
     /// True when the response being sent is our own local reply.
     pub fn is_serving_hit(&self) -> bool {
         matches!(self.state, State::ServingHit)

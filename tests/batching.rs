@@ -1,6 +1,6 @@
-//! Concurrent requests of one proxy share store callouts. Lookups (src/lookups.rs): keys that
+//! Concurrent requests of one proxy share store callouts. Lookups (src/outbox/mod.rs): keys that
 //! queue while callouts are out leave together, a key already asked is not asked again, and a
-//! client that leaves while its lookup waits disturbs no one. Writes (src/publish.rs): entries
+//! client that leaves while its lookup waits disturbs no one. Writes (src/outbox/writes.rs): entries
 //! that queue while write callouts are out are written together, and small ones ride with
 //! lookups. Redis is paused with CLIENT PAUSE to make requests queue deterministically.
 

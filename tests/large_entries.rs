@@ -21,14 +21,13 @@ use std::sync::{Barrier, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fleet_cache::config::Config;
 use fleet_cache::http::RequestHead;
-use fleet_cache::key::{self, CacheKey};
+use fleet_cache::key;
 use fleet_cache::outbox::ANSWER_BYTES;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::stack::merge_patch;
-use support::{Resp, Stack, StackOptions, binary_body};
+use support::{Resp, Stack, StackOptions, binary_body, poll};
 
 const MIB: usize = 1 << 20;
 /// The body of each entry of the concurrent tests: three full pieces and a bit.
@@ -57,40 +56,13 @@ fn options(patch: Value) -> StackOptions {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A filter counter of envoy 0 (0 while not shown), after the next counter flush.
-fn stat(st: &Stack, name: &str) -> u64 {
-    st.stat(0, name).unwrap_or(0)
-}
-
-/// What to print when an expectation about the running stack fails.
-fn diag(st: &Stack) -> String {
-    let log = st.envoy_log(0);
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-    format!("stats:\n{}\nenvoy log tail:\n{tail}", st.stats(0))
-}
-
 /// Waits until counter `name` reaches `n` (`timeout` at most); panics with diagnostics.
 fn wait_stat(st: &Stack, name: &str, n: u64, timeout: Duration) {
-    if !poll(timeout, || stat(st, name) >= n) {
+    if !poll(timeout, || st.counter(name) >= n) {
         panic!(
             "{name} did not reach {n} (is {})\n{}",
-            stat(st, name),
-            diag(st)
+            st.counter(name),
+            st.diag()
         );
     }
 }
@@ -114,20 +86,6 @@ fn fingerprint(b: &[u8]) -> String {
         h[2],
         h[3]
     )
-}
-
-/// The key the filter reads for a plain GET of `target` through the harness client (`Host:
-/// localhost`, over http), computed by the crate itself from the stack's plugin config.
-fn primary_key(st: &Stack, target: &str) -> CacheKey {
-    let cfg = Config::parse(st.plugin_config().to_string().as_bytes()).expect("plugin config");
-    let req = RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "localhost".into(),
-        path: target.into(),
-        headers: vec![],
-    };
-    CacheKey::primary(&cfg, &req)
 }
 
 /// Lines of Envoy's log that show a crashed VM (the log is written every 100 ms).
@@ -219,7 +177,7 @@ fn worker_still_serves(st: &Stack, target: &str, path: &str, size: usize) {
     let hit = poll(Duration::from_secs(10), || {
         let r = st.get(target, &[]);
         if let Some(why) = wrong_response(&r, &expected) {
-            panic!("{target} after the large entries: {why}\n{}", diag(st));
+            panic!("{target} after the large entries: {why}\n{}", st.diag());
         }
         seen.push(cache_status(&r));
         is_hit(&r)
@@ -227,7 +185,7 @@ fn worker_still_serves(st: &Stack, target: &str, path: &str, size: usize) {
     assert!(
         hit && seen.len() >= 2 && seen[0].contains("fwd="),
         "{target}: expected a miss then a hit, got {seen:?}\n{}",
-        diag(st)
+        st.diag()
     );
 }
 
@@ -259,7 +217,7 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
     // Store them: a miss each (at once), then wait until every write landed.
     for (i, got) in get_all(&st, &targets).iter().enumerate() {
         if let Some(why) = wrong_response(&got.resp, &expected[i]) {
-            panic!("storing {}: {why}\n{}", targets[i], diag(&st));
+            panic!("storing {}: {why}\n{}", targets[i], st.diag());
         }
         let cs = cache_status(&got.resp);
         assert!(cs.contains("stored"), "storing {}: {cs}", targets[i]);
@@ -271,7 +229,7 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
         Duration::from_secs(20),
     );
     for t in &targets {
-        let key = primary_key(&st, t).redis_key;
+        let key = st.primary_key(t).redis_key;
         let len: usize = st.redis_cli(&["STRLEN", &key]).parse().expect("STRLEN");
         // Whole, and more than one answer carries: read in pieces.
         assert!(
@@ -281,8 +239,8 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
     }
     let stored_in = t0.elapsed();
 
-    let hits0 = stat(&st, "fleet_cache_hits");
-    let large0 = stat(&st, "fleet_cache_large_entry_reads");
+    let hits0 = st.counter("fleet_cache_hits");
+    let large0 = st.counter("fleet_cache_large_entry_reads");
     let mut failures = Vec::new();
     let mut hits = 0;
     let mut lines = Vec::new();
@@ -316,14 +274,14 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
         failures.len(),
         failures.join("\n- "),
         lines.join("\n"),
-        diag(&st)
+        st.diag()
     );
     assert!(
         hits >= 1,
         "not a single hit of {}:\n{}\n{}",
         2 * n,
         lines.join("\n"),
-        diag(&st)
+        st.diag()
     );
     if all_hit {
         assert_eq!(hits, 2 * n);
@@ -331,9 +289,9 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
             assert_eq!(st.origin().count(p), 1, "{p}: a hit reached the origin");
         }
     }
-    let large_reads = stat(&st, "fleet_cache_large_entry_reads") - large0;
+    let large_reads = st.counter("fleet_cache_large_entry_reads") - large0;
     assert_eq!(
-        stat(&st, "fleet_cache_hits") - hits0,
+        st.counter("fleet_cache_hits") - hits0,
         hits as u64,
         "fleet_cache_hits vs the responses"
     );
@@ -355,9 +313,9 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
          store timeouts {}, breaker openings {}, corrupt {}; stored in {stored_in:?}, \
          total {:?}\n{}",
         2 * n,
-        stat(&st, "fleet_cache_store_timeouts"),
-        stat(&st, "fleet_cache_store_breaker_openings"),
-        stat(&st, "fleet_cache_corrupt_entries"),
+        st.counter("fleet_cache_store_timeouts"),
+        st.counter("fleet_cache_store_breaker_openings"),
+        st.counter("fleet_cache_corrupt_entries"),
         t0.elapsed(),
         lines.join("\n")
     );
@@ -398,7 +356,7 @@ fn a_20_mib_entry_is_read_in_more_pieces_than_go_out_at_once() {
     let expected = binary_body("/huge", size);
     let miss = get_timed(&st, &target).resp;
     if let Some(why) = wrong_response(&miss, &expected) {
-        panic!("the miss: {why}\n{}", diag(&st));
+        panic!("the miss: {why}\n{}", st.diag());
     }
     assert!(
         cache_status(&miss).contains("stored"),
@@ -406,29 +364,29 @@ fn a_20_mib_entry_is_read_in_more_pieces_than_go_out_at_once() {
         cache_status(&miss)
     );
     wait_stat(&st, "fleet_cache_published", 1, Duration::from_secs(20));
-    let key = primary_key(&st, &target).redis_key;
+    let key = st.primary_key(&target).redis_key;
     let len: usize = st.redis_cli(&["STRLEN", &key]).parse().expect("STRLEN");
     // More than four pieces: MAX_PIECES_OUT (4) go out, the rest after answers come back.
     assert!(len > 4 * ANSWER_BYTES, "Redis holds {len} bytes at {key}");
 
-    let large0 = stat(&st, "fleet_cache_large_entry_reads");
+    let large0 = st.counter("fleet_cache_large_entry_reads");
     let Timed {
         resp: hit,
         head,
         total,
     } = get_timed(&st, &target);
     if let Some(why) = wrong_response(&hit, &expected) {
-        panic!("the hit: {why}\n{}", diag(&st));
+        panic!("the hit: {why}\n{}", st.diag());
     }
     assert!(
         is_hit(&hit),
         "not a hit: {}\n{}",
         cache_status(&hit),
-        diag(&st)
+        st.diag()
     );
     assert_eq!(st.origin().count("/huge"), 1, "the hit reached the origin");
     assert_eq!(
-        stat(&st, "fleet_cache_large_entry_reads"),
+        st.counter("fleet_cache_large_entry_reads"),
         large0 + 1,
         "the hit was not read in pieces"
     );
@@ -450,7 +408,7 @@ fn foreign_value_at_the_entry_key(path: &str, plant: &[&str]) {
     let size = 3000;
     let target = format!("{path}?size={size}&cc=max-age%3D600");
     let expected = binary_body(path, size);
-    let key = primary_key(&st, &target).redis_key;
+    let key = st.primary_key(&target).redis_key;
     let mut cmd = vec![plant[0], &key];
     cmd.extend_from_slice(&plant[1..]);
     st.redis_cli(&cmd);
@@ -459,11 +417,11 @@ fn foreign_value_at_the_entry_key(path: &str, plant: &[&str]) {
         planted_type == "hash" || planted_type == "set",
         "planted {planted_type}"
     );
-    let corrupt0 = stat(&st, "fleet_cache_corrupt_entries");
+    let corrupt0 = st.counter("fleet_cache_corrupt_entries");
 
     let r = st.get(&target, &[]);
     if let Some(why) = wrong_response(&r, &expected) {
-        panic!("with a {planted_type} at the key: {why}\n{}", diag(&st));
+        panic!("with a {planted_type} at the key: {why}\n{}", st.diag());
     }
     let cs = cache_status(&r);
     assert!(
@@ -485,22 +443,22 @@ fn foreign_value_at_the_entry_key(path: &str, plant: &[&str]) {
         panic!(
             "the {planted_type} at {key} was not replaced: TYPE {}\n{}",
             st.redis_cli(&["TYPE", &key]),
-            diag(&st)
+            st.diag()
         );
     }
     let hit = st.get(&target, &[]);
     if let Some(why) = wrong_response(&hit, &expected) {
-        panic!("after the write: {why}\n{}", diag(&st));
+        panic!("after the write: {why}\n{}", st.diag());
     }
     assert!(
         is_hit(&hit),
         "after the write: {}\n{}",
         cache_status(&hit),
-        diag(&st)
+        st.diag()
     );
     assert_eq!(st.origin().count(path), 1, "the hit reached the origin");
     assert_eq!(
-        stat(&st, "fleet_cache_corrupt_entries"),
+        st.counter("fleet_cache_corrupt_entries"),
         corrupt0 + 1,
         "counted once"
     );
@@ -528,13 +486,13 @@ fn string_at_a_set_key(
 ) {
     let expected = binary_body(path, 2000);
     assert_eq!(st.redis_cli(&["SET", set_key, "not a set"]), "OK");
-    let published0 = stat(st, "fleet_cache_published");
+    let published0 = st.counter("fleet_cache_published");
     let failed0 =
-        stat(st, "fleet_cache_publish_failures") + stat(st, "fleet_cache_publish_retries");
+        st.counter("fleet_cache_publish_failures") + st.counter("fleet_cache_publish_retries");
 
     let miss = st.get(target, headers);
     if let Some(why) = wrong_response(&miss, &expected) {
-        panic!("{target}: {why}\n{}", diag(st));
+        panic!("{target}: {why}\n{}", st.diag());
     }
     let cs = cache_status(&miss);
     assert!(
@@ -548,10 +506,10 @@ fn string_at_a_set_key(
         Duration::from_secs(5),
     );
     assert_eq!(
-        stat(st, "fleet_cache_publish_failures") + stat(st, "fleet_cache_publish_retries"),
+        st.counter("fleet_cache_publish_failures") + st.counter("fleet_cache_publish_retries"),
         failed0,
         "the write failed at first (a string at {set_key})\n{}",
-        diag(st)
+        st.diag()
     );
     assert_eq!(st.redis_cli(&["TYPE", set_key]), "set", "{set_key}");
     let m = member();
@@ -564,13 +522,13 @@ fn string_at_a_set_key(
 
     let hit = st.get(target, headers);
     if let Some(why) = wrong_response(&hit, &expected) {
-        panic!("{target} after the write: {why}\n{}", diag(st));
+        panic!("{target} after the write: {why}\n{}", st.diag());
     }
     assert!(
         is_hit(&hit),
         "{target} after the write: {}\n{}",
         cache_status(&hit),
-        diag(st)
+        st.diag()
     );
     assert_eq!(st.origin().count(path), 1, "the hit reached the origin");
 }
@@ -581,7 +539,7 @@ fn a_string_at_a_tag_set_key_does_not_block_the_write() {
     let path = "/tagged";
     let target = format!("{path}?size=2000&cc=max-age%3D600&header=Surrogate-Key:shelf%20promo");
     let tag_key = key::tag_set_key(st.namespace(), "shelf");
-    let entry_key = primary_key(&st, &target).redis_key;
+    let entry_key = st.primary_key(&target).redis_key;
     string_at_a_set_key(&st, path, &target, &[], &tag_key, || entry_key.clone());
     // The other tag's set, never planted, was written alongside.
     let other = key::tag_set_key(st.namespace(), "promo");
@@ -593,7 +551,7 @@ fn a_string_at_a_variants_set_key_does_not_block_the_write() {
     let st = Stack::start(options(json!({})));
     let path = "/varied";
     let target = format!("{path}?size=2000&cc=max-age%3D600&vary=Accept");
-    let primary = primary_key(&st, &target);
+    let primary = st.primary_key(&target);
     let set_key = format!("{}:v", primary.redis_key);
     let headers = [("accept", "application/x-test")];
     // The variant's key, as the filter derives it from the variants record's header names.
@@ -645,7 +603,7 @@ fn an_abandoned_read_does_not_spoil_the_next_read_of_the_entry() {
         drop(c);
         let r = get_timed(&st, &target).resp;
         if let Some(why) = wrong_response(&r, &expected) {
-            panic!("after an abandoned read: {why}\n{}", diag(&st));
+            panic!("after an abandoned read: {why}\n{}", st.diag());
         }
         seen.push(cache_status(&r));
         // Let everything of this round settle (writes after a miss included).
@@ -654,6 +612,6 @@ fn an_abandoned_read_does_not_spoil_the_next_read_of_the_entry() {
     assert!(
         seen.iter().all(|cs| cs.contains("hit")),
         "after an abandoned read of the entry: {seen:?}; corrupt entries {}",
-        stat(&st, "fleet_cache_corrupt_entries")
+        st.counter("fleet_cache_corrupt_entries")
     );
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fleet_cache::entry::{self, Decoded};
 use serde_json::json;
 use support::origin::{text_body, unique_suffix};
-use support::{Resp, Stack, StackOptions};
+use support::{Resp, Stack, StackOptions, poll};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -26,43 +26,13 @@ fn store_only() -> StackOptions {
     StackOptions::with_config(json!({"memory": {"max_bytes": 0}}))
 }
 
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A filter counter of envoy 0 (0 while not shown).
-fn stat(st: &Stack, name: &str) -> u64 {
-    st.stat(0, name).unwrap_or(0)
-}
-
-/// What to print when an expectation about the running stack fails.
-fn diag(st: &Stack) -> String {
-    let log = st.envoy_log(0);
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-    format!(
-        "keys: {:?}\nstats:\n{}\nenvoy log tail:\n{tail}",
-        st.keys(),
-        st.stats(0)
-    )
-}
-
 /// Waits until counter `name` reaches `n` (5 s at most); panics with diagnostics otherwise.
 fn wait_stat(st: &Stack, name: &str, n: u64) {
-    if !poll(Duration::from_secs(5), || stat(st, name) >= n) {
+    if !poll(Duration::from_secs(5), || st.counter(name) >= n) {
         panic!(
             "{name} did not reach {n} (is {})\n{}",
-            stat(st, name),
-            diag(st)
+            st.counter(name),
+            st.diag()
         );
     }
 }
@@ -71,15 +41,15 @@ fn wait_stat(st: &Stack, name: &str, n: u64) {
 /// up, i.e. `published + publish_failures + publish_dropped == expected` (5 s at most).
 fn wait_publishes_settled(st: &Stack, expected: u64) {
     let settled = || {
-        stat(st, "fleet_cache_published")
-            + stat(st, "fleet_cache_publish_failures")
-            + stat(st, "fleet_cache_publish_dropped")
+        st.counter("fleet_cache_published")
+            + st.counter("fleet_cache_publish_failures")
+            + st.counter("fleet_cache_publish_dropped")
     };
     if !poll(Duration::from_secs(5), || settled() >= expected) {
         panic!(
             "publishes did not settle: {} of {expected}\n{}",
             settled(),
-            diag(st)
+            st.diag()
         );
     }
 }
@@ -90,31 +60,6 @@ fn cache_status(r: &Resp) -> String {
 
 fn origin_count_header(r: &Resp) -> Option<usize> {
     r.header("x-origin-count").and_then(|v| v.parse().ok())
-}
-
-/// `SET key value` straight to Redis over RESP (binary-safe; Webdis' ACL refuses SET).
-fn redis_set(st: &Stack, key: &str, value: &[u8]) {
-    let mut cmd = Vec::new();
-    cmd.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
-    cmd.extend_from_slice(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
-    cmd.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
-    cmd.extend_from_slice(value);
-    cmd.extend_from_slice(b"\r\n");
-    let mut s = TcpStream::connect(("127.0.0.1", st.redis_port())).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&cmd).expect("write to redis");
-    let mut reply = [0u8; 5];
-    s.read_exact(&mut reply).expect("redis reply");
-    assert_eq!(&reply, b"+OK\r\n", "SET {key}");
-}
-
-/// The raw bytes of a key's value: `redis-cli GET` prints the value and one `\n`, which
-/// `redis_cli_bytes` removes (checked against STRLEN).
-fn redis_get(st: &Stack, key: &str) -> Vec<u8> {
-    let v = st.redis_cli_bytes(&["GET", key]);
-    let len: usize = st.redis_cli(&["STRLEN", key]).parse().expect("STRLEN");
-    assert_eq!(v.len(), len, "redis-cli GET {key} returned other bytes");
-    v
 }
 
 /// Sends a request over a raw connection (`Connection: close`) and returns everything Envoy
@@ -173,34 +118,39 @@ fn redis_down_fails_open_then_caching_resumes() {
     for p in 0..4 {
         assert_eq!(st.origin().count(&format!("/down{p}")), 5);
     }
-    assert_eq!(stat(&st, "fleet_cache_lookups"), 20, "{}", diag(&st));
-    let errors = stat(&st, "fleet_cache_store_errors");
-    let skipped = stat(&st, "fleet_cache_store_skipped");
-    assert_eq!(errors + skipped, 20, "{}", diag(&st));
+    assert_eq!(st.counter("fleet_cache_lookups"), 20, "{}", st.diag());
+    let errors = st.counter("fleet_cache_store_errors");
+    let skipped = st.counter("fleet_cache_store_skipped");
+    assert_eq!(errors + skipped, 20, "{}", st.diag());
     assert!(
         skipped >= 10,
         "the breaker skipped the store: {}",
-        diag(&st)
+        st.diag()
     );
     // Each worker (two) has its own breaker; the gauge counts those open.
-    let openings = stat(&st, "fleet_cache_store_breaker_openings");
-    assert!((1..=2).contains(&openings), "{}", diag(&st));
+    let openings = st.counter("fleet_cache_store_breaker_openings");
+    assert!((1..=2).contains(&openings), "{}", st.diag());
     assert_eq!(
-        stat(&st, "fleet_cache_store_breaker_open"),
+        st.counter("fleet_cache_store_breaker_open"),
         openings,
         "{}",
-        diag(&st)
+        st.diag()
     );
-    assert_eq!(stat(&st, "fleet_cache_hits"), 0);
+    assert_eq!(st.counter("fleet_cache_hits"), 0);
     // Nothing was recorded, so nothing was even tried.
-    assert_eq!(stat(&st, "fleet_cache_published"), 0, "{}", diag(&st));
+    assert_eq!(st.counter("fleet_cache_published"), 0, "{}", st.diag());
     assert_eq!(
-        stat(&st, "fleet_cache_publish_failures"),
+        st.counter("fleet_cache_publish_failures"),
         0,
         "{}",
-        diag(&st)
+        st.diag()
     );
-    assert_eq!(stat(&st, "fleet_cache_publish_retries"), 0, "{}", diag(&st));
+    assert_eq!(
+        st.counter("fleet_cache_publish_retries"),
+        0,
+        "{}",
+        st.diag()
+    );
 
     st.start_redis();
     // Webdis reconnects its pooled Redis connections on its own; wait until a run of lookups
@@ -230,10 +180,10 @@ fn redis_down_fails_open_then_caching_resumes() {
         closed,
         "breaker still open after {:?}: {}",
         back.elapsed(),
-        diag(&st)
+        st.diag()
     );
     let target = "/after?cc=max-age%3D60";
-    let published_before = stat(&st, "fleet_cache_published");
+    let published_before = st.counter("fleet_cache_published");
     let miss = st.get(target, &[]);
     assert_eq!(miss.status, 200);
     assert_eq!(miss.text(), text_body(target));
@@ -243,20 +193,20 @@ fn redis_down_fails_open_then_caching_resumes() {
         "{cs}"
     );
     wait_stat(&st, "fleet_cache_published", published_before + 1);
-    assert_eq!(st.keys().len(), 1, "{}", diag(&st));
+    assert_eq!(st.keys().len(), 1, "{}", st.diag());
     // Every worker's breaker closes on its next request's probe.
     let all_closed = poll(Duration::from_millis(1_500), || {
         st.get("/probe", &[]);
-        stat(&st, "fleet_cache_store_breaker_open") == 0
+        st.counter("fleet_cache_store_breaker_open") == 0
     });
-    assert!(all_closed, "{}", diag(&st));
+    assert!(all_closed, "{}", st.diag());
 
     let hit = st.get(target, &[]);
     assert_eq!(hit.status, 200);
     assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
     assert_eq!(hit.body, miss.body);
     assert_eq!(st.origin().count("/after"), 1, "the hit reached the origin");
-    assert_eq!(stat(&st, "fleet_cache_hits"), 1);
+    assert_eq!(st.counter("fleet_cache_hits"), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,9 +247,9 @@ fn stalled_store_adds_bounded_latency() {
         "answered in {took:?}: the lookup did not wait for the store at all?"
     );
     assert!(
-        stat(&st, "fleet_cache_store_timeouts") >= 1,
+        st.counter("fleet_cache_store_timeouts") >= 1,
         "{}",
-        diag(&st)
+        st.diag()
     );
     eprintln!("stalled store: one request took {took:?} ({cs})");
 
@@ -345,16 +295,16 @@ fn stalled_store_adds_bounded_latency() {
     assert!(paused_at.elapsed() < Duration::from_millis(3000));
     // One lookup per stalled request, each a timeout (the warm-up's succeeded).
     assert_eq!(
-        stat(&st, "fleet_cache_store_timeouts"),
+        st.counter("fleet_cache_store_timeouts"),
         1 + N as u64,
         "{}",
-        diag(&st)
+        st.diag()
     );
     assert_eq!(
-        stat(&st, "fleet_cache_store_errors"),
-        stat(&st, "fleet_cache_store_timeouts"),
+        st.counter("fleet_cache_store_errors"),
+        st.counter("fleet_cache_store_timeouts"),
         "{}",
-        diag(&st)
+        st.diag()
     );
 }
 
@@ -391,8 +341,8 @@ fn origin_reset_publishes_nothing() {
     // A publish would have been queued at the end of the stream, before the abort was
     // counted; give it the time a publish takes on the happy path, and then some.
     let stayed_empty = !poll(Duration::from_millis(300), || !st.keys().is_empty());
-    assert!(stayed_empty, "a reset response was stored:\n{}", diag(&st));
-    assert_eq!(stat(&st, "fleet_cache_published"), 0);
+    assert!(stayed_empty, "a reset response was stored:\n{}", st.diag());
+    assert_eq!(st.counter("fleet_cache_published"), 0);
 
     let again = st.get_streaming(target, &[]);
     assert_eq!(again.status, 200);
@@ -406,7 +356,7 @@ fn origin_reset_publishes_nothing() {
     );
     assert_eq!(st.origin().count("/reset"), 2);
     wait_stat(&st, "fleet_cache_recordings_aborted", 2);
-    assert_eq!(stat(&st, "fleet_cache_hits"), 0);
+    assert_eq!(st.counter("fleet_cache_hits"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,10 +422,10 @@ fn concurrent_misses_leave_one_whole_entry() {
 
     wait_publishes_settled(&st, announced_stored as u64);
     assert_eq!(
-        stat(&st, "fleet_cache_published"),
+        st.counter("fleet_cache_published"),
         announced_stored as u64,
         "{}",
-        diag(&st)
+        st.diag()
     );
 
     let hit = st.get(target, &[]);
@@ -502,7 +452,7 @@ fn concurrent_misses_leave_one_whole_entry() {
 
     let keys = st.keys();
     assert_eq!(keys.len(), 1, "{keys:?}");
-    let value = redis_get(&st, &keys[0]);
+    let value = st.redis_get(&keys[0]);
     match entry::decode(&value) {
         Ok(Decoded::Response { meta, body }) => {
             assert_eq!(body, hit.body.as_slice());
@@ -534,7 +484,7 @@ fn invalid_entry_is_refetched_and_repaired(corrupt: impl FnOnce(&[u8]) -> Vec<u8
     let keys = st.keys();
     assert_eq!(keys.len(), 1, "{keys:?}");
     let key = &keys[0];
-    let good = redis_get(&st, key);
+    let good = st.redis_get(key);
     assert!(
         matches!(entry::decode(&good), Ok(Decoded::Response { body, .. }) if body == first.body),
         "the stored value is not the response"
@@ -545,8 +495,8 @@ fn invalid_entry_is_refetched_and_repaired(corrupt: impl FnOnce(&[u8]) -> Vec<u8
         entry::decode(&bad).is_err(),
         "the corruption is not invalid"
     );
-    redis_set(&st, key, &bad);
-    assert_eq!(redis_get(&st, key), bad);
+    st.redis_set(key, &bad);
+    assert_eq!(st.redis_get(key), bad);
 
     let refetch = st.get(target, &[]);
     assert_eq!(refetch.status, 200, "{refetch:?}");
@@ -565,9 +515,9 @@ fn invalid_entry_is_refetched_and_repaired(corrupt: impl FnOnce(&[u8]) -> Vec<u8
         "{cs}"
     );
     assert!(
-        stat(&st, "fleet_cache_corrupt_entries") >= 1,
+        st.counter("fleet_cache_corrupt_entries") >= 1,
         "{}",
-        diag(&st)
+        st.diag()
     );
 
     // Repaired: the refetch overwrote the entry.
@@ -582,7 +532,7 @@ fn invalid_entry_is_refetched_and_repaired(corrupt: impl FnOnce(&[u8]) -> Vec<u8
         "the repaired hit reached the origin"
     );
     assert!(
-        matches!(entry::decode(&redis_get(&st, key)), Ok(Decoded::Response { body, .. }) if body == refetch.body),
+        matches!(entry::decode(&st.redis_get(key)), Ok(Decoded::Response { body, .. }) if body == refetch.body),
         "the stored value is not the refetched response"
     );
 }
@@ -655,8 +605,8 @@ fn head_served_from_get_entry_and_never_creates_one() {
     assert_eq!(st.origin().last_request("/head").unwrap().method, "HEAD");
     // Nothing gets written (a write would be queued before the response reached us).
     let stayed_empty = !poll(Duration::from_millis(300), || !st.keys().is_empty());
-    assert!(stayed_empty, "a HEAD created an entry:\n{}", diag(&st));
-    assert_eq!(stat(&st, "fleet_cache_published"), 0);
+    assert!(stayed_empty, "a HEAD created an entry:\n{}", st.diag());
+    assert_eq!(st.counter("fleet_cache_published"), 0);
 
     // The GET after it is a miss too, and fills the cache.
     let get = st.get(target, &[]);
@@ -696,7 +646,7 @@ fn head_served_from_get_entry_and_never_creates_one() {
         2,
         "the HEAD hit reached the origin"
     );
-    assert_eq!(stat(&st, "fleet_cache_hits"), 1);
+    assert_eq!(st.counter("fleet_cache_hits"), 1);
 
     // And the entry is still the GET's.
     let hit = st.get(target, &[]);

@@ -7,18 +7,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleet_cache::config::Config;
 use fleet_cache::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta};
-use fleet_cache::http::RequestHead;
 use fleet_cache::key::CacheKey;
 use serde_json::json;
 use support::origin::{text_body, unique_suffix};
-use support::{Resp, Stack, StackOptions};
+use support::{Resp, Stack, StackOptions, poll};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -29,78 +24,8 @@ fn store_only() -> StackOptions {
     StackOptions::with_config(json!({"memory": {"max_bytes": 0}}))
 }
 
-/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A filter counter of envoy 0 (0 while not shown).
-fn stat(st: &Stack, name: &str) -> u64 {
-    st.stat(0, name).unwrap_or(0)
-}
-
-/// What to print when an expectation about the running stack fails.
-fn diag(st: &Stack) -> String {
-    let log = st.envoy_log(0);
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-    format!(
-        "keys: {:?}\nstats:\n{}\nenvoy log tail:\n{tail}",
-        st.keys(),
-        st.stats(0)
-    )
-}
-
 fn cache_status(r: &Resp) -> String {
     r.header("cache-status").unwrap_or_default().to_string()
-}
-
-/// `SET key value` straight to Redis over RESP (binary-safe; Webdis' ACL refuses SET).
-fn redis_set(st: &Stack, key: &str, value: &[u8]) {
-    let mut cmd = Vec::new();
-    cmd.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
-    cmd.extend_from_slice(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
-    cmd.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
-    cmd.extend_from_slice(value);
-    cmd.extend_from_slice(b"\r\n");
-    let mut s = TcpStream::connect(("127.0.0.1", st.redis_port())).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&cmd).expect("write to redis");
-    let mut reply = [0u8; 5];
-    s.read_exact(&mut reply).expect("redis reply");
-    assert_eq!(&reply, b"+OK\r\n", "SET {key}");
-}
-
-/// The raw bytes of a key's value: `redis-cli GET` prints the value and one `\n`, which
-/// `redis_cli_bytes` removes (checked against STRLEN).
-fn redis_get(st: &Stack, key: &str) -> Vec<u8> {
-    let v = st.redis_cli_bytes(&["GET", key]);
-    let len: usize = st.redis_cli(&["STRLEN", key]).parse().expect("STRLEN");
-    assert_eq!(v.len(), len, "redis-cli GET {key} returned other bytes");
-    v
-}
-
-/// The key the filter reads for a plain GET of `target` through the harness client (`Host:
-/// localhost`, over http), computed by the crate itself from the stack's plugin config.
-fn primary_key(st: &Stack, target: &str) -> CacheKey {
-    let cfg = Config::parse(st.plugin_config().to_string().as_bytes()).expect("plugin config");
-    let req = RequestHead {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "localhost".into(),
-        path: target.into(),
-        headers: vec![],
-    };
-    CacheKey::primary(&cfg, &req)
 }
 
 const CRAFTED_BODY: &[u8] = b"planted body\n";
@@ -156,37 +81,37 @@ fn planted_entry_is_refused_and_overwritten(tamper: impl FnOnce(&mut ResponseMet
     let st = Stack::start(store_only());
     // unique=1: the origin's body names its fetch, so a hit shows which fetch wrote the entry.
     let target = "/planted?unique=1&cc=max-age%3D60";
-    let key = primary_key(&st, target);
+    let key = st.primary_key(target);
 
     // 1. Untampered: served as planted.
-    redis_set(&st, &key.redis_key, &crafted(&key, |_| {}));
+    st.redis_set(&key.redis_key, &crafted(&key, |_| {}));
     let planted = st.get(target, &[]);
-    assert_eq!(planted.status, 200, "{planted:?}\n{}", diag(&st));
+    assert_eq!(planted.status, 200, "{planted:?}\n{}", st.diag());
     assert!(
         cache_status(&planted).contains("; hit"),
         "the untampered planted entry is not a hit (wrong key?): {planted:?}\n{}",
-        diag(&st)
+        st.diag()
     );
     assert_eq!(planted.body, CRAFTED_BODY);
     assert_eq!(planted.header("x-note"), Some("planted"));
     assert_eq!(st.origin().count("/planted"), 0);
-    let corrupt_before = stat(&st, "fleet_cache_corrupt_entries");
+    let corrupt_before = st.counter("fleet_cache_corrupt_entries");
 
     // 2. Tampered: refused as unsafe (the checksums are right).
     let bad = crafted(&key, tamper);
     assert_eq!(entry::decode(&bad), Err(EntryError::Unsafe));
-    redis_set(&st, &key.redis_key, &bad);
-    assert_eq!(redis_get(&st, &key.redis_key), bad);
+    st.redis_set(&key.redis_key, &bad);
+    assert_eq!(st.redis_get(&key.redis_key), bad);
 
     let refetch = st.get(target, &[]);
     assert_nothing_injected(&refetch, "refetch");
-    assert_eq!(refetch.status, 200, "{refetch:?}\n{}", diag(&st));
+    assert_eq!(refetch.status, 200, "{refetch:?}\n{}", st.diag());
     assert!(refetch.complete);
     let cs = cache_status(&refetch);
     assert!(
         cs.contains("fwd=uri-miss") && cs.contains("detail=invalid-entry"),
         "{cs}\n{}",
-        diag(&st)
+        st.diag()
     );
     assert_eq!(
         st.origin().count("/planted"),
@@ -198,25 +123,25 @@ fn planted_entry_is_refused_and_overwritten(tamper: impl FnOnce(&mut ResponseMet
     assert_eq!(refetch.text(), expect);
     assert_eq!(refetch.header("x-note"), None, "{refetch:?}");
     let counted = poll(Duration::from_secs(5), || {
-        stat(&st, "fleet_cache_corrupt_entries") > corrupt_before
+        st.counter("fleet_cache_corrupt_entries") > corrupt_before
     });
     assert!(
         counted,
         "fleet_cache_corrupt_entries stayed at {corrupt_before}\n{}",
-        diag(&st)
+        st.diag()
     );
 
     // 3. Overwritten by the origin's answer, then a plain hit.
     let repaired = poll(Duration::from_secs(5), || {
         matches!(
-            entry::decode(&redis_get(&st, &key.redis_key)),
+            entry::decode(&st.redis_get(&key.redis_key)),
             Ok(Decoded::Response { body, .. }) if body == refetch.body
         )
     });
     assert!(
         repaired,
         "the planted entry was not overwritten\n{}",
-        diag(&st)
+        st.diag()
     );
     assert_eq!(st.keys(), vec![key.redis_key.clone()]);
     let hit = st.get(target, &[]);
@@ -225,7 +150,7 @@ fn planted_entry_is_refused_and_overwritten(tamper: impl FnOnce(&mut ResponseMet
     assert!(
         cache_status(&hit).contains("; hit"),
         "{hit:?}\n{}",
-        diag(&st)
+        st.diag()
     );
     assert_eq!(hit.body, refetch.body);
     assert_eq!(

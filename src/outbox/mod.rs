@@ -298,8 +298,6 @@ struct Assembly {
     buf: Vec<u8>,
     /// Where the next piece to request starts.
     next: u64,
-    /// Pieces out.
-    out: usize,
     /// Bytes received so far.
     received: u64,
     streams: Vec<StreamId>,
@@ -644,7 +642,6 @@ impl Outbox {
         let start = a.next;
         let end = (start + ANSWER_BYTES as u64).min(a.total);
         a.next = end;
-        a.out += 1;
         let last = a
             .streams
             .iter()
@@ -820,7 +817,6 @@ impl Outbox {
             total,
             buf: vec![0; total as usize],
             next: 0,
-            out: 0,
             received: 0,
             streams,
         });
@@ -831,7 +827,6 @@ impl Outbox {
             return;
         };
         let a = &mut self.assemblies[i];
-        a.out = a.out.saturating_sub(1);
         let slot = a.buf.get_mut(start as usize..end as usize);
         let result = match (bytes, slot) {
             (Some(b), Some(slot)) if b.len() == slot.len() => {

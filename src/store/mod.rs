@@ -92,14 +92,6 @@ pub enum StoreWrite {
 }
 
 impl StoreWrite {
-    /// The first key it writes (for logs).
-    pub fn first_key(&self) -> &str {
-        match self {
-            StoreWrite::Entry(w) => &w.key,
-            StoreWrite::Invalidate(keys) => keys.first().map_or("", String::as_str),
-        }
-    }
-
     /// Bytes held while queued.
     pub fn size(&self) -> usize {
         match self {

@@ -15,6 +15,7 @@
 //! `let fake = FakeStore::start(); ...Stack::start(opts with store_port: Some(fake.port()));
 //! fake.set_upstream(st.webdis_port());`. A request relayed before that waits for it (5 s).
 
+use super::origin::read_chunked;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -388,31 +389,6 @@ fn read_message(r: &mut BufReader<TcpStream>, response: bool) -> io::Result<Opti
         r.read_to_end(&mut m.body)?;
     }
     Ok(Some(m))
-}
-
-fn read_chunked(r: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-        if size == 0 {
-            // Trailers up to the empty line.
-            loop {
-                line.clear();
-                if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..])?;
-        line.clear();
-        r.read_line(&mut line)?;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

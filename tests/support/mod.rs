@@ -15,4 +15,4 @@ pub mod stack;
 
 pub use client::{Resp, StreamResp};
 pub use origin::{Origin, Request, binary_body};
-pub use stack::{Stack, StackOptions};
+pub use stack::{Stack, StackOptions, poll};

@@ -140,6 +140,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // Ports, processes, files
 
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A free 127.0.0.1 port, never the same twice in this process.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -919,6 +933,63 @@ impl Stack {
         String::from_utf8_lossy(&text)
             .trim_end_matches('\n')
             .to_string()
+    }
+
+    /// A filter counter of envoy 0 (0 while not shown).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stat(0, name).unwrap_or(0)
+    }
+
+    /// What to print when an expectation about the running stack fails: the namespace's keys,
+    /// envoy 0's filter stats and the tail of its log.
+    pub fn diag(&self) -> String {
+        let log = self.envoy_log(0);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!(
+            "keys: {:?}\nstats:\n{}\nenvoy log tail:\n{tail}",
+            self.keys(),
+            self.stats(0)
+        )
+    }
+
+    /// `SET key value` straight to Redis over RESP (binary-safe; Webdis' ACL refuses SET).
+    pub fn redis_set(&self, key: &str, value: &[u8]) {
+        let mut cmd = Vec::new();
+        cmd.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+        cmd.extend_from_slice(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
+        cmd.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+        cmd.extend_from_slice(value);
+        cmd.extend_from_slice(b"\r\n");
+        let mut s = TcpStream::connect(("127.0.0.1", self.redis_port())).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&cmd).expect("write to redis");
+        let mut reply = [0u8; 5];
+        s.read_exact(&mut reply).expect("redis reply");
+        assert_eq!(&reply, b"+OK\r\n", "SET {key}");
+    }
+
+    /// The raw bytes of a key's value: `redis-cli GET` prints the value and one `\n`, which
+    /// `redis_cli_bytes` removes (checked against STRLEN).
+    pub fn redis_get(&self, key: &str) -> Vec<u8> {
+        let v = self.redis_cli_bytes(&["GET", key]);
+        let len: usize = self.redis_cli(&["STRLEN", key]).parse().expect("STRLEN");
+        assert_eq!(v.len(), len, "redis-cli GET {key} returned other bytes");
+        v
+    }
+
+    /// The filter's primary key for a GET of `target` through this stack's plugin config.
+    pub fn primary_key(&self, target: &str) -> fleet_cache::key::CacheKey {
+        let cfg = fleet_cache::config::Config::parse(self.plugin_config().to_string().as_bytes())
+            .expect("plugin config");
+        let req = fleet_cache::http::RequestHead {
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: "localhost".into(),
+            path: target.into(),
+            headers: vec![],
+        };
+        fleet_cache::key::CacheKey::primary(&cfg, &req)
     }
 
     /// `redis-cli` stdout as raw bytes (binary values; redis-cli prints raw when piped).
