@@ -294,11 +294,14 @@ fn post_bypasses_the_cache() {
 #[test]
 fn a_stale_entry_is_revalidated_and_a_304_answered_from_the_store() {
     let s = Stack::start(StackOptions::default());
-    let path = "/reval?size=2000&cc=max-age%3D1&etag=%22v1%22";
+    // max-age=2: the refreshed entry must still be fresh for the third request even when the
+    // 304's one-second `Date` makes it a second old on arrival (see the expiry test).
+    let path = "/reval?size=2000&cc=max-age%3D2&etag=%22v1%22";
+    let started = Instant::now();
     let first = s.get(path, &[]);
     assert_miss(&first);
     wait_published(&s, 0, 1);
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed()));
     let second = s.get(path, &[]);
     assert_eq!(second.status, 200);
     assert_eq!(
@@ -323,11 +326,14 @@ fn a_stale_entry_is_revalidated_and_a_304_answered_from_the_store() {
 #[test]
 fn a_changed_resource_answers_revalidation_with_200_and_replaces_the_entry() {
     let s = Stack::start(StackOptions::default());
-    let path = "/changing?cc=max-age%3D1&etag=auto&unique=1";
+    // max-age=2: the refreshed entry must still be fresh for the third request even when the
+    // 304's one-second `Date` makes it a second old on arrival (see the expiry test).
+    let path = "/changing?cc=max-age%3D2&etag=auto&unique=1";
+    let started = Instant::now();
     let first = s.get(path, &[]);
     assert_eq!(first.header("etag"), Some("\"v1\""));
     wait_published(&s, 0, 1);
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed()));
     let second = s.get(path, &[]);
     let asked = s.origin().last_request("/changing").unwrap();
     assert_eq!(asked.header("if-none-match"), Some("\"v1\""), "revalidated");
