@@ -529,6 +529,30 @@ fn cdn_cache_control_is_obeyed_and_not_passed_on() {
     assert_eq!(s.origin().count("/cdn2"), 2);
 }
 
+#[test]
+fn an_invalid_cdn_cache_control_is_ignored_as_a_whole() {
+    let s = start(json!({}));
+    // RFC 9213 §2.1: a field that is not a valid Structured Field Dictionary, or has a
+    // directive of the wrong type, is ignored; Cache-Control: no-store then rules.
+    for (name, field) in [
+        ("/unparsable", "max-age%3D10000%2C%20%26%26%26%26%26"),
+        ("/wrong-type", "max-age%3D%2210000%22"),
+    ] {
+        let path = format!("{name}?cc=no-store&header=CDN-Cache-Control%3A{field}");
+        for _ in 0..2 {
+            let r = s.get(&path, &[]);
+            assert_eq!(r.status, 200);
+            assert_cs(&r, "fleet-cache; fwd=uri-miss; fwd-status=200");
+        }
+        assert_eq!(
+            s.origin().count(name),
+            2,
+            "{name}: never served from the cache"
+        );
+    }
+    assert_eq!(s.stat(0, "fleet_cache_published"), Some(0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Authorization
 

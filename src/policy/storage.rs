@@ -1,5 +1,6 @@
 //! May a response be stored, for how long, and how old is it already (RFC 9111 §3, §4.2).
 
+use super::targeted::parse_targeted;
 use super::{CacheControl, http_date_s};
 use crate::config::{Config, SetCookiePolicy};
 use crate::http::{RequestHead, ResponseHead};
@@ -72,7 +73,7 @@ pub fn storability(
     if resp.status < 200 || resp.status > 599 || resp.status == 206 || resp.status == 304 {
         return Err(NotStored::Status);
     }
-    let cc = response_directives(cfg, resp);
+    let (cc, targeted) = response_directives(cfg, resp);
     if cc.no_store {
         return Err(NotStored::NoStore);
     }
@@ -88,7 +89,7 @@ pub fn storability(
     // RFC 9111 §3: a status that is not heuristically cacheable needs explicit freshness or
     // `public`.
     let listed = cfg.statuses.contains(&resp.status);
-    let explicit = explicit_lifetime(&cc, resp, ex.response_ms / 1000, targeted_field(cfg, resp));
+    let explicit = explicit_lifetime(&cc, resp, ex.response_ms / 1000, targeted);
     if !listed && explicit.is_none() && !cc.public {
         return Err(NotStored::Status);
     }
@@ -136,12 +137,12 @@ pub fn targeted_field<'c>(cfg: &'c Config, resp: &ResponseHead) -> Option<&'c st
     cfg.cdn_cache_control.as_deref().filter(|f| resp.has(f))
 }
 
-/// The directives this cache obeys: those of its targeted field (`CDN-Cache-Control`,
-/// RFC 9213) when the response has one, else `Cache-Control` (plus `Pragma: no-cache` when
-/// there is no Cache-Control at all, §5.4).
-pub fn response_directives(cfg: &Config, resp: &ResponseHead) -> CacheControl {
-    if let Some(field) = targeted_field(cfg, resp) {
-        return CacheControl::parse(resp.values(field));
+/// The directives this cache obeys, and whether they came from the targeted field: those of
+/// its targeted field (`CDN-Cache-Control`, RFC 9213) when the response has a valid one, else
+/// `Cache-Control` (plus `Pragma: no-cache` when there is no Cache-Control at all, §5.4).
+fn response_directives(cfg: &Config, resp: &ResponseHead) -> (CacheControl, bool) {
+    if let Some(cc) = targeted_field(cfg, resp).and_then(|f| parse_targeted(resp.values(f))) {
+        return (cc, true);
     }
     let mut cc = CacheControl::parse(resp.values("cache-control"));
     if !resp.has("cache-control")
@@ -152,7 +153,7 @@ pub fn response_directives(cfg: &Config, resp: &ResponseHead) -> CacheControl {
     {
         cc.no_cache = true;
     }
-    cc
+    (cc, false)
 }
 
 /// RFC 9111 §4.2.1: `s-maxage`, else `max-age`, else `Expires - Date`. With a targeted field
@@ -161,7 +162,7 @@ fn explicit_lifetime(
     cc: &CacheControl,
     resp: &ResponseHead,
     received_s: u64,
-    targeted: Option<&str>,
+    targeted: bool,
 ) -> Option<u64> {
     if let Some(s) = cc.s_maxage {
         return Some(s);
@@ -169,7 +170,7 @@ fn explicit_lifetime(
     if let Some(m) = cc.max_age {
         return Some(m);
     }
-    if targeted.is_some() {
+    if targeted {
         return None;
     }
     let expires = resp.header("expires")?;
@@ -587,6 +588,29 @@ mod tests {
             storability(&off, &get(&[]), &r, EX),
             Err(NotStored::NoStore)
         );
+    }
+
+    #[test]
+    fn rfc9213_2_1_an_invalid_targeted_field_falls_back_to_cache_control() {
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age=1.5",
+            "",
+        ] {
+            assert_eq!(
+                store(&[("cache-control", "no-store"), ("cdn-cache-control", bad)]),
+                Err(NotStored::NoStore),
+                "{bad:?}"
+            );
+            // ... and to Expires, which a valid targeted field would have replaced.
+            let r = [
+                ("cdn-cache-control", bad),
+                ("date", &format_http_date(NOW)),
+                ("expires", &format_http_date(NOW + 50_000)),
+            ];
+            assert_eq!(store(&r).unwrap().lifetime_s, 50, "{bad:?}");
+        }
     }
 
     #[test]
