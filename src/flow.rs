@@ -266,9 +266,19 @@ impl Worker {
     pub fn new(cfg: &Config) -> Rc<Worker> {
         Rc::new(Worker {
             budget: MemoryBudget::new(cfg.max_recording_bytes),
-            memory: RefCell::new(MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)),
+            memory: RefCell::new(
+                MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)
+                    .with_tombstones(longest_lookup_ms(cfg)),
+            ),
         })
     }
+}
+
+/// The longest a lookup can wait for its answer (`store.timeout_ms` plus the transfer
+/// allowance of the largest entry), plus a margin: how long a removed key stays buried.
+fn longest_lookup_ms(cfg: &Config) -> u64 {
+    let max_mib = (cfg.max_body_bytes as u64 >> 20) + 2;
+    cfg.store.timeout_ms + cfg.store.large_entry_ms_per_mib * max_mib + 100
 }
 
 impl Flow {
@@ -316,14 +326,14 @@ impl Flow {
                     RequestStep::Reply(reply)
                 }
                 PurgeRequest::Resources(keys) => {
-                    self.forget(&keys);
+                    self.bury(&keys, now_ms);
                     self.state = State::AwaitPurge;
                     RequestStep::Purge(PurgeCommand::Resources(keys))
                 }
                 PurgeRequest::Tags(keys) => {
                     // Which keys carry the tags only the store knows: this worker's tier
                     // forgets everything (the others within its max age).
-                    self.worker.memory.borrow_mut().clear();
+                    self.worker.memory.borrow_mut().forget_all(now_ms);
                     self.state = State::AwaitPurge;
                     RequestStep::Purge(PurgeCommand::Tags(keys))
                 }
@@ -549,6 +559,15 @@ impl Flow {
 
     /// Forgets keys this worker removed from the store (other workers see it within the
     /// tier's max age).
+    /// Drops invalidated or purged keys from this worker's tier, and keeps it from taking
+    /// back a value read before now (see `MemoryTier::forget`).
+    fn bury(&self, keys: &[String], now_ms: u64) {
+        let mut memory = self.worker.memory.borrow_mut();
+        for k in keys {
+            memory.forget(k, now_ms);
+        }
+    }
+
     fn forget(&self, keys: &[String]) {
         let mut memory = self.worker.memory.borrow_mut();
         for k in keys {
@@ -767,7 +786,7 @@ impl Flow {
         };
         if !invalidate.is_empty() {
             self.events.push(Event::Invalidated);
-            self.forget(&invalidate);
+            self.bury(&invalidate, now_ms);
         }
         let mut recording = None;
         if let Some(primary) = fwd.primary {

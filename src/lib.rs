@@ -21,6 +21,7 @@ pub mod purge;
 pub mod range;
 pub mod reply;
 pub mod revalidate;
+pub mod siblings;
 pub mod store;
 
 // The adapter imports host functions that only exist inside a proxy-wasm host.

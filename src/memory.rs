@@ -5,6 +5,10 @@
 //! value is kept at most `max_age_ms` after it was read from the store, so a purge or a newer
 //! entry elsewhere in the fleet is seen within that bound, and never past its own freshness.
 //! Bounded by bytes; least recently used values go first.
+//!
+//! A removed key (an invalidation, a purge) is remembered for a while as a tombstone: a lookup
+//! sent before the store dropped the entry may still answer with the old value, and that
+//! answer must not come back into the tier.
 
 use crate::entry::{ResponseMeta, VariantsMeta};
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +47,16 @@ pub struct MemoryTier {
     bytes: usize,
     max_bytes: usize,
     max_age_ms: u64,
+    /// Keys removed, and until when a value read for them is not kept (unix ms).
+    tombstones: Vec<(String, u64)>,
+    /// Nothing is kept before this (after `forget_all`).
+    closed_until_ms: u64,
+    /// How long a tombstone lasts: longer than any lookup in flight waits for its answer.
+    tombstone_ms: u64,
 }
+
+/// Tombstones kept at most; past it, the tier forgets everything instead (never less safe).
+const MAX_TOMBSTONES: usize = 1024;
 
 /// What one slot costs besides its value: key, metadata, bookkeeping. An estimate that keeps
 /// many tiny entries from escaping the budget.
@@ -58,7 +71,17 @@ impl MemoryTier {
             bytes: 0,
             max_bytes,
             max_age_ms,
+            tombstones: Vec::new(),
+            closed_until_ms: 0,
+            tombstone_ms: 0,
         }
+    }
+
+    /// Sets how long a removed key refuses values read from the store: longer than any lookup
+    /// in flight can still be answered (`store.timeout_ms` plus the large-entry allowance).
+    pub fn with_tombstones(mut self, ms: u64) -> MemoryTier {
+        self.tombstone_ms = ms;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -97,7 +120,7 @@ impl MemoryTier {
     /// Keeps a value read from the store at `now_ms`, until `max_age_ms` from now or
     /// `fresh_until_ms`, whichever is first.
     pub fn insert(&mut self, key: &str, item: Remembered, now_ms: u64, fresh_until_ms: u64) {
-        if !self.enabled() {
+        if !self.enabled() || now_ms < self.closed_until_ms || self.buried(key, now_ms) {
             return;
         }
         let bytes = SLOT_OVERHEAD
@@ -142,10 +165,37 @@ impl MemoryTier {
         );
     }
 
-    pub fn clear(&mut self) {
+    /// Drops `key` (invalidated or purged): neither it nor a value read for it before now is
+    /// served from here.
+    pub fn forget(&mut self, key: &str, now_ms: u64) {
+        self.remove(key);
+        if !self.enabled() {
+            return;
+        }
+        self.tombstones
+            .retain(|(k, until)| *until > now_ms && k != key);
+        if self.tombstones.len() >= MAX_TOMBSTONES {
+            self.forget_all(now_ms);
+            return;
+        }
+        self.tombstones
+            .push((key.to_string(), now_ms.saturating_add(self.tombstone_ms)));
+    }
+
+    /// Drops everything (a purge by tag: which keys it reached only the store knows), and
+    /// keeps nothing read before now.
+    pub fn forget_all(&mut self, now_ms: u64) {
         self.slots.clear();
         self.recency.clear();
         self.bytes = 0;
+        self.tombstones.clear();
+        self.closed_until_ms = now_ms.saturating_add(self.tombstone_ms);
+    }
+
+    fn buried(&self, key: &str, now_ms: u64) -> bool {
+        self.tombstones
+            .iter()
+            .any(|(k, until)| *until > now_ms && k == key)
     }
 
     pub fn remove(&mut self, key: &str) {
@@ -205,6 +255,41 @@ mod tests {
         let mut off = MemoryTier::new(0, 1000);
         off.insert("a", variants(1), 0, u64::MAX);
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_key_refuses_values_read_before_it_was_forgotten() {
+        let mut m = MemoryTier::new(1 << 20, 1000).with_tombstones(300);
+        m.insert("a", variants(1), 0, u64::MAX);
+        m.forget("a", 10);
+        assert!(m.get("a", 10).is_none());
+        // A lookup sent before the invalidation landed answers with the old value.
+        m.insert("a", variants(1), 200, u64::MAX);
+        assert!(m.get("a", 200).is_none(), "not kept");
+        m.insert("b", variants(1), 200, u64::MAX);
+        assert!(m.get("b", 200).is_some(), "other keys are");
+        m.insert("a", variants(1), 310, u64::MAX);
+        assert!(m.get("a", 310).is_some(), "after the tombstone");
+        m.forget_all(400);
+        assert!(m.is_empty());
+        m.insert("b", variants(1), 699, u64::MAX);
+        assert!(m.is_empty(), "nothing kept while closed");
+        m.insert("b", variants(1), 700, u64::MAX);
+        assert!(!m.is_empty());
+    }
+
+    #[test]
+    fn too_many_tombstones_close_the_tier_for_a_while_instead() {
+        let mut m = MemoryTier::new(1 << 20, 1000).with_tombstones(300);
+        for i in 0..=MAX_TOMBSTONES {
+            m.forget(&i.to_string(), 0);
+        }
+        m.insert("x", variants(1), 1, u64::MAX);
+        assert!(
+            m.is_empty(),
+            "the tier refuses everything rather than lose a tombstone"
+        );
+        assert!(m.tombstones.len() <= MAX_TOMBSTONES);
     }
 
     #[test]

@@ -25,6 +25,10 @@
 //! - **Breaker**: consecutive failed callouts open it (`breaker.rs`); while open, lookups and
 //!   purges are answered at once with [`StoreError::BreakerOpen`] and writes wait or are
 //!   refused.
+//! - **Held invalidations**: the response to an unsafe request waits until the store confirmed
+//!   the invalidation it causes (RFC 9111 §4.4), at most `store.timeout_ms` from the response:
+//!   a GET sent after it must not find the old entry. It leaves before lookups and writes; if
+//!   it fails it is retried as a write, and the response goes on anyway (counted).
 
 pub mod breaker;
 pub mod writes;
@@ -116,6 +120,8 @@ pub enum Reply {
     Lookup(Result<Option<Bytes>, StoreError>),
     /// How many resources its purge removed.
     Purge(Result<u64, StoreError>),
+    /// Whether the store confirmed the invalidation of these keys in time.
+    Invalidated(Result<(), StoreError>, Vec<String>),
 }
 
 /// Something to count or log.
@@ -172,6 +178,8 @@ enum Carries {
         stream: StreamId,
         purge: PurgeCommand,
     },
+    /// An invalidation a stream's response is held for.
+    Invalidation { stream: StreamId, keys: Vec<String> },
     /// Bytes `start..end` of a large value being assembled (by assembly `id`: a piece of a
     /// read that was abandoned is no one's, even if the key is read again).
     Piece {
@@ -210,7 +218,8 @@ impl Carries {
             Carries::Purge {
                 purge: PurgeCommand::Resources(keys),
                 ..
-            } => Command::Invalidate(keys),
+            }
+            | Carries::Invalidation { keys, .. } => Command::Invalidate(keys),
             Carries::Purge {
                 purge: PurgeCommand::Tags(keys),
                 ..
@@ -315,6 +324,11 @@ pub struct Outbox {
     /// No write is sent before this (after the host refused one).
     write_retry_at_ms: u64,
     purges: VecDeque<(StreamId, PurgeCommand)>,
+    /// Invalidations to send, each for a held response.
+    invalidations: VecDeque<(StreamId, Vec<String>)>,
+    /// Held responses and when they go on whatever the store says (unix ms). Whoever removes
+    /// a stream from here replies to it.
+    holds: Vec<(StreamId, u64)>,
     flights: Flights,
     /// Large values being read, oldest first.
     assemblies: Vec<Assembly>,
@@ -336,6 +350,8 @@ impl Outbox {
             writes: WriteQueue::new(settings.max_queue_bytes),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
+            invalidations: VecDeque::new(),
+            holds: Vec::new(),
             flights: Flights::default(),
             assemblies: Vec::new(),
             next_assembly: 0,
@@ -420,8 +436,29 @@ impl Outbox {
         None
     }
 
+    /// Stream `stream`'s response waits until the store removed `keys` (RFC 9111 §4.4), at
+    /// most `store.timeout_ms` from now. Returns the reply at once when the breaker holds
+    /// writes back (the invalidation then waits in the write queue, as every one is kept).
+    pub fn invalidate(
+        &mut self,
+        now_ms: u64,
+        stream: StreamId,
+        keys: Vec<String>,
+    ) -> Option<Reply> {
+        if !self.breaker.admits_writes() {
+            self.writes.push(StoreWrite::Invalidate(keys.clone()));
+            return Some(Reply::Invalidated(Err(StoreError::BreakerOpen), keys));
+        }
+        let deadline = now_ms.saturating_add(self.settings.lookup_timeout_ms);
+        self.holds.push((stream, deadline));
+        self.invalidations.push_back((stream, keys));
+        None
+    }
+
     /// The stream ended: nothing is answered to it any more.
     pub fn stream_gone(&mut self, stream: StreamId) {
+        // Its invalidation still runs: only the wait for it ends.
+        self.holds.retain(|(s, _)| *s != stream);
         if self.deadlines.remove(&stream).is_some() {
             self.forget_stream(stream);
         }
@@ -453,6 +490,17 @@ impl Outbox {
 
     /// Deadlines that passed: streams answered with a timeout, callouts given up on.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        let mut i = 0;
+        while i < self.holds.len() {
+            if self.holds[i].1 <= now_ms {
+                let (stream, _) = self.holds.swap_remove(i);
+                let keys = self.held_keys(stream);
+                self.replies
+                    .push_back((stream, Reply::Invalidated(Err(StoreError::Timeout), keys)));
+            } else {
+                i += 1;
+            }
+        }
         let expired: Vec<StreamId> = self
             .deadlines
             .iter()
@@ -539,12 +587,13 @@ impl Outbox {
     /// When [`Outbox::handle_timeout`] has something to do next (unix ms).
     pub fn poll_timeout(&self) -> Option<u64> {
         let deadlines = self.deadlines.values().copied();
+        let holds = self.holds.iter().map(|(_, d)| *d);
         let flights = self.flights.values().map(|f| f.give_up_ms);
         // A write waiting out its retry delay; not while the breaker holds writes back.
         let retry =
             (self.write_retry_at_ms > 0 && self.writes.can_send() && self.breaker.admits_writes())
                 .then_some(self.write_retry_at_ms);
-        deadlines.chain(flights).chain(retry).min()
+        deadlines.chain(holds).chain(flights).chain(retry).min()
     }
 
     /// Whether the breaker is open (or probing): the store is being skipped.
@@ -558,6 +607,8 @@ impl Outbox {
             && self.flights.is_empty()
             && self.writes.is_idle()
             && self.purges.is_empty()
+            && self.invalidations.is_empty()
+            && self.holds.is_empty()
     }
 
     // ---- what leaves -----------------------------------------------------------------------
@@ -579,6 +630,15 @@ impl Outbox {
             }
             self.replies
                 .push_back((stream, Reply::Purge(Err(StoreError::BreakerOpen))));
+        }
+        while let Some((stream, keys)) = self.invalidations.pop_front() {
+            if self.breaker.admits_writes() {
+                return Some((
+                    Carries::Invalidation { stream, keys },
+                    self.settings.write_timeout_ms,
+                ));
+            }
+            self.invalidation_failed(stream, keys, StoreError::BreakerOpen);
         }
         let lookups_out = self
             .flights
@@ -681,6 +741,9 @@ impl Outbox {
             (Carries::Purge { stream, .. }, Answer::Count(n)) => {
                 self.replies.push_back((stream, Reply::Purge(Ok(n))));
             }
+            (Carries::Invalidation { stream, keys }, Answer::Count(_)) => {
+                self.release(stream, Ok(()), keys);
+            }
             (Carries::Piece { id, start, end, .. }, Answer::Piece(range)) => {
                 self.piece_arrived(id, start, end, range.map(|r| &body[r]))
             }
@@ -735,6 +798,7 @@ impl Outbox {
             Carries::Purge { stream, .. } => {
                 self.replies.push_back((stream, Reply::Purge(Err(e))));
             }
+            Carries::Invalidation { stream, keys } => self.invalidation_failed(stream, keys, e),
             Carries::Piece { id, .. } => {
                 if let Some(i) = self.assemblies.iter().position(|a| a.id == id) {
                     let a = self.assemblies.remove(i);
@@ -742,6 +806,32 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// A held invalidation failed: it is retried as a write (the entry must go), and the
+    /// response goes on.
+    fn invalidation_failed(&mut self, stream: StreamId, keys: Vec<String>, e: StoreError) {
+        self.writes.push(StoreWrite::Invalidate(keys.clone()));
+        self.release(stream, Err(e), keys);
+    }
+
+    /// Ends `stream`'s hold with `result`, unless it already ended (deadline, stream gone).
+    fn release(&mut self, stream: StreamId, result: Result<(), StoreError>, keys: Vec<String>) {
+        if let Some(i) = self.holds.iter().position(|(s, _)| *s == stream) {
+            self.holds.swap_remove(i);
+            self.replies
+                .push_back((stream, Reply::Invalidated(result, keys)));
+        }
+    }
+
+    /// The keys of `stream`'s invalidation, wherever it is (queued or out).
+    fn held_keys(&self, stream: StreamId) -> Vec<String> {
+        let queued = self.invalidations.iter().find(|(s, _)| *s == stream);
+        let out = self.flights.values().find_map(|f| match &f.carries {
+            Carries::Invalidation { stream: s, keys } if *s == stream => Some(keys),
+            _ => None,
+        });
+        queued.map(|(_, k)| k).or(out).cloned().unwrap_or_default()
     }
 
     fn settle_writes(&mut self, jobs: Vec<Job>, result: Result<(), StoreError>, rode: bool) {

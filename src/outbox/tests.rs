@@ -1093,3 +1093,121 @@ fn nothing_waits_on_a_failing_store_once_the_breaker_opened() {
         "answered at once"
     );
 }
+
+impl Sim {
+    fn invalidate(&mut self, stream: StreamId, key: &str) {
+        if let Some(r) = self.outbox.invalidate(self.now, stream, vec![key.into()]) {
+            self.replies.insert(stream, (self.now, r));
+        }
+        self.pump();
+    }
+
+    fn invalidated(&self, s: StreamId) -> Option<(u64, Result<(), StoreError>)> {
+        match self.replies.get(&s)? {
+            (at, Reply::Invalidated(result, keys)) => {
+                assert!(!keys.is_empty(), "the reply names its keys");
+                Some((*at, *result))
+            }
+            other => panic!("stream {s}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn rfc9111_4_4_a_held_response_goes_on_once_the_store_removed_the_entry() {
+    let mut s = Sim::new();
+    s.redis.strings.insert("r".into(), b"old".to_vec());
+    s.invalidate(1, "r");
+    assert_eq!(s.out.len(), 1, "sent at once");
+    assert_eq!(s.invalidated(1), None, "held until the store answers");
+    s.advance(3);
+    s.answer();
+    assert_eq!(s.invalidated(1), Some((T0 + 3, Ok(()))));
+    assert!(!s.redis.strings.contains_key("r"));
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn a_held_invalidation_leaves_before_queued_lookups_and_writes() {
+    let mut s = Sim::new();
+    s.want(1, "a");
+    s.outbox.write(entry_write("w", b"x"));
+    s.want(2, "b");
+    s.invalidate(3, "r");
+    // The lookup batch of "a" went first; "b" and the write wait for it, the invalidation
+    // does not.
+    assert_eq!(s.out.len(), 2);
+    let Request::Http { path, .. } = &s.out[1].request;
+    assert!(
+        path.starts_with("/EVAL/local%20n%3D0%20for%20i%3D1"),
+        "{path}"
+    );
+}
+
+#[test]
+fn a_held_response_goes_on_at_the_store_timeout_and_the_invalidation_still_lands() {
+    let mut s = Sim::new();
+    s.redis.strings.insert("r".into(), b"old".to_vec());
+    s.invalidate(1, "r");
+    s.advance(TIMEOUT - 1);
+    assert_eq!(s.invalidated(1), None);
+    s.advance(1);
+    assert_eq!(
+        s.invalidated(1),
+        Some((T0 + TIMEOUT, Err(StoreError::Timeout)))
+    );
+    assert_eq!(s.outbox.poll_timeout().map(|t| t > s.now), Some(true));
+    // The slow store answers later: the entry is gone, and nobody is answered twice.
+    s.answer();
+    assert!(!s.redis.strings.contains_key("r"));
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn a_failed_held_invalidation_lets_the_response_go_and_is_retried_as_a_write() {
+    let mut s = Sim::new();
+    s.redis.strings.insert("r".into(), b"old".to_vec());
+    s.invalidate(1, "r");
+    s.answer_with(Some(503), Some(b"down".to_vec()));
+    assert!(matches!(s.invalidated(1), Some((_, Err(_)))));
+    assert_eq!(s.out.len(), 1, "retried at once as a write");
+    s.answer();
+    assert!(!s.redis.strings.contains_key("r"));
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn with_the_breaker_open_a_response_is_not_held_and_the_invalidation_waits() {
+    let mut s = Sim::new();
+    for i in 0..5 {
+        s.want(10 + i, &format!("k{i}"));
+        s.answer_with(Some(503), Some(Vec::new()));
+    }
+    assert!(s.outbox.breaker_open());
+    s.redis.strings.insert("r".into(), b"old".to_vec());
+    s.invalidate(1, "r");
+    assert_eq!(
+        s.invalidated(1),
+        Some((s.now, Err(StoreError::BreakerOpen)))
+    );
+    assert!(s.out.is_empty());
+    // Once a probe succeeds, the kept invalidation is written.
+    s.advance(10_000);
+    s.want(2, "probe");
+    s.answer();
+    s.pump();
+    s.answer_all();
+    assert!(!s.redis.strings.contains_key("r"));
+}
+
+#[test]
+fn a_held_stream_that_leaves_is_not_answered_but_its_invalidation_runs() {
+    let mut s = Sim::new();
+    s.redis.strings.insert("r".into(), b"old".to_vec());
+    s.invalidate(1, "r");
+    s.outbox.stream_gone(1);
+    s.answer();
+    assert!(s.replies.is_empty());
+    assert!(!s.redis.strings.contains_key("r"));
+    assert!(s.outbox.is_idle());
+}
