@@ -35,10 +35,13 @@ pub enum Counter {
     BreakerOpenings,
     LargeEntryReads,
     TagsDropped,
+    /// A response to an unsafe request went on before the store (store.timeout_ms) or a
+    /// sibling worker confirmed its invalidation.
+    InvalidationsUnconfirmed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 27] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -65,6 +68,7 @@ impl Counter {
         Counter::BreakerOpenings,
         Counter::LargeEntryReads,
         Counter::TagsDropped,
+        Counter::InvalidationsUnconfirmed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Counter {
             Counter::Revalidations => "fleet_cache_revalidations",
             Counter::Purges => "fleet_cache_purges",
             Counter::Invalidations => "fleet_cache_invalidations",
+            Counter::InvalidationsUnconfirmed => "fleet_cache_invalidations_unconfirmed",
             Counter::Published => "fleet_cache_published",
             Counter::PublishedWithLookups => "fleet_cache_published_with_lookups",
             Counter::PublishFailures => "fleet_cache_publish_failures",

@@ -98,6 +98,8 @@ struct Wait {
     stream: u32,
     pending: Vec<Peer>,
     deadline_ms: u64,
+    /// The store confirmed the invalidation.
+    stored: bool,
 }
 
 /// The held responses of this VM and the acknowledgements they wait for.
@@ -105,13 +107,14 @@ struct Wait {
 pub struct Acks {
     waits: Vec<Wait>,
     next_seq: u64,
-    /// Streams that may go on: (stream, whether every sibling confirmed).
+    /// Streams that may go on: (stream, whether the store and every sibling confirmed).
     done: Vec<(u32, bool)>,
 }
 
 impl Acks {
-    /// `stream` waits for `peers` to drop `keys`, at most until `deadline_ms`. Returns the
-    /// messages to send (`peers` empty: none, and the stream may go on at once).
+    /// `stream` waits for `peers` to drop `keys`, at most until `deadline_ms`; `stored`: the
+    /// store confirmed it dropped them. Returns the messages to send (no siblings: none, and
+    /// the stream may go on at once).
     pub fn start(
         &mut self,
         stream: u32,
@@ -119,10 +122,11 @@ impl Acks {
         peers: &[Peer],
         keys: Vec<String>,
         deadline_ms: u64,
+        stored: bool,
     ) -> Vec<(Peer, Message)> {
         let pending: Vec<Peer> = peers.iter().copied().filter(|p| *p != me).collect();
         if pending.is_empty() {
-            self.done.push((stream, true));
+            self.done.push((stream, stored));
             return Vec::new();
         }
         let seq = self.next_seq;
@@ -138,6 +142,7 @@ impl Acks {
             stream,
             pending,
             deadline_ms,
+            stored,
         });
         out
     }
@@ -149,7 +154,7 @@ impl Acks {
             w.pending.retain(|p| *p != peer);
             if w.pending.is_empty() {
                 let w = self.waits.swap_remove(i);
-                self.done.push((w.stream, true));
+                self.done.push((w.stream, w.stored));
             }
         }
     }
@@ -173,9 +178,15 @@ impl Acks {
         self.done.retain(|(s, _)| *s != stream);
     }
 
-    /// A stream that may go on, and whether every sibling confirmed.
+    /// A stream that may go on, and whether the store and every sibling confirmed.
     pub fn poll_done(&mut self) -> Option<(u32, bool)> {
         self.done.pop()
+    }
+
+    /// Whether `stream` may go on already (and if so, whether all confirmed), taken out.
+    pub fn take_done(&mut self, stream: u32) -> Option<bool> {
+        let i = self.done.iter().position(|(s, _)| *s == stream)?;
+        Some(self.done.swap_remove(i).1)
     }
 
     /// The earliest deadline.
@@ -225,7 +236,7 @@ mod tests {
     #[test]
     fn a_stream_goes_on_once_every_sibling_acknowledged() {
         let mut a = Acks::default();
-        let out = a.start(5, 1, &[1, 2, 3], vec!["k".into()], 100);
+        let out = a.start(5, 1, &[1, 2, 3], vec!["k".into()], 100, true);
         assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [2, 3]);
         let Message::Forget { seq, reply_to, .. } = out[0].1.clone() else {
             panic!()
@@ -251,15 +262,29 @@ mod tests {
     #[test]
     fn without_siblings_a_stream_goes_on_at_once() {
         let mut a = Acks::default();
-        assert!(a.start(5, 1, &[1], vec!["k".into()], 100).is_empty());
+        assert!(a.start(5, 1, &[1], vec!["k".into()], 100, true).is_empty());
         assert_eq!(a.poll_done(), Some((5, true)));
+        a.start(6, 1, &[], vec!["k".into()], 100, false);
+        assert_eq!(a.take_done(6), Some(false), "the store did not confirm");
+        assert_eq!(a.take_done(6), None);
+    }
+
+    #[test]
+    fn an_unconfirmed_store_stays_unconfirmed_after_the_siblings_acknowledge() {
+        let mut a = Acks::default();
+        let out = a.start(5, 1, &[2], vec!["k".into()], 100, false);
+        let Message::Forget { seq, .. } = out[0].1 else {
+            panic!()
+        };
+        a.acked(seq, 2);
+        assert_eq!(a.poll_done(), Some((5, false)));
     }
 
     #[test]
     fn a_sibling_that_never_answers_holds_the_stream_until_the_deadline() {
         let mut a = Acks::default();
-        a.start(5, 1, &[2], vec!["k".into()], 100);
-        a.start(6, 1, &[2], vec!["k".into()], 150);
+        a.start(5, 1, &[2], vec!["k".into()], 100, true);
+        a.start(6, 1, &[2], vec!["k".into()], 150, true);
         assert_eq!(a.poll_timeout(), Some(100));
         a.handle_timeout(99);
         assert_eq!(a.poll_done(), None);
@@ -274,7 +299,7 @@ mod tests {
     #[test]
     fn a_sibling_whose_queue_is_gone_counts_as_done() {
         let mut a = Acks::default();
-        let out = a.start(5, 1, &[2, 3], vec!["k".into()], 100);
+        let out = a.start(5, 1, &[2, 3], vec!["k".into()], 100, true);
         let Message::Forget { seq, .. } = out[0].1 else {
             panic!()
         };

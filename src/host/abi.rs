@@ -240,6 +240,12 @@ pub fn resume_request() -> Result<(), HostError> {
     check(unsafe { proxy_continue_stream(0) })
 }
 
+/// Lets the held response of the effective context go on.
+pub fn resume_response() -> Result<(), HostError> {
+    // SAFETY: a plain value (StreamType::HttpResponse).
+    check(unsafe { proxy_continue_stream(1) })
+}
+
 /// The root context's timer: `on_tick` every `ms` from now.
 pub fn set_tick_period(ms: u32) -> Result<(), HostError> {
     // SAFETY: a plain value.

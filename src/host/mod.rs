@@ -6,6 +6,7 @@
 //! and no `RefCell` borrow is held across a host call that can call back into the VM.
 
 pub mod abi;
+pub mod peers;
 pub mod root;
 pub mod serve;
 pub mod stream;
@@ -16,6 +17,7 @@ use crate::flow::{Flow, Worker};
 use crate::metrics::{BREAKER_OPEN_GAUGE, Counter};
 use crate::outbox::{self, Outbox};
 use crate::store::Request;
+use peers::Peers;
 use proxy_wasm::hostcalls;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -41,8 +43,10 @@ pub struct Shared {
     /// The streams waiting for the store, by context id: the root hands them their reply. A
     /// stream that ends removes itself.
     pub waiting: RefCell<HashMap<u32, Waiter>>,
-    /// Wakes the root to send now.
+    /// Wakes the root to send now; siblings' messages arrive on it too.
     pub wake: Wake,
+    /// The other worker VMs, and the responses held until they dropped invalidated keys.
+    pub peers: Peers,
     /// The root context's id: host calls made on a stream's behalf must be switched back.
     pub root_id: u32,
     /// When the root's timer fires next (unix ms; `u64::MAX`: not armed).
@@ -72,12 +76,14 @@ impl Shared {
                 max_backoff_ms: s.breaker_max_backoff_ms,
             },
         };
+        let wake = Wake::register();
         Shared {
             metrics: Metrics::define(),
             outbox: RefCell::new(Outbox::new(settings, seed)),
             worker: Worker::new(&config),
             waiting: RefCell::default(),
-            wake: Wake::register(),
+            peers: Peers::new(&wake),
+            wake,
             root_id,
             timer_at: Cell::new(u64::MAX),
             flushed_at: Cell::new(0),
@@ -98,7 +104,14 @@ impl Shared {
     /// timer: a stream of arrivals must not keep pushing a deadline back), except from the
     /// tick itself, which re-arms whatever comes next.
     pub fn arm_timer(&self, now_ms: u64, also: Option<u64>) {
-        let next = self.outbox.try_borrow().ok().and_then(|o| o.poll_timeout());
+        let outbox = self.outbox.try_borrow().ok().and_then(|o| o.poll_timeout());
+        let siblings = self
+            .peers
+            .acks
+            .try_borrow()
+            .ok()
+            .and_then(|a| a.poll_timeout());
+        let next = [outbox, siblings].into_iter().flatten().min();
         let flush = self.flushed_at.get() + METRICS_FLUSH_MS;
         let at = [next, also, Some(flush)]
             .into_iter()

@@ -2,7 +2,7 @@
 //! root's turns (`serve::root_turn`): store answers, the timer, and wake-ups from streams.
 
 use super::stream::CacheStream;
-use super::{METRICS_FLUSH_MS, Shared, abi, serve};
+use super::{METRICS_FLUSH_MS, Shared, abi, peers, serve};
 use crate::config::Config;
 use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -76,7 +76,11 @@ impl RootContext for CacheRoot {
         );
         let seed = RandomState::new().hash_one(self.id);
         let shared = Rc::new(Shared::new(config, self.id, seed));
-        shared.arm_timer(abi::now_ms(), None);
+        // The first tick, a millisecond from now, registers this VM with its siblings (before
+        // traffic reaches it). Not here: Envoy also configures VMs it discards at once (config
+        // validation), which would stay registered without ever answering a sibling.
+        let now = abi::now_ms();
+        shared.arm_timer(now, Some(now + 1));
         self.shared = Some(shared);
         true
     }
@@ -93,16 +97,21 @@ impl RootContext for CacheRoot {
         if let Ok(mut outbox) = shared.outbox.try_borrow_mut() {
             outbox.handle_timeout(now);
         }
+        if let Ok(mut acks) = shared.peers.acks.try_borrow_mut() {
+            acks.handle_timeout(now);
+        }
+        shared.peers.beat(now);
         // The timer fired: whatever comes next re-arms it.
         shared.timer_at.set(u64::MAX);
-        shared.wake.woken();
+        peers::on_messages(&shared, shared.wake.woken(), now);
         serve::root_turn(&shared, now);
     }
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
         if let Some(shared) = self.shared.clone() {
-            shared.wake.woken();
-            serve::root_turn(&shared, abi::now_ms());
+            let now = abi::now_ms();
+            peers::on_messages(&shared, shared.wake.woken(), now);
+            serve::root_turn(&shared, now);
         }
     }
 

@@ -7,7 +7,7 @@
 //! SDK would credit a new callout to that stream. Replies are served on each stream's behalf
 //! (`set_effective_context`); a stream that ended meanwhile is skipped.
 
-use super::{Shared, Waiter, abi, dispatch, stream};
+use super::{Shared, Waiter, abi, dispatch, peers, stream};
 use crate::flow::LookupStep;
 use crate::metrics::Counter;
 use crate::outbox::{Note, Reply};
@@ -25,6 +25,7 @@ thread_local! {
 pub fn root_turn(shared: &Shared, now_ms: u64) {
     send_all(shared, now_ms);
     serve_replies(shared, now_ms);
+    peers::resume_done(shared);
     count_notes(shared);
     // What serving asked for (a variant's lookup) woke the root for the next turn.
     let _ = abi::set_effective_context(shared.root_id);
@@ -88,7 +89,30 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
             stream::send_owned(&reply);
             stream::count_events(shared, &waiter.flow);
         }
+        Reply::Invalidated(result, keys) => hold_for_siblings(shared, id, result, keys, now_ms),
     }
+}
+
+/// The store answered (or not in time) for a held response's invalidation: this worker's tier
+/// buries the keys (a lookup sent before the store dropped them may still bring the old
+/// value), and the response waits for the siblings to do the same, at most
+/// `store.timeout_ms` more. `peers::resume_done` lets it go on.
+pub fn hold_for_siblings(
+    shared: &Shared,
+    id: u32,
+    result: Result<(), StoreError>,
+    keys: Vec<String>,
+    now_ms: u64,
+) {
+    if let Ok(mut memory) = shared.worker.memory.try_borrow_mut() {
+        for k in &keys {
+            memory.forget(k, now_ms);
+        }
+    }
+    let deadline = now_ms + shared.config.store.timeout_ms;
+    shared
+        .peers
+        .hold(&shared.wake, id, keys, deadline, now_ms, result.is_ok());
 }
 
 /// Carries out a lookup step for stream `id` (the effective context): another lookup, a

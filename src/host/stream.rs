@@ -52,9 +52,50 @@ impl CacheStream {
         }
     }
 
+    /// RFC 9111 §4.4: the response to an unsafe request goes on only once the store and the
+    /// sibling workers dropped what it invalidates (each bounded by `store.timeout_ms`), so a
+    /// GET sent after it never gets the old entry from this proxy. True while held.
+    fn hold_for_invalidation(&self, keys: Vec<String>, now: u64) -> bool {
+        let shared = &self.shared;
+        let immediate = match shared.outbox.try_borrow_mut() {
+            Ok(mut o) => o.invalidate(now, self.id, keys),
+            Err(_) => Some(Reply::Invalidated(Err(StoreError::Busy), keys)),
+        };
+        shared.waiting.borrow_mut().insert(
+            self.id,
+            Waiter {
+                flow: self.flow.clone(),
+                arrived_ms: now,
+            },
+        );
+        let Some(Reply::Invalidated(result, keys)) = immediate else {
+            shared.wake(now);
+            return true;
+        };
+        // The store is being skipped: the siblings are still told, and waited for.
+        super::serve::hold_for_siblings(shared, self.id, result, keys, now);
+        let done = shared.peers.acks.borrow_mut().take_done(self.id);
+        match done {
+            Some(confirmed) => {
+                shared.waiting.borrow_mut().remove(&self.id);
+                if !confirmed {
+                    shared.metrics.add(Counter::InvalidationsUnconfirmed, 1);
+                }
+                false
+            }
+            None => {
+                shared.arm_timer(now, None);
+                true
+            }
+        }
+    }
+
     /// The stream is over (answered or reset): nothing is answered to it any more.
     fn leave(&self) {
         self.shared.waiting.borrow_mut().remove(&self.id);
+        if let Ok(mut acks) = self.shared.peers.acks.try_borrow_mut() {
+            acks.stream_gone(self.id);
+        }
         if let Ok(mut o) = self.shared.outbox.try_borrow_mut() {
             o.stream_gone(self.id);
         }
@@ -132,7 +173,7 @@ impl HttpContext for CacheStream {
                     Some(reply) => {
                         let result = match reply {
                             Reply::Purge(result) => result,
-                            Reply::Lookup(_) => Err(StoreError::Garbage),
+                            _ => Err(StoreError::Garbage),
                         };
                         let reply = self.flow.borrow_mut().handle_purge_reply(result);
                         send_owned(&reply);
@@ -191,9 +232,7 @@ impl HttpContext for CacheStream {
         if let Some(write) = step.publish {
             self.publish(StoreWrite::Entry(write), now);
         }
-        if !step.invalidate.is_empty() {
-            self.publish(StoreWrite::Invalidate(step.invalidate), now);
-        }
+        let held = !step.invalidate.is_empty() && self.hold_for_invalidation(step.invalidate, now);
         self.count_events();
         if let Some(reply) = step.respond {
             // The origin's 304 is replaced by the stored response: Envoy sends this local reply
@@ -201,7 +240,11 @@ impl HttpContext for CacheStream {
             send_owned(&reply);
             return Action::Pause;
         }
-        Action::Continue
+        if held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -7,6 +7,9 @@
 //! The queue name is random per VM: every worker VM registers its own, and a name registered
 //! twice would deliver to the last registrant only.
 //!
+//! The same queue carries the sibling protocol (`siblings.rs`): other worker VMs put their
+//! messages on it; an empty item is a plain wake-up.
+//!
 //! Where the host refuses shared queues (a restricted capability set), the root's tick is the
 //! wake-up instead: one millisecond later. The SDK's shared-queue calls panic (trapping the
 //! VM) on the status a restricted call returns, so the three calls are made here directly.
@@ -32,25 +35,39 @@ fn register(name: &str) -> Option<u32> {
     (status == 0).then_some(id)
 }
 
-fn enqueue_empty(id: u32) -> bool {
-    // SAFETY: an empty value: the host reads nothing.
-    unsafe { proxy_enqueue_shared_queue(id, [].as_ptr(), 0) == 0 }
+/// The host's status for an enqueue: 0 is OK, 1 (NotFound) a queue that is gone.
+fn enqueue(id: u32, value: &[u8]) -> u32 {
+    // SAFETY: the host reads `value` within its length.
+    unsafe { proxy_enqueue_shared_queue(id, value.as_ptr(), value.len()) }
 }
 
-/// Takes one item off the queue; false when there was none (or the host refused).
-fn dequeue(id: u32) -> bool {
+const NOT_FOUND: u32 = 1;
+
+/// Takes one item off the queue; `None` when there was none (or the host refused).
+fn dequeue(id: u32) -> Option<Vec<u8>> {
     let mut data: *mut u8 = null_mut();
     let mut size = 0usize;
     // SAFETY: the host writes a pointer and a length; a non-null pointer is a buffer it
     // allocated through the module's allocator (`proxy_on_memory_allocate`, the SDK's, which
-    // allocates a Vec<u8> of exactly `size` bytes), so it is freed as that Vec.
+    // allocates a Vec<u8> of exactly `size` bytes), so it is owned as that Vec.
     unsafe {
         let status = proxy_dequeue_shared_queue(id, &mut data, &mut size);
-        if !data.is_null() && size > 0 {
-            drop(Vec::from_raw_parts(data, size, size));
-        }
-        status == 0
+        let item = if !data.is_null() && size > 0 {
+            Vec::from_raw_parts(data, size, size)
+        } else {
+            Vec::new()
+        };
+        (status == 0).then_some(item)
     }
+}
+
+/// What became of a message to a sibling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// Its queue is gone (the VM was replaced): it has nothing to be told.
+    Gone,
+    Refused,
 }
 
 pub struct Wake {
@@ -84,14 +101,35 @@ impl Wake {
         if self.armed.replace(true) {
             return true;
         }
-        self.queue.is_some_and(enqueue_empty)
+        self.queue.is_some_and(|q| enqueue(q, &[]) == 0)
     }
 
-    /// The root is awake: empties the queue and lets the next work wake it again.
-    pub fn woken(&self) {
-        self.armed.set(false);
-        if let Some(q) = self.queue {
-            while dequeue(q) {}
+    /// This VM's queue, as siblings reach it.
+    pub fn id(&self) -> Option<u32> {
+        self.queue
+    }
+
+    /// Puts a message on a sibling's queue.
+    pub fn send(&self, to: u32, message: &[u8]) -> Sent {
+        match enqueue(to, message) {
+            0 => Sent::Queued,
+            NOT_FOUND => Sent::Gone,
+            _ => Sent::Refused,
         }
+    }
+
+    /// The root is awake: empties the queue, lets the next work wake it again, and returns
+    /// the siblings' messages that were on it.
+    pub fn woken(&self) -> Vec<Vec<u8>> {
+        self.armed.set(false);
+        let mut messages = Vec::new();
+        if let Some(q) = self.queue {
+            while let Some(item) = dequeue(q) {
+                if !item.is_empty() {
+                    messages.push(item);
+                }
+            }
+        }
+        messages
     }
 }
