@@ -5,8 +5,9 @@
 //! line of Envoy's log.
 
 mod fields;
+mod json;
 
-use serde_json::{Map, Value};
+use json::{Object, Value};
 use std::fmt;
 
 /// The filter's settings, validated. Built once per plugin configuration and shared by every
@@ -282,16 +283,18 @@ impl Config {
             if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
                 return Err(err("", "the configuration must be a JSON object"));
             }
-            let value: Value = serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
-            let Some(top) = value.as_object() else {
+            let Value::Object(top) = json::parse(json).map_err(|e| err("", e))? else {
                 return Err(err("", "the configuration must be a JSON object"));
             };
             for section in ["store", "key", "purge", "memory"] {
-                if top.get(section).is_some_and(|v| !v.is_object()) {
+                if top
+                    .get(section)
+                    .is_some_and(|v| !matches!(v, Value::Object(_)))
+                {
                     return Err(err(section, "must be a JSON object"));
                 }
             }
-            RawConfig::read(top)?
+            RawConfig::read(&top)?
         };
         raw.validate()
     }
@@ -326,13 +329,15 @@ const TOP_FIELDS: &[&str] = &[
 const METHODS: &[&str] = &["GET", "HEAD"];
 const SET_COOKIE: &[&str] = &["no-store", "strip"];
 
-fn section<'v>(v: &'v Value, field: &str) -> Result<&'v Map<String, Value>, ConfigError> {
-    v.as_object()
-        .ok_or_else(|| err(field, "must be a JSON object"))
+fn section<'v>(v: &'v Value, field: &str) -> Result<&'v Object, ConfigError> {
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => Err(err(field, "must be a JSON object")),
+    }
 }
 
 impl RawConfig {
-    fn read(obj: &Map<String, Value>) -> Result<RawConfig, ConfigError> {
+    fn read(obj: &Object) -> Result<RawConfig, ConfigError> {
         let mut raw = RawConfig::default();
         for (k, v) in obj {
             match k.as_str() {
@@ -395,7 +400,7 @@ impl RawConfig {
 }
 
 impl StoreConfig {
-    fn read(obj: &Map<String, Value>) -> Result<StoreConfig, ConfigError> {
+    fn read(obj: &Object) -> Result<StoreConfig, ConfigError> {
         let mut raw = StoreConfig::default();
         for (k, v) in obj {
             match k.as_str() {
@@ -440,7 +445,7 @@ impl StoreConfig {
 }
 
 impl RawKey {
-    fn read(obj: &Map<String, Value>) -> Result<RawKey, ConfigError> {
+    fn read(obj: &Object) -> Result<RawKey, ConfigError> {
         let mut raw = RawKey::default();
         for (k, v) in obj {
             match k.as_str() {
@@ -461,7 +466,7 @@ impl RawKey {
 }
 
 impl RawPurge {
-    fn read(obj: &Map<String, Value>) -> Result<RawPurge, ConfigError> {
+    fn read(obj: &Object) -> Result<RawPurge, ConfigError> {
         let mut raw = RawPurge::default();
         for (k, v) in obj {
             match k.as_str() {
@@ -475,7 +480,7 @@ impl RawPurge {
 }
 
 impl RawMemory {
-    fn read(obj: &Map<String, Value>) -> Result<RawMemory, ConfigError> {
+    fn read(obj: &Object) -> Result<RawMemory, ConfigError> {
         let mut raw = RawMemory::default();
         for (k, v) in obj {
             match k.as_str() {

@@ -9,7 +9,7 @@
 //! one serde reported.
 
 use super::ConfigError;
-use serde_json::Value;
+use super::json::{Number, Value};
 
 fn error(path: &str, reason: String) -> ConfigError {
     ConfigError {
@@ -32,7 +32,7 @@ fn unexpected(v: &Value) -> String {
     match v {
         Value::Null => "null".to_string(),
         Value::Bool(b) => format!("boolean `{b}`"),
-        Value::Number(n) if n.is_f64() => format!("floating point `{n}`"),
+        Value::Number(n @ Number::F64(_)) => format!("floating point `{n}`"),
         Value::Number(n) => format!("integer `{n}`"),
         Value::String(s) => format!("string {s:?}"),
         Value::Array(_) => "sequence".to_string(),
@@ -85,13 +85,11 @@ pub(super) fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
 /// An unsigned integer of at most `max`, named `ty` (`u8`, `u16`, `u64`) in messages.
 fn unsigned(v: &Value, path: &str, max: u64, ty: &str) -> Result<u64, ConfigError> {
     match v {
-        Value::Number(n) if n.is_u64() || n.is_i64() => match n.as_u64() {
-            Some(u) if u <= max => Ok(u),
-            _ => Err(error(
-                path,
-                format!("invalid value: integer `{n}`, expected {ty}"),
-            )),
-        },
+        Value::Number(Number::U64(u)) if *u <= max => Ok(*u),
+        Value::Number(n @ (Number::U64(_) | Number::I64(_))) => Err(error(
+            path,
+            format!("invalid value: integer `{n}`, expected {ty}"),
+        )),
         _ => Err(invalid_type(v, path, ty)),
     }
 }
@@ -139,7 +137,7 @@ pub(super) fn variant(v: &Value, path: &str, names: &[&str]) -> Result<usize, Co
         ));
     };
     match content {
-        Some(c) if !c.is_null() => Err(invalid_type(c, &join(path, name), "unit")),
+        Some(c) if !matches!(c, Value::Null) => Err(invalid_type(c, &join(path, name), "unit")),
         _ => Ok(i),
     }
 }
