@@ -922,7 +922,7 @@ mod tests {
             ),
             (
                 r#"{"store":{"timeout_ms":1e3}}"#,
-                "store.timeout_ms: invalid type: floating point `1000.0`, expected u64",
+                "store.timeout_ms: invalid type: floating point `1e3`, expected u64",
             ),
             (
                 r#"{"heuristic_percent":256}"#,

@@ -112,31 +112,26 @@ pub struct Acks {
 }
 
 impl Acks {
-    /// `stream` waits for `peers` to drop `keys`, at most until `deadline_ms`; `stored`: the
-    /// store confirmed it dropped them. Returns the messages to send (no siblings: none, and
-    /// the stream may go on at once).
+    /// `stream` waits for `peers` (but `me`) to drop what it invalidated, at most until
+    /// `deadline_ms`; `stored`: the store confirmed it. Returns the `seq` of the
+    /// [`Message::Forget`] to send them, and to whom (no siblings: `None`, and the stream may
+    /// go on at once).
     pub fn start(
         &mut self,
         stream: u32,
         me: Peer,
         peers: &[Peer],
-        keys: Vec<String>,
         deadline_ms: u64,
         stored: bool,
-    ) -> Vec<(Peer, Message)> {
+    ) -> Option<(u64, Vec<Peer>)> {
         let pending: Vec<Peer> = peers.iter().copied().filter(|p| *p != me).collect();
         if pending.is_empty() {
             self.done.push((stream, stored));
-            return Vec::new();
+            return None;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let message = Message::Forget {
-            seq,
-            reply_to: me,
-            keys,
-        };
-        let out = pending.iter().map(|p| (*p, message.clone())).collect();
+        let out = Some((seq, pending.clone()));
         self.waits.push(Wait {
             seq,
             stream,
@@ -236,12 +231,8 @@ mod tests {
     #[test]
     fn a_stream_goes_on_once_every_sibling_acknowledged() {
         let mut a = Acks::default();
-        let out = a.start(5, 1, &[1, 2, 3], vec!["k".into()], 100, true);
-        assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [2, 3]);
-        let Message::Forget { seq, reply_to, .. } = out[0].1.clone() else {
-            panic!()
-        };
-        assert_eq!(reply_to, 1);
+        let (seq, to) = a.start(5, 1, &[1, 2, 3], 100, true).unwrap();
+        assert_eq!(to, [2, 3]);
         assert!(a.is_waiting(5));
         a.acked(seq, 2);
         a.acked(seq, 2);
@@ -262,9 +253,9 @@ mod tests {
     #[test]
     fn without_siblings_a_stream_goes_on_at_once() {
         let mut a = Acks::default();
-        assert!(a.start(5, 1, &[1], vec!["k".into()], 100, true).is_empty());
+        assert!(a.start(5, 1, &[1], 100, true).is_none());
         assert_eq!(a.poll_done(), Some((5, true)));
-        a.start(6, 1, &[], vec!["k".into()], 100, false);
+        a.start(6, 1, &[], 100, false);
         assert_eq!(a.take_done(6), Some(false), "the store did not confirm");
         assert_eq!(a.take_done(6), None);
     }
@@ -272,10 +263,7 @@ mod tests {
     #[test]
     fn an_unconfirmed_store_stays_unconfirmed_after_the_siblings_acknowledge() {
         let mut a = Acks::default();
-        let out = a.start(5, 1, &[2], vec!["k".into()], 100, false);
-        let Message::Forget { seq, .. } = out[0].1 else {
-            panic!()
-        };
+        let (seq, _) = a.start(5, 1, &[2], 100, false).unwrap();
         a.acked(seq, 2);
         assert_eq!(a.poll_done(), Some((5, false)));
     }
@@ -283,8 +271,8 @@ mod tests {
     #[test]
     fn a_sibling_that_never_answers_holds_the_stream_until_the_deadline() {
         let mut a = Acks::default();
-        a.start(5, 1, &[2], vec!["k".into()], 100, true);
-        a.start(6, 1, &[2], vec!["k".into()], 150, true);
+        a.start(5, 1, &[2], 100, true);
+        a.start(6, 1, &[2], 150, true);
         assert_eq!(a.poll_timeout(), Some(100));
         a.handle_timeout(99);
         assert_eq!(a.poll_done(), None);
@@ -299,10 +287,7 @@ mod tests {
     #[test]
     fn a_sibling_whose_queue_is_gone_counts_as_done() {
         let mut a = Acks::default();
-        let out = a.start(5, 1, &[2, 3], vec!["k".into()], 100, true);
-        let Message::Forget { seq, .. } = out[0].1 else {
-            panic!()
-        };
+        let (seq, _) = a.start(5, 1, &[2, 3], 100, true).unwrap();
         a.acked(seq, 3);
         a.acked(seq, 2);
         assert_eq!(a.poll_done(), Some((5, true)));

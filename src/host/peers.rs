@@ -167,15 +167,21 @@ impl Peers {
         } else {
             Vec::new()
         };
-        let out = self
+        let started = self
             .acks
             .borrow_mut()
-            .start(stream, me, &siblings, keys, deadline_ms, stored);
-        for (peer, message) in out {
-            let sent = wake.send(peer, &message.encode());
-            if sent != Sent::Queued
-                && let Message::Forget { seq, .. } = message
-            {
+            .start(stream, me, &siblings, deadline_ms, stored);
+        let Some((seq, to)) = started else {
+            return;
+        };
+        let message = Message::Forget {
+            seq,
+            reply_to: me,
+            keys,
+        }
+        .encode();
+        for peer in to {
+            if wake.send(peer, &message) != Sent::Queued {
                 // Its queue is gone or refused: nothing will answer.
                 self.acks.borrow_mut().acked(seq, peer);
             }

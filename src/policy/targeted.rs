@@ -57,17 +57,15 @@ pub fn parse_targeted<'a>(lines: impl Iterator<Item = &'a str>) -> Option<CacheC
             Directive::ProxyRevalidate => cc.proxy_revalidate = true,
             Directive::Immutable => cc.immutable = true,
             // Known for their type only.
-            Directive::StaleWhileRevalidate
-            | Directive::StaleIfError
-            | Directive::MustUnderstand
-            | Directive::NoTransform => {}
+            Directive::StaleWhileRevalidate | Directive::StaleIfError => {}
         }
     }
     Some(cc)
 }
 
-/// The registered response directives (RFC 9111 §5.2.2, RFC 5861, RFC 8246), whose types a
-/// targeted field must respect.
+/// The response directives this cache obeys or will (RFC 9111 §5.2.2, RFC 5861, RFC 8246),
+/// whose types a targeted field must respect. Others are ignored whatever their type: this
+/// cache consumes none of their values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Directive {
     MaxAge,
@@ -79,13 +77,11 @@ enum Directive {
     ProxyRevalidate,
     Public,
     Immutable,
-    MustUnderstand,
-    NoTransform,
     NoCache,
     Private,
 }
 
-const ALL: [Directive; 13] = [
+const ALL: [Directive; 11] = [
     Directive::MaxAge,
     Directive::SMaxage,
     Directive::StaleWhileRevalidate,
@@ -95,8 +91,6 @@ const ALL: [Directive; 13] = [
     Directive::ProxyRevalidate,
     Directive::Public,
     Directive::Immutable,
-    Directive::MustUnderstand,
-    Directive::NoTransform,
     Directive::NoCache,
     Directive::Private,
 ];
@@ -125,8 +119,6 @@ impl Directive {
             "proxy-revalidate" => Directive::ProxyRevalidate,
             "public" => Directive::Public,
             "immutable" => Directive::Immutable,
-            "must-understand" => Directive::MustUnderstand,
-            "no-transform" => Directive::NoTransform,
             "no-cache" => Directive::NoCache,
             "private" => Directive::Private,
             _ => return None,
