@@ -631,8 +631,21 @@ impl Outbox {
             self.replies
                 .push_back((stream, Reply::Purge(Err(StoreError::BreakerOpen))));
         }
-        while let Some((stream, keys)) = self.invalidations.pop_front() {
+        // An invalidation leaves ahead of queued writes (their entries of its resources are
+        // dropped), but after the writes out that carry one: two callouts out at once reach
+        // Redis in either order.
+        let ready = self.invalidations.iter().position(|(_, keys)| {
+            !self.flights.values().any(|f| match &f.carries {
+                Carries::Writes(jobs) | Carries::Lookup { riders: jobs, .. } => {
+                    writes::writes_any_of(jobs, keys)
+                }
+                _ => false,
+            })
+        });
+        if let Some((stream, keys)) = ready.and_then(|i| self.invalidations.remove(i)) {
             if self.breaker.admits_writes() {
+                // Queued writes of these resources (a retry too) would bring the entry back.
+                self.writes.drop_entries_of(&keys);
                 return Some((
                     Carries::Invalidation { stream, keys },
                     self.settings.write_timeout_ms,

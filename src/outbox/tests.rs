@@ -1211,3 +1211,66 @@ fn a_held_stream_that_leaves_is_not_answered_but_its_invalidation_runs() {
     assert!(!s.redis.strings.contains_key("r"));
     assert!(s.outbox.is_idle());
 }
+
+#[test]
+fn an_invalidation_drops_queued_writes_of_its_resource() {
+    let mut s = Sim::new();
+    s.outbox.write(entry_write("x", b"other"));
+    s.pump();
+    // Queued behind the batch out: the older response of the invalidated resource.
+    s.outbox.write(entry_write("r", b"old"));
+    s.invalidate(1, "r");
+    assert_eq!(
+        s.out.len(),
+        2,
+        "the invalidation did not wait for the write of another key"
+    );
+    s.answer_all();
+    s.pump();
+    s.answer_all();
+    assert_eq!(s.invalidated(1).map(|(_, r)| r), Some(Ok(())));
+    assert!(
+        !s.redis.strings.contains_key("r"),
+        "never written after its invalidation"
+    );
+    assert!(s.redis.strings.contains_key("x"));
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn an_invalidation_waits_for_a_write_of_its_resource_that_is_out() {
+    let mut s = Sim::new();
+    s.outbox.write(entry_write("r", b"old"));
+    s.pump();
+    s.invalidate(1, "r");
+    assert_eq!(
+        s.out.len(),
+        1,
+        "both out at once could reach Redis in either order"
+    );
+    s.answer();
+    assert_eq!(
+        s.out.len(),
+        1,
+        "the invalidation left once the write settled"
+    );
+    s.answer();
+    assert_eq!(s.invalidated(1).map(|(_, r)| r), Some(Ok(())));
+    assert!(!s.redis.strings.contains_key("r"));
+}
+
+#[test]
+fn a_failed_write_of_an_invalidated_resource_is_not_retried_after_it() {
+    let mut s = Sim::new();
+    s.outbox.write(entry_write("r", b"old"));
+    s.pump();
+    s.invalidate(1, "r");
+    // The write fails: its retry would land after the invalidation.
+    s.answer_with(Some(503), Some(Vec::new()));
+    s.answer_all();
+    s.pump();
+    s.answer_all();
+    assert_eq!(s.invalidated(1).map(|(_, r)| r), Some(Ok(())));
+    assert!(!s.redis.strings.contains_key("r"));
+    assert!(s.outbox.is_idle());
+}

@@ -215,6 +215,29 @@ impl WriteQueue {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight == 0
     }
+
+    /// Drops the queued entry writes of these resources: they were invalidated, and an older
+    /// response written after the invalidation would bring the removed entry back.
+    #[inline(never)]
+    pub fn drop_entries_of(&mut self, keys: &[String]) {
+        let (mut held, mut pending) = (self.held_bytes, self.pending_bytes);
+        self.pending.retain(|job| {
+            let obsolete = matches!(&job.write, StoreWrite::Entry(w) if keys.contains(&w.key));
+            if obsolete {
+                held -= job.write.size();
+                pending -= job.write.size();
+            }
+            !obsolete
+        });
+        (self.held_bytes, self.pending_bytes) = (held, pending);
+    }
+}
+
+/// Whether these jobs write an entry of one of `keys`.
+#[inline(never)]
+pub fn writes_any_of(jobs: &[Job], keys: &[String]) -> bool {
+    jobs.iter()
+        .any(|j| matches!(&j.write, StoreWrite::Entry(w) if keys.contains(&w.key)))
 }
 
 #[cfg(test)]
