@@ -1014,7 +1014,15 @@ impl Flow {
             return None;
         }
         rec.writer.push_chunk(chunk);
-        if end_of_stream { self.complete() } else { None }
+        // With Content-Length, the client has the whole response with its last byte, before
+        // the end of the stream: the recording is complete there, so that its end can wait for
+        // the store (read your writes) while the last bytes do.
+        let whole = rec.expected_len == Some(rec.writer.body_len() as u64);
+        if end_of_stream || whole {
+            self.complete()
+        } else {
+            None
+        }
     }
 
     /// Response trailers: we don't store them, so a response that has them can't be replayed

@@ -38,10 +38,12 @@ pub enum Counter {
     /// A response to an unsafe request went on before the store (store.timeout_ms) or a
     /// sibling worker confirmed its invalidation.
     InvalidationsUnconfirmed,
+    /// A recorded response's end went on before the store confirmed its entry.
+    WritesUnconfirmed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 27] = [
+    pub const ALL: [Counter; 28] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -69,6 +71,7 @@ impl Counter {
         Counter::LargeEntryReads,
         Counter::TagsDropped,
         Counter::InvalidationsUnconfirmed,
+        Counter::WritesUnconfirmed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Counter {
             Counter::Purges => "fleet_cache_purges",
             Counter::Invalidations => "fleet_cache_invalidations",
             Counter::InvalidationsUnconfirmed => "fleet_cache_invalidations_unconfirmed",
+            Counter::WritesUnconfirmed => "fleet_cache_writes_unconfirmed",
             Counter::Published => "fleet_cache_published",
             Counter::PublishedWithLookups => "fleet_cache_published_with_lookups",
             Counter::PublishFailures => "fleet_cache_publish_failures",

@@ -47,6 +47,9 @@ pub struct Shared {
     pub wake: Wake,
     /// The other worker VMs, and the responses held until they dropped invalidated keys.
     pub peers: Peers,
+    /// Streams whose response is held (for the store or the siblings): every response
+    /// callback of theirs pauses until the root resumes them.
+    held: RefCell<Vec<u32>>,
     /// The root context's id: host calls made on a stream's behalf must be switched back.
     pub root_id: u32,
     /// When the root's timer fires next (unix ms; `u64::MAX`: not armed).
@@ -83,12 +86,29 @@ impl Shared {
             worker: Worker::new(&config),
             waiting: RefCell::default(),
             peers: Peers::new(&wake),
+            held: RefCell::default(),
             wake,
             root_id,
             timer_at: Cell::new(u64::MAX),
             flushed_at: Cell::new(0),
             config: Rc::new(config),
         }
+    }
+
+    pub fn hold(&self, stream: u32) {
+        self.held.borrow_mut().push(stream);
+    }
+
+    /// Ends a hold; false if `stream` was not held (ended, or already resumed).
+    pub fn release(&self, stream: u32) -> bool {
+        let mut held = self.held.borrow_mut();
+        let before = held.len();
+        held.retain(|s| *s != stream);
+        held.len() < before
+    }
+
+    pub fn is_held(&self, stream: u32) -> bool {
+        self.held.borrow().contains(&stream)
     }
 
     /// Has the root send what waits as soon as this callback returns (or on the next tick,

@@ -234,7 +234,7 @@ pub fn resume_done(shared: &Shared) {
             shared.metrics.add(Counter::InvalidationsUnconfirmed, 1);
         }
         shared.waiting.borrow_mut().remove(&stream);
-        if abi::set_effective_context(stream).is_ok() {
+        if shared.release(stream) && abi::set_effective_context(stream).is_ok() {
             let _ = abi::resume_response();
         }
     }

@@ -90,6 +90,14 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
             stream::count_events(shared, &waiter.flow);
         }
         Reply::Invalidated(result, keys) => hold_for_siblings(shared, id, result, keys, now_ms),
+        Reply::Written(result) => {
+            if result.is_err() {
+                shared.metrics.add(Counter::WritesUnconfirmed, 1);
+            }
+            if shared.release(id) {
+                let _ = abi::resume_response();
+            }
+        }
     }
 }
 

@@ -13,6 +13,9 @@ use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// The largest last chunk held back while its entry is written (read your writes).
+const MAX_HELD_CHUNK: usize = 256 << 10;
+
 pub struct CacheStream {
     /// This stream's context id: how the root finds it to hand over a reply.
     id: u32,
@@ -68,6 +71,7 @@ impl CacheStream {
                 arrived_ms: now,
             },
         );
+        shared.hold(self.id);
         let Some(Reply::Invalidated(result, keys)) = immediate else {
             shared.wake(now);
             return true;
@@ -78,6 +82,7 @@ impl CacheStream {
         match done {
             Some(confirmed) => {
                 shared.waiting.borrow_mut().remove(&self.id);
+                shared.release(self.id);
                 if !confirmed {
                     shared.metrics.add(Counter::InvalidationsUnconfirmed, 1);
                 }
@@ -90,9 +95,37 @@ impl CacheStream {
         }
     }
 
+    /// Read your writes: the end of a response just recorded waits until the store has its
+    /// entry (at most `store.timeout_ms`, plus a large entry's transfer allowance), so a
+    /// request sent after the response completed is a hit, through any proxy. Only the end
+    /// waits: every byte before it has gone to the client already. True while held.
+    fn hold_for_write(&self, write: crate::store::Write, now: u64) -> bool {
+        let shared = &self.shared;
+        let immediate = match shared.outbox.try_borrow_mut() {
+            Ok(mut o) => o.write_held(now, self.id, StoreWrite::Entry(write)),
+            Err(_) => Some(Reply::Written(Err(StoreError::Busy))),
+        };
+        if immediate.is_some() {
+            // Not queued (the store is being skipped, or the queue is full): nothing to wait for.
+            shared.metrics.add(Counter::PublishDropped, 1);
+            return false;
+        }
+        shared.waiting.borrow_mut().insert(
+            self.id,
+            Waiter {
+                flow: self.flow.clone(),
+                arrived_ms: now,
+            },
+        );
+        shared.hold(self.id);
+        shared.wake(now);
+        true
+    }
+
     /// The stream is over (answered or reset): nothing is answered to it any more.
     fn leave(&self) {
         self.shared.waiting.borrow_mut().remove(&self.id);
+        self.shared.release(self.id);
         if let Ok(mut acks) = self.shared.peers.acks.try_borrow_mut() {
             acks.stream_gone(self.id);
         }
@@ -229,10 +262,19 @@ impl HttpContext for CacheStream {
         if let Some(name) = step.remove_header {
             let _ = abi::set_header(abi::Map::Response, &name, None);
         }
+        let mut held = false;
         if let Some(write) = step.publish {
-            self.publish(StoreWrite::Entry(write), now);
+            // A whole recording (no body) is held until stored; a refresh is not: its answer
+            // is our own local reply.
+            if step.respond.is_none() && write.refresh.is_none() {
+                held = self.hold_for_write(write, now);
+            } else {
+                self.publish(StoreWrite::Entry(write), now);
+            }
         }
-        let held = !step.invalidate.is_empty() && self.hold_for_invalidation(step.invalidate, now);
+        if !step.invalidate.is_empty() {
+            held |= self.hold_for_invalidation(step.invalidate, now);
+        }
         self.count_events();
         if let Some(reply) = step.respond {
             // The origin's 304 is replaced by the stored response: Envoy sends this local reply
@@ -248,6 +290,11 @@ impl HttpContext for CacheStream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.shared.is_held(self.id) {
+            // Held (for the store or the siblings): Envoy buffers what comes meanwhile; going
+            // on here would let the response out before the root resumes it.
+            return Action::Pause;
+        }
         if !self.active || !self.flow.borrow().wants_body() {
             return Action::Continue;
         }
@@ -270,14 +317,29 @@ impl HttpContext for CacheStream {
             .flow
             .borrow_mut()
             .handle_response_body(&chunk, end_of_stream);
-        if let Some(write) = write {
-            self.publish(StoreWrite::Entry(write), abi::now_ms());
-        }
+        let held = match write {
+            // Holding this chunk buffers it in Envoy, whose limit (1 MiB by default) resets
+            // the stream: a large last read goes on, unconfirmed.
+            Some(w) if chunk.len() > MAX_HELD_CHUNK => {
+                self.publish(StoreWrite::Entry(w), abi::now_ms());
+                self.shared.metrics.add(Counter::WritesUnconfirmed, 1);
+                false
+            }
+            Some(w) => self.hold_for_write(w, abi::now_ms()),
+            None => false,
+        };
         self.count_events();
-        Action::Continue
+        if held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        if self.shared.is_held(self.id) {
+            return Action::Pause;
+        }
         if self.active {
             self.flow.borrow_mut().handle_response_trailers();
             self.count_events();

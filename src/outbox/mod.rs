@@ -29,6 +29,9 @@
 //!   the invalidation it causes (RFC 9111 §4.4), at most `store.timeout_ms` from the response:
 //!   a GET sent after it must not find the old entry. It leaves before lookups and writes; if
 //!   it fails it is retried as a write, and the response goes on anyway (counted).
+//! - **Held writes** (read your writes): the end of a recorded response waits until its entry
+//!   landed, at most `store.timeout_ms` plus the entry's transfer allowance: a request sent
+//!   after the response completed finds the entry, through any proxy.
 
 pub mod breaker;
 pub mod writes;
@@ -122,6 +125,15 @@ pub enum Reply {
     Purge(Result<u64, StoreError>),
     /// Whether the store confirmed the invalidation of these keys in time.
     Invalidated(Result<(), StoreError>, Vec<String>),
+    /// Whether the store confirmed the stream's entry in time.
+    Written(Result<(), StoreError>),
+}
+
+/// What a held response waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Invalidation,
+    Write,
 }
 
 /// Something to count or log.
@@ -326,9 +338,9 @@ pub struct Outbox {
     purges: VecDeque<(StreamId, PurgeCommand)>,
     /// Invalidations to send, each for a held response.
     invalidations: VecDeque<(StreamId, Vec<String>)>,
-    /// Held responses and when they go on whatever the store says (unix ms). Whoever removes
-    /// a stream from here replies to it.
-    holds: Vec<(StreamId, u64)>,
+    /// Held responses, what for, and when they go on whatever the store says (unix ms).
+    /// Whoever removes a stream from here replies to it.
+    holds: Vec<(StreamId, u64, Hold)>,
     flights: Flights,
     /// Large values being read, oldest first.
     assemblies: Vec<Assembly>,
@@ -450,15 +462,38 @@ impl Outbox {
             return Some(Reply::Invalidated(Err(StoreError::BreakerOpen), keys));
         }
         let deadline = now_ms.saturating_add(self.settings.lookup_timeout_ms);
-        self.holds.push((stream, deadline));
+        self.holds.push((stream, deadline, Hold::Invalidation));
         self.invalidations.push_back((stream, keys));
+        None
+    }
+
+    /// Queues the entry of stream `stream`'s recording; the end of its response waits until it
+    /// landed, at most `store.timeout_ms` plus its transfer allowance from now. Returns the
+    /// reply at once when the write is not queued (the breaker is open, the queue is full).
+    pub fn write_held(
+        &mut self,
+        now_ms: u64,
+        stream: StreamId,
+        write: StoreWrite,
+    ) -> Option<Reply> {
+        let size = write.size() as u64;
+        if self.breaker.is_open() {
+            return Some(Reply::Written(Err(StoreError::BreakerOpen)));
+        }
+        if !self.writes.push_for(write, Some(stream)) {
+            return Some(Reply::Written(Err(StoreError::Busy)));
+        }
+        // Whole MiB only: a small entry waits no longer than a lookup does.
+        let wait = self.settings.lookup_timeout_ms + (size >> 20) * self.settings.large_ms_per_mib;
+        self.holds
+            .push((stream, now_ms.saturating_add(wait), Hold::Write));
         None
     }
 
     /// The stream ended: nothing is answered to it any more.
     pub fn stream_gone(&mut self, stream: StreamId) {
-        // Its invalidation still runs: only the wait for it ends.
-        self.holds.retain(|(s, _)| *s != stream);
+        // Its invalidation or write still runs: only the wait for it ends.
+        self.holds.retain(|(s, _, _)| *s != stream);
         if self.deadlines.remove(&stream).is_some() {
             self.forget_stream(stream);
         }
@@ -493,10 +528,14 @@ impl Outbox {
         let mut i = 0;
         while i < self.holds.len() {
             if self.holds[i].1 <= now_ms {
-                let (stream, _) = self.holds.swap_remove(i);
-                let keys = self.held_keys(stream);
-                self.replies
-                    .push_back((stream, Reply::Invalidated(Err(StoreError::Timeout), keys)));
+                let (stream, _, hold) = self.holds.swap_remove(i);
+                let reply = match hold {
+                    Hold::Invalidation => {
+                        Reply::Invalidated(Err(StoreError::Timeout), self.held_keys(stream))
+                    }
+                    Hold::Write => Reply::Written(Err(StoreError::Timeout)),
+                };
+                self.replies.push_back((stream, reply));
             } else {
                 i += 1;
             }
@@ -587,7 +626,7 @@ impl Outbox {
     /// When [`Outbox::handle_timeout`] has something to do next (unix ms).
     pub fn poll_timeout(&self) -> Option<u64> {
         let deadlines = self.deadlines.values().copied();
-        let holds = self.holds.iter().map(|(_, d)| *d);
+        let holds = self.holds.iter().map(|(_, d, _)| *d);
         let flights = self.flights.values().map(|f| f.give_up_ms);
         // A write waiting out its retry delay; not while the breaker holds writes back.
         let retry =
@@ -645,7 +684,10 @@ impl Outbox {
         if let Some((stream, keys)) = ready.and_then(|i| self.invalidations.remove(i)) {
             if self.breaker.admits_writes() {
                 // Queued writes of these resources (a retry too) would bring the entry back.
-                self.writes.drop_entries_of(&keys);
+                // Whoever waited for one has nothing left to wait for.
+                for waiter in self.writes.drop_entries_of(&keys) {
+                    self.release(waiter, Ok(()), Vec::new());
+                }
                 return Some((
                     Carries::Invalidation { stream, keys },
                     self.settings.write_timeout_ms,
@@ -830,10 +872,13 @@ impl Outbox {
 
     /// Ends `stream`'s hold with `result`, unless it already ended (deadline, stream gone).
     fn release(&mut self, stream: StreamId, result: Result<(), StoreError>, keys: Vec<String>) {
-        if let Some(i) = self.holds.iter().position(|(s, _)| *s == stream) {
-            self.holds.swap_remove(i);
-            self.replies
-                .push_back((stream, Reply::Invalidated(result, keys)));
+        if let Some(i) = self.holds.iter().position(|(s, _, _)| *s == stream) {
+            let (_, _, hold) = self.holds.swap_remove(i);
+            let reply = match hold {
+                Hold::Invalidation => Reply::Invalidated(result, keys),
+                Hold::Write => Reply::Written(result),
+            };
+            self.replies.push_back((stream, reply));
         }
     }
 
@@ -854,7 +899,17 @@ impl Outbox {
         if rode {
             self.notes.push_back(Note::RidersSettled(result));
         }
-        for outcome in self.writes.settle(jobs, result.is_ok()) {
+        let waiters: Vec<Option<StreamId>> = jobs.iter().map(|j| j.waiter).collect();
+        let outcomes = self.writes.settle(jobs, result.is_ok());
+        for (waiter, outcome) in waiters.iter().zip(&outcomes) {
+            let e = result.err().unwrap_or(StoreError::Garbage);
+            match (waiter, outcome) {
+                (Some(s), Outcome::Published(_)) => self.release(*s, Ok(()), Vec::new()),
+                (Some(s), Outcome::Failed) => self.release(*s, Err(e), Vec::new()),
+                _ => {}
+            }
+        }
+        for outcome in outcomes {
             let e = result.err().unwrap_or(StoreError::Garbage);
             self.notes.push_back(match outcome {
                 Outcome::Published(bytes) => Note::Published { bytes, rode },

@@ -1274,3 +1274,104 @@ fn a_failed_write_of_an_invalidated_resource_is_not_retried_after_it() {
     assert!(!s.redis.strings.contains_key("r"));
     assert!(s.outbox.is_idle());
 }
+
+impl Sim {
+    fn write_held(&mut self, stream: StreamId, key: &str, bytes: &[u8]) {
+        if let Some(r) = self
+            .outbox
+            .write_held(self.now, stream, entry_write(key, bytes))
+        {
+            self.replies.insert(stream, (self.now, r));
+        }
+        self.pump();
+    }
+
+    fn written(&self, s: StreamId) -> Option<(u64, Result<(), StoreError>)> {
+        match self.replies.get(&s)? {
+            (at, Reply::Written(result)) => Some((*at, *result)),
+            other => panic!("stream {s}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn read_your_writes_a_held_end_goes_on_once_the_entry_landed() {
+    let mut s = Sim::new();
+    s.write_held(1, "e", b"entry");
+    assert_eq!(s.out.len(), 1);
+    assert_eq!(s.written(1), None, "held until the store answers");
+    s.advance(2);
+    s.answer();
+    assert_eq!(s.written(1), Some((T0 + 2, Ok(()))));
+    assert_eq!(s.redis.strings["e"], b"entry");
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn read_your_writes_a_held_write_that_rides_with_a_lookup_is_released_by_its_answer() {
+    let mut s = Sim::new();
+    s.want(1, "a");
+    s.write_held(2, "e", b"entry");
+    s.want(3, "b");
+    assert_eq!(
+        s.out.len(),
+        1,
+        "waits for the lookup out, to ride with the next batch"
+    );
+    s.answer();
+    assert_eq!(s.out.len(), 1);
+    s.answer();
+    assert_eq!(s.written(2).map(|(_, r)| r), Some(Ok(())));
+    assert_eq!(s.redis.strings["e"], b"entry");
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| matches!(n, Note::Published { rode: true, .. })),
+        "{:?}",
+        s.notes
+    );
+}
+
+#[test]
+fn read_your_writes_the_end_goes_on_at_the_deadline_and_the_write_still_lands() {
+    let mut s = Sim::new();
+    s.write_held(1, "e", b"entry");
+    s.advance(TIMEOUT + 1);
+    assert_eq!(s.written(1).map(|(_, r)| r), Some(Err(StoreError::Timeout)));
+    s.answer();
+    assert_eq!(s.redis.strings["e"], b"entry");
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn read_your_writes_a_failing_store_releases_after_the_retry_fails() {
+    let mut s = Sim::new();
+    s.write_held(1, "e", b"entry");
+    s.answer_with(Some(503), Some(Vec::new()));
+    assert_eq!(s.written(1), None, "the retry may still land in time");
+    s.answer_with(Some(503), Some(Vec::new()));
+    assert!(matches!(s.written(1), Some((_, Err(_)))));
+}
+
+#[test]
+fn read_your_writes_is_not_waited_for_while_the_breaker_is_open() {
+    let mut s = Sim::new();
+    for i in 0..5 {
+        s.want(10 + i, &format!("k{i}"));
+        s.answer_with(Some(503), Some(Vec::new()));
+    }
+    s.write_held(1, "e", b"entry");
+    assert_eq!(s.written(1), Some((s.now, Err(StoreError::BreakerOpen))));
+}
+
+#[test]
+fn read_your_writes_a_write_dropped_by_an_invalidation_releases_its_waiter() {
+    let mut s = Sim::new();
+    s.outbox.write(entry_write("x", b"other"));
+    s.pump();
+    s.write_held(1, "r", b"old");
+    s.invalidate(2, "r");
+    assert_eq!(s.written(1).map(|(_, r)| r), Some(Ok(())));
+    s.answer_all();
+    assert!(!s.redis.strings.contains_key("r"));
+}

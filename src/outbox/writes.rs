@@ -29,6 +29,8 @@ pub struct Job {
     pub write: StoreWrite,
     /// 0 for the first try, 1 for the retry.
     pub attempt: u8,
+    /// The stream whose response's end waits for this write to land (read your writes).
+    pub waiter: Option<u32>,
 }
 
 /// What an answer means for its job.
@@ -94,13 +96,22 @@ impl WriteQueue {
 
     /// Queues a write; false (and the write dropped) when the queue is full.
     pub fn push(&mut self, write: StoreWrite) -> bool {
+        self.push_for(write, None)
+    }
+
+    /// Queues a write that `waiter` waits for.
+    pub fn push_for(&mut self, write: StoreWrite, waiter: Option<u32>) -> bool {
         let size = write.size();
         if self.held_bytes + size > self.max_bytes {
             return false;
         }
         self.held_bytes += size;
         self.pending_bytes += size;
-        self.pending.push_back(Job { write, attempt: 0 });
+        self.pending.push_back(Job {
+            write,
+            attempt: 0,
+            waiter,
+        });
         true
     }
 
@@ -217,19 +228,23 @@ impl WriteQueue {
     }
 
     /// Drops the queued entry writes of these resources: they were invalidated, and an older
-    /// response written after the invalidation would bring the removed entry back.
+    /// response written after the invalidation would bring the removed entry back. Returns
+    /// the streams that waited for them.
     #[inline(never)]
-    pub fn drop_entries_of(&mut self, keys: &[String]) {
+    pub fn drop_entries_of(&mut self, keys: &[String]) -> Vec<u32> {
         let (mut held, mut pending) = (self.held_bytes, self.pending_bytes);
+        let mut waiters = Vec::new();
         self.pending.retain(|job| {
             let obsolete = matches!(&job.write, StoreWrite::Entry(w) if keys.contains(&w.key));
             if obsolete {
                 held -= job.write.size();
                 pending -= job.write.size();
+                waiters.extend(job.waiter);
             }
             !obsolete
         });
         (self.held_bytes, self.pending_bytes) = (held, pending);
+        waiters
     }
 }
 
