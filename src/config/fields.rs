@@ -8,9 +8,13 @@
 //! `config.rs` visits the fields in the object's order, so the first error reported is the
 //! one serde reported.
 
+// Each reader is `#[inline(never)]`: config code runs once per configuration, and inlined
+// into every field's arm it cost ~1 KB of .wasm.
+
 use super::ConfigError;
 use super::json::{Number, Value};
 
+#[inline(never)]
 fn error(path: &str, reason: String) -> ConfigError {
     ConfigError {
         field: path.to_string(),
@@ -19,6 +23,7 @@ fn error(path: &str, reason: String) -> ConfigError {
 }
 
 /// `parent.name`, or `name` at the top level.
+#[inline(never)]
 pub(super) fn join(parent: &str, name: &str) -> String {
     if parent.is_empty() {
         name.to_string()
@@ -28,6 +33,7 @@ pub(super) fn join(parent: &str, name: &str) -> String {
 }
 
 /// What a value is, as serde's `Unexpected` (in serde_json's rendering) says it.
+#[inline(never)]
 fn unexpected(v: &Value) -> String {
     match v {
         Value::Null => "null".to_string(),
@@ -40,6 +46,7 @@ fn unexpected(v: &Value) -> String {
     }
 }
 
+#[inline(never)]
 fn invalid_type(v: &Value, path: &str, expected: &str) -> ConfigError {
     error(
         path,
@@ -48,6 +55,7 @@ fn invalid_type(v: &Value, path: &str, expected: &str) -> ConfigError {
 }
 
 /// serde's list of what was expected: "`a`", "`a` or `b`", "one of `a`, `b`, `c`".
+#[inline(never)]
 fn one_of(names: &[&str]) -> String {
     match names {
         [] => "nothing".to_string(),
@@ -61,6 +69,7 @@ fn one_of(names: &[&str]) -> String {
 }
 
 /// A key the object at `parent` does not have.
+#[inline(never)]
 pub(super) fn unknown_field(parent: &str, key: &str, fields: &[&str]) -> ConfigError {
     error(
         &join(parent, key),
@@ -68,6 +77,7 @@ pub(super) fn unknown_field(parent: &str, key: &str, fields: &[&str]) -> ConfigE
     )
 }
 
+#[inline(never)]
 pub(super) fn string(v: &Value, path: &str) -> Result<String, ConfigError> {
     match v {
         Value::String(s) => Ok(s.clone()),
@@ -75,6 +85,7 @@ pub(super) fn string(v: &Value, path: &str) -> Result<String, ConfigError> {
     }
 }
 
+#[inline(never)]
 pub(super) fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
     match v {
         Value::Bool(b) => Ok(*b),
@@ -83,6 +94,7 @@ pub(super) fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
 }
 
 /// An unsigned integer of at most `max`, named `ty` (`u8`, `u16`, `u64`) in messages.
+#[inline(never)]
 fn unsigned(v: &Value, path: &str, max: u64, ty: &str) -> Result<u64, ConfigError> {
     match v {
         Value::Number(Number::U64(u)) if *u <= max => Ok(*u),
@@ -94,18 +106,22 @@ fn unsigned(v: &Value, path: &str, max: u64, ty: &str) -> Result<u64, ConfigErro
     }
 }
 
+#[inline(never)]
 pub(super) fn u64(v: &Value, path: &str) -> Result<u64, ConfigError> {
     unsigned(v, path, u64::MAX, "u64")
 }
 
+#[inline(never)]
 pub(super) fn u16(v: &Value, path: &str) -> Result<u16, ConfigError> {
     unsigned(v, path, u16::MAX.into(), "u16").map(|u| u as u16)
 }
 
+#[inline(never)]
 pub(super) fn u8(v: &Value, path: &str) -> Result<u8, ConfigError> {
     unsigned(v, path, u8::MAX.into(), "u8").map(|u| u as u8)
 }
 
+#[inline(never)]
 pub(super) fn array<'v>(v: &'v Value, path: &str) -> Result<&'v [Value], ConfigError> {
     match v {
         Value::Array(a) => Ok(a),
@@ -115,6 +131,7 @@ pub(super) fn array<'v>(v: &'v Value, path: &str) -> Result<&'v [Value], ConfigE
 
 /// The index in `names` of a unit enum variant, written as serde accepts one: `"name"`, or
 /// `{"name": null}`.
+#[inline(never)]
 pub(super) fn variant(v: &Value, path: &str, names: &[&str]) -> Result<usize, ConfigError> {
     let (name, content) = match v {
         Value::String(s) => (s.as_str(), None),
