@@ -176,8 +176,11 @@ fn a_stalled_store_is_skipped_under_load_and_caching_comes_back() {
         p99 <= base_p50 + Duration::from_millis(TIMEOUT_MS + 20),
         "p99 {p99:?} over origin p50 {base_p50:?} + timeout + 20 ms"
     );
+    // Without the breaker the rate fell to ~0.02x (every request paid the timeout). The bound
+    // is loose because other tests share the machine's two cores with this one (0.71x seen
+    // under a parallel build); the ratio itself is measured by `make bench`.
     assert!(
-        stall_rate >= 0.8 * base_rate,
+        stall_rate >= 0.5 * base_rate,
         "{stall_rate:.0} req/s during the stall against {base_rate:.0} origin-only"
     );
 
