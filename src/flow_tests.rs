@@ -793,6 +793,34 @@ fn chunk_boundaries_are_recorded() {
 }
 
 #[test]
+fn with_content_length_a_recording_completes_at_its_last_byte() {
+    // The client has the whole response with its last byte, before the end of the stream:
+    // that is where the entry must be written (and the end held for it).
+    let h = Harness::new(Config::default());
+    let mut flow = Flow::new(h.cfg.clone(), worker(usize::MAX, 0));
+    flow.handle_request_headers(T0, req("GET", "/a", &[]));
+    flow.handle_store_reply(T0, Ok(None));
+    let resp = ResponseHead {
+        status: 200,
+        headers: vec![
+            ("cache-control".into(), "max-age=60".into()),
+            ("content-length".into(), "6".into()),
+        ],
+    };
+    flow.handle_response_headers(T0, &resp, false, Source::Origin);
+    assert!(flow.handle_response_body(b"abc", false).is_none());
+    let w = flow
+        .handle_response_body(b"def", false)
+        .expect("complete at byte 6");
+    let entry::Decoded::Response { body, .. } = entry::decode(&w.entry).unwrap() else {
+        panic!()
+    };
+    assert_eq!(body, b"abcdef");
+    assert!(!flow.wants_body());
+    assert_eq!(flow.handle_response_body(b"", true), None, "written once");
+}
+
+#[test]
 fn late_store_answers_are_ignored() {
     let cfg = Rc::new(Config::default());
     let mut flow = Flow::new(cfg, worker(usize::MAX, 0));

@@ -55,6 +55,19 @@ impl CacheStream {
         }
     }
 
+    /// The response pauses until the root resumes it: every later response callback pauses
+    /// too (`Shared::is_held`), and the root finds the stream among the waiting.
+    fn start_hold(&self, now: u64) {
+        self.shared.waiting.borrow_mut().insert(
+            self.id,
+            Waiter {
+                flow: self.flow.clone(),
+                arrived_ms: now,
+            },
+        );
+        self.shared.hold(self.id);
+    }
+
     /// RFC 9111 §4.4: the response to an unsafe request goes on only once the store and the
     /// sibling workers dropped what it invalidates (each bounded by `store.timeout_ms`), so a
     /// GET sent after it never gets the old entry from this proxy. True while held.
@@ -64,14 +77,7 @@ impl CacheStream {
             Ok(mut o) => o.invalidate(now, self.id, keys),
             Err(_) => Some(Reply::Invalidated(Err(StoreError::Busy), keys)),
         };
-        shared.waiting.borrow_mut().insert(
-            self.id,
-            Waiter {
-                flow: self.flow.clone(),
-                arrived_ms: now,
-            },
-        );
-        shared.hold(self.id);
+        self.start_hold(now);
         let Some(Reply::Invalidated(result, keys)) = immediate else {
             shared.wake(now);
             return true;
@@ -110,14 +116,7 @@ impl CacheStream {
             shared.metrics.add(Counter::PublishDropped, 1);
             return false;
         }
-        shared.waiting.borrow_mut().insert(
-            self.id,
-            Waiter {
-                flow: self.flow.clone(),
-                arrived_ms: now,
-            },
-        );
-        shared.hold(self.id);
+        self.start_hold(now);
         shared.wake(now);
         true
     }
@@ -298,8 +297,9 @@ impl HttpContext for CacheStream {
         if !self.active || !self.flow.borrow().wants_body() {
             return Action::Continue;
         }
-        // Continue (never Pause): the chunk goes on to the client at once and the buffer holds
-        // only the new bytes (PLATFORM.md).
+        // Continue: the chunk goes on to the client at once and the buffer holds only the new
+        // bytes (PLATFORM.md). The one exception is the chunk that completes a recording,
+        // held until the store has the entry (`hold_for_write`).
         let chunk = if body_size > 0 {
             match abi::buffer(abi::Buffer::ResponseBody, 0, body_size) {
                 Ok(Some(c)) => c,
