@@ -987,7 +987,7 @@ impl Flow {
                 must_revalidate: s.must_revalidate,
                 key_digest,
                 body_len: 0,
-                body_crc32: 0,
+                body_hash: 0,
             },
             primary,
             variant,

@@ -156,7 +156,7 @@ mod tests {
             must_revalidate: false,
             key_digest: [0; 32],
             body_len: 0,
-            body_crc32: 0,
+            body_hash: 0,
         })
     }
 

@@ -51,7 +51,7 @@ fn crafted(key: &CacheKey, tamper: impl FnOnce(&mut ResponseMeta)) -> Vec<u8> {
         must_revalidate: false,
         key_digest: key.digest,
         body_len: 0,
-        body_crc32: 0,
+        body_hash: 0,
     };
     tamper(&mut meta);
     let mut w = EntryWriter::new();
