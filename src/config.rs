@@ -6,6 +6,9 @@
 
 mod fields;
 mod json;
+mod stale;
+
+pub use stale::StaleConfig;
 
 use json::{Object, Value};
 use std::fmt;
@@ -31,6 +34,8 @@ pub struct Config {
     /// How long a stale entry stays in the store for revalidation (or for clients that accept
     /// staleness) after its freshness ends.
     pub keep_stale_s: u64,
+    /// Stale windows for responses that set none (RFC 5861).
+    pub stale: StaleConfig,
     /// Treat client `Cache-Control: no-cache` / `Pragma: no-cache` as an ordinary request (as
     /// CDNs often do) instead of going to the origin.
     pub ignore_client_no_cache: bool,
@@ -192,6 +197,7 @@ struct RawConfig {
     heuristic_percent: u8,
     heuristic_max_s: u64,
     keep_stale_s: u64,
+    stale: StaleConfig,
     ignore_client_no_cache: bool,
     event_stream_ignores_no_cache: bool,
     cdn_cache_control: String,
@@ -245,6 +251,7 @@ impl Default for RawConfig {
             heuristic_percent: 10,
             heuristic_max_s: 86_400,
             keep_stale_s: 3_600,
+            stale: StaleConfig::default(),
             ignore_client_no_cache: false,
             event_stream_ignores_no_cache: false,
             cdn_cache_control: "CDN-Cache-Control".into(),
@@ -286,7 +293,7 @@ impl Config {
             let Value::Object(top) = json::parse(json).map_err(|e| err("", e))? else {
                 return Err(err("", "the configuration must be a JSON object"));
             };
-            for section in ["store", "key", "purge", "memory"] {
+            for section in ["store", "key", "purge", "memory", "stale"] {
                 if top
                     .get(section)
                     .is_some_and(|v| !matches!(v, Value::Object(_)))
@@ -312,6 +319,7 @@ const TOP_FIELDS: &[&str] = &[
     "heuristic_percent",
     "heuristic_max_s",
     "keep_stale_s",
+    "stale",
     "ignore_client_no_cache",
     "event_stream_ignores_no_cache",
     "cdn_cache_control",
@@ -348,6 +356,7 @@ impl RawConfig {
                 "heuristic_percent" => raw.heuristic_percent = fields::u8(v, "heuristic_percent")?,
                 "heuristic_max_s" => raw.heuristic_max_s = fields::u64(v, "heuristic_max_s")?,
                 "keep_stale_s" => raw.keep_stale_s = fields::u64(v, "keep_stale_s")?,
+                "stale" => raw.stale = StaleConfig::read(section(v, "stale")?)?,
                 "ignore_client_no_cache" => {
                     raw.ignore_client_no_cache = fields::boolean(v, "ignore_client_no_cache")?
                 }
@@ -729,6 +738,7 @@ impl RawConfig {
             heuristic_percent: self.heuristic_percent,
             heuristic_max_s: self.heuristic_max_s,
             keep_stale_s: self.keep_stale_s,
+            stale: self.stale,
             ignore_client_no_cache: self.ignore_client_no_cache,
             event_stream_ignores_no_cache: self.event_stream_ignores_no_cache,
             cdn_cache_control,
@@ -831,9 +841,12 @@ mod tests {
             r#"{"store":{"cluster":"s","authority":"a","timeout_ms":50,"publish_timeout_ms":900},
                 "namespace":"shop","default_ttl_s":5,"max_ttl_s":60,"max_body_bytes":1024,
                 "methods":["GET"],"statuses":[200],"set_cookie":"strip","cache_name":"edge",
-                "key":{"query_ignore":["utm_*"],"query_sort":true,"headers":["X-Tenant"]}}"#,
+                "key":{"query_ignore":["utm_*"],"query_sort":true,"headers":["X-Tenant"]},
+                "stale":{"while_revalidate_s":30,"if_error_s":600}}"#,
         )
         .unwrap();
+        assert_eq!(c.stale.while_revalidate_s, 30);
+        assert_eq!(c.stale.if_error_s, 600);
         assert_eq!(c.store.cluster, "s");
         assert_eq!(c.store.timeout_ms, 50);
         assert_eq!(c.key.headers, vec!["x-tenant".to_string()]);
@@ -899,6 +912,13 @@ mod tests {
                 r#"{"memory":{"max_bytes":99999999999}}"#,
                 "memory.max_bytes",
             ),
+            (r#"{"stale":{"if_error_s":604801}}"#, "stale.if_error_s"),
+            (
+                r#"{"stale":{"while_revalidate_s":-1}}"#,
+                "stale.while_revalidate_s",
+            ),
+            (r#"{"stale":{"grace_s":1}}"#, "stale.grace_s"),
+            (r#"{"stale":30}"#, "stale"),
         ];
         for (json, field) in cases {
             let e = parse(json).unwrap_err();

@@ -15,13 +15,15 @@
 //! lower-case tokens and never one the cache drops when storing, header values without CR, LF,
 //! NUL or other control characters (no response splitting, no header smuggling).
 
+use crate::policy::Freshness;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh64::{Xxh64, xxh64};
 
 pub const MAGIC: [u8; 4] = *b"FLCE";
 /// 2: `no_cache` and `must_revalidate` in the metadata. 3: the key's SHA-256 digest instead of
 /// its material (which held the request values `Vary` names: cookies, tokens). 4: XXH64
-/// checksums instead of crc32 (5x faster under V8, and 16 KB less .wasm).
+/// checksums instead of crc32 (5x faster under V8, and 16 KB less .wasm), and the stale
+/// windows (RFC 5861) in the freshness.
 pub const FORMAT_VERSION: u16 = 4;
 const HEADER_LEN: usize = 6;
 /// Where the body starts in a stored value.
@@ -47,14 +49,8 @@ pub struct ResponseMeta {
     pub chunks: Vec<u32>,
     /// When the response was received (unix ms).
     pub stored_at_ms: u64,
-    /// Freshness lifetime (RFC 9111 §4.2.1), seconds.
-    pub lifetime_s: u64,
-    /// Corrected initial age (RFC 9111 §4.2.3), seconds.
-    pub initial_age_s: u64,
-    /// Stored with `no-cache`: validated before every use.
-    pub no_cache: bool,
-    /// `must-revalidate`/`proxy-revalidate`/`s-maxage`: never served stale.
-    pub must_revalidate: bool,
+    /// How long it may be used, and how (RFC 9111 §4.2, RFC 5861).
+    pub freshness: Freshness,
     /// SHA-256 of the key material the entry was stored under: a value found under a key must
     /// carry the digest the reader computed, or it is a foreign value (or was moved). A digest,
     /// not the material: nothing request-derived is stored in the clear.
@@ -352,10 +348,11 @@ mod tests {
             headers: vec![("content-type".into(), "application/octet-stream".into())],
             chunks: vec![],
             stored_at_ms: 1_700_000_000_000,
-            lifetime_s: 60,
-            initial_age_s: 2,
-            no_cache: false,
-            must_revalidate: false,
+            freshness: crate::policy::Freshness {
+                lifetime_s: 60,
+                initial_age_s: 2,
+                ..Default::default()
+            },
             key_digest: [7; 32],
             body_len: 0,
             body_hash: 0,
@@ -410,7 +407,7 @@ mod tests {
         let Decoded::Response { mut meta, .. } = decode(&bytes).unwrap() else {
             panic!()
         };
-        meta.lifetime_s = 999;
+        meta.freshness.lifetime_s = 999;
         meta.headers.push(("etag".into(), "\"v2\"".into()));
         let mut refreshed = bytes[..prefix_len(4)].to_vec();
         refreshed.extend_from_slice(&encode_tail(&Meta::Response(meta.clone())));

@@ -150,10 +150,11 @@ mod tests {
                 .collect(),
             chunks: vec![],
             stored_at_ms: 0,
-            lifetime_s: 60,
-            initial_age_s: 0,
-            no_cache: false,
-            must_revalidate: false,
+            freshness: crate::policy::Freshness {
+                lifetime_s: 60,
+                initial_age_s: 0,
+                ..Default::default()
+            },
             key_digest: [0; 32],
             body_len: 0,
             body_hash: 0,

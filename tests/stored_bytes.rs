@@ -45,10 +45,11 @@ fn crafted(key: &CacheKey, tamper: impl FnOnce(&mut ResponseMeta)) -> Vec<u8> {
         ],
         chunks: vec![],
         stored_at_ms: now_ms,
-        lifetime_s: 300,
-        initial_age_s: 0,
-        no_cache: false,
-        must_revalidate: false,
+        freshness: fleet_cache::policy::Freshness {
+            lifetime_s: 300,
+            initial_age_s: 0,
+            ..Default::default()
+        },
         key_digest: key.digest,
         body_len: 0,
         body_hash: 0,

@@ -14,6 +14,9 @@ pub struct CacheControl {
     pub immutable: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// RFC 5861 §3 and §4.
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
     // Request-only directives (RFC 9111 §5.2.1).
     /// `max-stale` (`Some(None)`: any staleness) .
     pub max_stale: Option<Option<u64>>,
@@ -55,6 +58,14 @@ impl CacheControl {
                     // With duplicates, the smallest lifetime wins: the conservative reading.
                     "max-age" => cc.max_age = min_some(cc.max_age, delta_seconds(arg)),
                     "s-maxage" => cc.s_maxage = min_some(cc.s_maxage, delta_seconds(arg)),
+                    // Permission to serve stale: the smallest is the conservative reading.
+                    "stale-while-revalidate" => {
+                        cc.stale_while_revalidate =
+                            min_some(cc.stale_while_revalidate, delta_seconds(arg))
+                    }
+                    "stale-if-error" => {
+                        cc.stale_if_error = min_some(cc.stale_if_error, delta_seconds(arg))
+                    }
                     _ => {}
                 }
             }

@@ -3,6 +3,7 @@
 
 mod cache_control;
 mod dates;
+mod freshness;
 mod headers;
 mod request;
 mod reuse;
@@ -14,7 +15,8 @@ mod targeted;
 
 pub use cache_control::CacheControl;
 pub use dates::{current_age_s, format_http_date, http_date_s};
+pub use freshness::Freshness;
 pub use headers::stored_headers;
 pub use request::{BypassReason, RequestPolicy, request_policy};
-pub use reuse::{Reuse, StoredFreshness, reuse};
+pub use reuse::{Reuse, reuse};
 pub use storage::{Exchange, NotStored, Storable, storability, targeted_field};

@@ -1,25 +1,6 @@
 //! May a stored response be used for this request without asking the origin (RFC 9111 §4)?
 
-use super::CacheControl;
-
-/// What the cache knows of a stored response's freshness at the time of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredFreshness {
-    pub lifetime_s: u64,
-    /// Current age (§4.2.3).
-    pub age_s: u64,
-    /// Stored with `no-cache`: never used without validation.
-    pub no_cache: bool,
-    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never used stale.
-    pub must_revalidate: bool,
-}
-
-impl StoredFreshness {
-    /// Remaining freshness in seconds (negative once stale), as `Cache-Status` `ttl` says it.
-    pub fn ttl_s(&self) -> i64 {
-        self.lifetime_s as i64 - self.age_s as i64
-    }
-}
+use super::{CacheControl, Freshness};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reuse {
@@ -28,19 +9,24 @@ pub enum Reuse {
     /// Stale, but the client accepts this much staleness (`max-stale`) and the response does
     /// not forbid it.
     StaleAccepted,
+    /// Stale, but inside its `stale-while-revalidate` window (RFC 5861 §3): served at once
+    /// while the origin is asked in the background.
+    StaleWhileRevalidate,
     /// Must be validated with (or refetched from) the origin first.
     Validate,
 }
 
-pub fn reuse(stored: StoredFreshness, req: &CacheControl) -> Reuse {
+/// May a response stored with `stored` freshness, now `age_s` old, answer a request with the
+/// directives `req`?
+pub fn reuse(stored: &Freshness, age_s: u64, req: &CacheControl) -> Reuse {
     if stored.no_cache {
         return Reuse::Validate;
     }
     // The client's limits on age and remaining freshness (§5.2.1.1, §5.2.1.3).
-    if req.max_age.is_some_and(|m| stored.age_s > m) {
+    if req.max_age.is_some_and(|m| age_s > m) {
         return Reuse::Validate;
     }
-    let ttl = stored.ttl_s();
+    let ttl = stored.ttl_s(age_s);
     if req.min_fresh.is_some_and(|m| ttl < m as i64) {
         return Reuse::Validate;
     }
@@ -53,6 +39,9 @@ pub fn reuse(stored: StoredFreshness, req: &CacheControl) -> Reuse {
         Some(limit) if !stored.must_revalidate && limit.is_none_or(|l| staleness <= l) => {
             Reuse::StaleAccepted
         }
+        _ if stored.within_stale_window(age_s, stored.stale_while_revalidate_s) => {
+            Reuse::StaleWhileRevalidate
+        }
         _ => Reuse::Validate,
     }
 }
@@ -61,13 +50,17 @@ pub fn reuse(stored: StoredFreshness, req: &CacheControl) -> Reuse {
 mod tests {
     use super::*;
 
-    fn stored(lifetime_s: u64, age_s: u64) -> StoredFreshness {
-        StoredFreshness {
+    /// A stored response's freshness and its current age.
+    fn stored(lifetime_s: u64, age_s: u64) -> (Freshness, u64) {
+        let f = Freshness {
             lifetime_s,
-            age_s,
-            no_cache: false,
-            must_revalidate: false,
-        }
+            ..Freshness::default()
+        };
+        (f, age_s)
+    }
+
+    fn reuse((f, age_s): (Freshness, u64), req: &CacheControl) -> Reuse {
+        super::reuse(&f, age_s, req)
     }
 
     fn req(cc: &str) -> CacheControl {
@@ -112,25 +105,53 @@ mod tests {
 
     #[test]
     fn rfc9111_5_2_2_2_must_revalidate_forbids_stale() {
-        let s = StoredFreshness {
-            must_revalidate: true,
-            ..stored(60, 70)
-        };
+        let (f, age) = stored(60, 70);
+        let s = (
+            Freshness {
+                must_revalidate: true,
+                stale_while_revalidate_s: 100,
+                ..f
+            },
+            age,
+        );
         assert_eq!(reuse(s, &req("max-stale")), Reuse::Validate);
     }
 
     #[test]
     fn rfc9111_5_2_2_4_no_cache_always_validates() {
-        let s = StoredFreshness {
-            no_cache: true,
-            ..stored(60, 0)
-        };
+        let (f, age) = stored(60, 0);
+        let s = (
+            Freshness {
+                no_cache: true,
+                ..f
+            },
+            age,
+        );
         assert_eq!(reuse(s, &req("")), Reuse::Validate);
         assert_eq!(reuse(s, &req("max-stale")), Reuse::Validate);
     }
 
     #[test]
     fn ttl_goes_negative_once_stale() {
-        assert_eq!(stored(60, 70).ttl_s(), -10);
+        let (f, age) = stored(60, 70);
+        assert_eq!(f.ttl_s(age), -10);
+    }
+
+    #[test]
+    fn rfc5861_3_stale_while_revalidate_inside_its_window_only() {
+        let (f, _) = stored(60, 0);
+        let swr = Freshness {
+            stale_while_revalidate_s: 30,
+            ..f
+        };
+        assert_eq!(reuse((swr, 59), &req("")), Reuse::Fresh);
+        assert_eq!(reuse((swr, 60), &req("")), Reuse::StaleWhileRevalidate);
+        assert_eq!(reuse((swr, 90), &req("")), Reuse::StaleWhileRevalidate);
+        assert_eq!(reuse((swr, 91), &req("")), Reuse::Validate);
+        // The client's own limits still hold: it asked for something fresher.
+        assert_eq!(reuse((swr, 70), &req("max-age=65")), Reuse::Validate);
+        assert_eq!(reuse((swr, 70), &req("min-fresh=1")), Reuse::Validate);
+        // A client that accepts the staleness gets it without a revalidation.
+        assert_eq!(reuse((swr, 70), &req("max-stale")), Reuse::StaleAccepted);
     }
 }

@@ -1,7 +1,7 @@
 //! May a response be stored, for how long, and how old is it already (RFC 9111 §3, §4.2).
 
 use super::targeted::parse_targeted;
-use super::{CacheControl, http_date_s};
+use super::{CacheControl, Freshness, http_date_s};
 use crate::config::{Config, SetCookiePolicy};
 use crate::http::{RequestHead, ResponseHead};
 use crate::key::Vary;
@@ -30,29 +30,12 @@ pub enum NotStored {
 /// The storage decision for a response that may be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Storable {
-    /// Freshness lifetime, capped by `max_ttl_s`.
-    pub lifetime_s: u64,
-    /// Corrected initial age (RFC 9111 §4.2.3).
-    pub initial_age_s: u64,
+    pub freshness: Freshness,
     pub vary: Vary,
     pub strip_set_cookie: bool,
-    /// `no-cache`: every use needs a successful validation first.
-    pub no_cache: bool,
-    /// `must-revalidate`, `proxy-revalidate` or `s-maxage` (which implies proxy-revalidate for
-    /// a shared cache, §5.2.2.10): never served stale, whatever the client accepts.
-    pub must_revalidate: bool,
     /// Has `ETag` or `Last-Modified`: a stale copy can be revalidated with a conditional
     /// request instead of refetched.
     pub has_validator: bool,
-}
-
-impl Storable {
-    /// How long the entry stays in the store: the rest of its freshness, plus `keep_stale_s`
-    /// so a stale copy can still be revalidated (or served to a client that accepts staleness).
-    pub fn store_ttl_ms(&self, keep_stale_s: u64) -> u64 {
-        let fresh = self.lifetime_s.saturating_sub(self.initial_age_s);
-        fresh.saturating_add(keep_stale_s).saturating_mul(1000)
-    }
 }
 
 /// Times of the exchange (unix ms): when the request was sent and the response received.
@@ -122,12 +105,18 @@ pub fn storability(
         return Err(NotStored::NotFresh);
     }
     Ok(Storable {
-        lifetime_s,
-        initial_age_s,
+        freshness: Freshness {
+            lifetime_s,
+            initial_age_s,
+            no_cache: cc.no_cache,
+            must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+            stale_while_revalidate_s: cc
+                .stale_while_revalidate
+                .unwrap_or(cfg.stale.while_revalidate_s),
+            stale_if_error_s: cc.stale_if_error.unwrap_or(cfg.stale.if_error_s),
+        },
         vary,
         strip_set_cookie,
-        no_cache: cc.no_cache,
-        must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
         has_validator,
     })
 }
@@ -249,12 +238,14 @@ mod tests {
         assert_eq!(
             store(&[("cache-control", "max-age=10, s-maxage=20")])
                 .unwrap()
+                .freshness
                 .lifetime_s,
             20
         );
         assert_eq!(
             store(&[("cache-control", "max-age=10")])
                 .unwrap()
+                .freshness
                 .lifetime_s,
             10
         );
@@ -263,6 +254,7 @@ mod tests {
         assert_eq!(
             store(&[("date", &date), ("expires", &expires)])
                 .unwrap()
+                .freshness
                 .lifetime_s,
             30
         );
@@ -273,6 +265,7 @@ mod tests {
                 ("expires", &expires)
             ])
             .unwrap()
+            .freshness
             .lifetime_s,
             5
         );
@@ -327,14 +320,20 @@ mod tests {
             ),
         ] {
             let s = store(&[("date", &date), ("expires", &expires)]);
-            assert_eq!(s.map(|s| s.lifetime_s), Ok(30), "{expires}");
+            assert_eq!(s.map(|s| s.freshness.lifetime_s), Ok(30), "{expires}");
         }
     }
 
     #[test]
     fn rfc9110_6_6_1_expires_without_date_counts_from_receipt() {
         let expires = format_http_date(NOW + 30_000);
-        assert_eq!(store(&[("expires", &expires)]).unwrap().lifetime_s, 30);
+        assert_eq!(
+            store(&[("expires", &expires)])
+                .unwrap()
+                .freshness
+                .lifetime_s,
+            30
+        );
     }
 
     #[test]
@@ -345,7 +344,7 @@ mod tests {
             ..Config::default()
         };
         let s = storability(&cfg, &get(&[]), &resp(200, &[]), EX).unwrap();
-        assert_eq!(s.lifetime_s, 7);
+        assert_eq!(s.freshness.lifetime_s, 7);
     }
 
     #[test]
@@ -356,7 +355,10 @@ mod tests {
         };
         let r = resp(200, &[("cache-control", "max-age=100000")]);
         assert_eq!(
-            storability(&cfg, &get(&[]), &r, EX).unwrap().lifetime_s,
+            storability(&cfg, &get(&[]), &r, EX)
+                .unwrap()
+                .freshness
+                .lifetime_s,
             100
         );
     }
@@ -414,7 +416,7 @@ mod tests {
         ] {
             let r = resp(status, &[("cache-control", cc)]);
             let s = storability(&Config::default(), &get(&[]), &r, EX).unwrap();
-            assert_eq!(s.lifetime_s, 10, "{status}");
+            assert_eq!(s.freshness.lifetime_s, 10, "{status}");
         }
         let date = format_http_date(NOW);
         let expires = format_http_date(NOW + 20_000);
@@ -437,14 +439,21 @@ mod tests {
             ("date", date.as_str()),
             ("last-modified", modified.as_str()),
         ];
-        assert_eq!(store(&h).unwrap().lifetime_s, 100, "10% of 1000 s");
+        assert_eq!(
+            store(&h).unwrap().freshness.lifetime_s,
+            100,
+            "10% of 1000 s"
+        );
         let capped = Config {
             heuristic_max_s: 30,
             ..Config::default()
         };
         let r = resp(200, &h);
         assert_eq!(
-            storability(&capped, &get(&[]), &r, EX).unwrap().lifetime_s,
+            storability(&capped, &get(&[]), &r, EX)
+                .unwrap()
+                .freshness
+                .lifetime_s,
             30
         );
         let off = Config {
@@ -452,7 +461,13 @@ mod tests {
             ..Config::default()
         };
         // Off: no freshness; kept only as a stale copy to revalidate (Last-Modified).
-        assert_eq!(storability(&off, &get(&[]), &r, EX).unwrap().lifetime_s, 0);
+        assert_eq!(
+            storability(&off, &get(&[]), &r, EX)
+                .unwrap()
+                .freshness
+                .lifetime_s,
+            0
+        );
         // Only for heuristically cacheable statuses, or with `public`.
         let r = resp(302, &h);
         assert_eq!(
@@ -464,12 +479,13 @@ mod tests {
         assert_eq!(
             storability(&Config::default(), &get(&[]), &r, EX)
                 .unwrap()
+                .freshness
                 .lifetime_s,
             100
         );
         // Explicit freshness wins over the heuristic.
         let explicit = [h[0], h[1], ("cache-control", "max-age=5")];
-        assert_eq!(store(&explicit).unwrap().lifetime_s, 5);
+        assert_eq!(store(&explicit).unwrap().freshness.lifetime_s, 5);
     }
 
     #[test]
@@ -479,7 +495,7 @@ mod tests {
             ("etag", "\"v1\""),
         ])
         .unwrap();
-        assert!(s.no_cache);
+        assert!(s.freshness.no_cache);
         assert_eq!(
             store(&[("cache-control", "no-cache=\"set-cookie\", max-age=60")]),
             Err(NotStored::NoCache),
@@ -492,14 +508,14 @@ mod tests {
             ("expires", &format_http_date(NOW + 60_000)),
         ])
         .unwrap();
-        assert!(s.no_cache);
+        assert!(s.freshness.no_cache);
     }
 
     #[test]
     fn stale_on_arrival_is_kept_only_if_revalidatable() {
         let s = store(&[("cache-control", "max-age=0"), ("etag", "\"v1\"")]).unwrap();
-        assert_eq!(s.lifetime_s, 0);
-        assert_eq!(s.store_ttl_ms(3600), 3_600_000);
+        assert_eq!(s.freshness.lifetime_s, 0);
+        assert_eq!(s.freshness.store_ttl_ms(3600), 3_600_000);
         assert_eq!(
             store(&[("cache-control", "max-age=0")]),
             Err(NotStored::NotFresh)
@@ -523,13 +539,17 @@ mod tests {
             "s-maxage=60",
         ] {
             assert!(
-                store(&[("cache-control", cc)]).unwrap().must_revalidate,
+                store(&[("cache-control", cc)])
+                    .unwrap()
+                    .freshness
+                    .must_revalidate,
                 "{cc}"
             );
         }
         assert!(
             !store(&[("cache-control", "max-age=60")])
                 .unwrap()
+                .freshness
                 .must_revalidate
         );
     }
@@ -542,7 +562,7 @@ mod tests {
             ("cdn-cache-control", "max-age=120"),
         ])
         .unwrap();
-        assert_eq!(s.lifetime_s, 120);
+        assert_eq!(s.freshness.lifetime_s, 120);
         assert_eq!(
             store(&[
                 ("cache-control", "max-age=60"),
@@ -570,7 +590,10 @@ mod tests {
             ],
         );
         assert_eq!(
-            storability(&custom, &get(&[]), &r, EX).unwrap().lifetime_s,
+            storability(&custom, &get(&[]), &r, EX)
+                .unwrap()
+                .freshness
+                .lifetime_s,
             9
         );
         let off = Config {
@@ -609,7 +632,7 @@ mod tests {
                 ("date", &format_http_date(NOW)),
                 ("expires", &format_http_date(NOW + 50_000)),
             ];
-            assert_eq!(store(&r).unwrap().lifetime_s, 50, "{bad:?}");
+            assert_eq!(store(&r).unwrap().freshness.lifetime_s, 50, "{bad:?}");
         }
     }
 
@@ -668,23 +691,61 @@ mod tests {
             response_ms: NOW,
         };
         let s = storability(&Config::default(), &get(&[]), &r, ex).unwrap();
-        assert_eq!(s.initial_age_s, 10);
-        assert_eq!(s.store_ttl_ms(0), 50_000);
-        assert_eq!(s.store_ttl_ms(100), 150_000);
+        assert_eq!(s.freshness.initial_age_s, 10);
+        assert_eq!(s.freshness.store_ttl_ms(0), 50_000);
+        assert_eq!(s.freshness.store_ttl_ms(100), 150_000);
         let r = resp(200, &[("cache-control", "max-age=60"), ("age", "30")]);
         let s = storability(&Config::default(), &get(&[]), &r, ex).unwrap();
-        assert_eq!(s.initial_age_s, 32);
+        assert_eq!(s.freshness.initial_age_s, 32);
         let r = resp(200, &[("cache-control", "max-age=60"), ("age", "x")]);
         let s = storability(&Config::default(), &get(&[]), &r, EX).unwrap();
-        assert_eq!(s.initial_age_s, 0, "invalid Age ignored");
+        assert_eq!(s.freshness.initial_age_s, 0, "invalid Age ignored");
         let r = resp(200, &[("cache-control", "max-age=60"), ("age", "7, 9")]);
         let s = storability(&Config::default(), &get(&[]), &r, EX).unwrap();
-        assert_eq!(s.initial_age_s, 7, "first member of a list");
+        assert_eq!(s.freshness.initial_age_s, 7, "first member of a list");
         let r = resp(200, &[("cache-control", "max-age=60"), ("age", "60")]);
         assert_eq!(
             storability(&Config::default(), &get(&[]), &r, EX),
             Err(NotStored::NotFresh)
         );
         assert_eq!(current_age_s(NOW, 4, NOW + 2_500), 6);
+    }
+
+    #[test]
+    fn rfc5861_stale_windows_from_the_response_else_the_configured_defaults() {
+        let s = store(&[(
+            "cache-control",
+            "max-age=60, stale-while-revalidate=30, stale-if-error=600",
+        )])
+        .unwrap();
+        assert_eq!(s.freshness.stale_while_revalidate_s, 30);
+        assert_eq!(s.freshness.stale_if_error_s, 600);
+        let none = store(&[("cache-control", "max-age=60")]).unwrap();
+        assert_eq!(none.freshness.stale_while_revalidate_s, 0);
+        assert_eq!(none.freshness.stale_if_error_s, 0);
+        let cfg = Config {
+            stale: crate::config::StaleConfig {
+                while_revalidate_s: 5,
+                if_error_s: 50,
+            },
+            ..Config::default()
+        };
+        let r = resp(200, &[("cache-control", "max-age=60, stale-if-error=7")]);
+        let s = storability(&cfg, &get(&[]), &r, EX).unwrap();
+        assert_eq!(s.freshness.stale_while_revalidate_s, 5, "the default");
+        assert_eq!(s.freshness.stale_if_error_s, 7, "the response's own wins");
+        // A targeted field replaces Cache-Control's windows too.
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60, stale-if-error=7"),
+                ("cdn-cache-control", "max-age=60, stale-if-error=9"),
+            ],
+        );
+        let s = storability(&Config::default(), &get(&[]), &r, EX).unwrap();
+        assert_eq!(s.freshness.stale_if_error_s, 9);
+        // Garbage grants nothing.
+        let s = store(&[("cache-control", "max-age=60, stale-if-error=soon")]).unwrap();
+        assert_eq!(s.freshness.stale_if_error_s, 0);
     }
 }

@@ -56,8 +56,8 @@ pub fn parse_targeted<'a>(lines: impl Iterator<Item = &'a str>) -> Option<CacheC
             Directive::MustRevalidate => cc.must_revalidate = true,
             Directive::ProxyRevalidate => cc.proxy_revalidate = true,
             Directive::Immutable => cc.immutable = true,
-            // Known for their type only.
-            Directive::StaleWhileRevalidate | Directive::StaleIfError => {}
+            Directive::StaleWhileRevalidate => cc.stale_while_revalidate = seconds,
+            Directive::StaleIfError => cc.stale_if_error = seconds,
         }
     }
     Some(cc)

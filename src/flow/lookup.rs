@@ -1,0 +1,222 @@
+//! The store's (or the in-proxy tier's) answer to a lookup: check it belongs to the request's
+//! key, follow a variants record, and keep what was read in the in-proxy tier.
+
+use super::*;
+
+/// A value found for a key, decoded.
+pub(super) enum Found<'b> {
+    Response {
+        meta: Rc<ResponseMeta>,
+        value: Value<'b>,
+    },
+    Variants(VariantsMeta),
+}
+
+/// A whole stored value (already validated): borrowed from the store's answer, or shared with
+/// the in-proxy tier.
+pub(super) enum Value<'b> {
+    Borrowed(&'b [u8]),
+    Shared(Rc<[u8]>),
+}
+
+impl<'b> Value<'b> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Value::Borrowed(v) => v.len(),
+            Value::Shared(v) => v.len(),
+        }
+    }
+
+    pub(super) fn is_in_memory(&self) -> bool {
+        matches!(self, Value::Shared(_))
+    }
+
+    /// The body: `body_len` bytes where the entry format puts it.
+    pub(super) fn body(&self, body_len: usize) -> Body<'b> {
+        let (start, end) = (entry::BODY_START, entry::BODY_START + body_len);
+        match self {
+            Value::Borrowed(v) => Body::Borrowed(&v[start..end]),
+            Value::Shared(v) => Body::Shared(v.clone(), start, end),
+        }
+    }
+}
+
+impl Flow {
+    /// The store's answer to the last `Lookup`: a value, `None` for a missing key, or an error.
+    pub fn handle_store_reply<'b>(
+        &mut self,
+        now_ms: u64,
+        reply: Result<Option<&'b [u8]>, StoreError>,
+    ) -> LookupStep<'b> {
+        let (lookup, variant) = match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitPrimary(l) => (l, None),
+            State::AwaitVariant(l, v) => (l, Some(v)),
+            other => {
+                // A late or unexpected answer: nothing waits for it.
+                self.state = other;
+                return LookupStep::Continue;
+            }
+        };
+        let value = match reply {
+            Ok(v) => v,
+            Err(e) => {
+                self.events.push(Event::StoreError(e));
+                let mut step = self.forward(now_ms, lookup, Fwd::Miss, Some(e.as_str()));
+                if !e.may_accept_writes() {
+                    // Recording for a store that just refused a read only adds two failing
+                    // writes (and their retries) per miss during an outage.
+                    if let State::Forwarded(f) = &mut self.state {
+                        f.primary = None;
+                    }
+                    step = LookupStep::Continue;
+                }
+                return step;
+            }
+        };
+        let miss = if variant.is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
+        let Some(value) = value else {
+            self.events.push(Event::Miss);
+            return self.forward(now_ms, lookup, miss, None);
+        };
+        let found = match entry::decode(value) {
+            // The body is found again from the metadata: decode checked where it lies.
+            Ok(Decoded::Response { meta, body: _ }) => Found::Response {
+                meta: Rc::new(meta),
+                value: Value::Borrowed(value),
+            },
+            Ok(Decoded::Variants(v)) => Found::Variants(v),
+            Err(e) => {
+                self.events.push(Event::CorruptEntry(e));
+                self.events.push(Event::Miss);
+                return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
+            }
+        };
+        self.handle_found(now_ms, lookup, variant, found)
+    }
+
+    /// A value for the current key, from the store or the in-proxy tier: check that it belongs
+    /// to this request's key, then follow a variants record or serve the response.
+    pub(super) fn handle_found<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        variant: Option<CacheKey>,
+        found: Found<'b>,
+    ) -> LookupStep<'b> {
+        let miss = if variant.is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
+        let expected = variant.as_ref().unwrap_or(&lookup.primary);
+        match found {
+            Found::Variants(v) if variant.is_none() => {
+                if v.key_digest != lookup.primary.digest || v.headers.is_empty() {
+                    self.events.push(Event::KeyMismatch);
+                    self.events.push(Event::Miss);
+                    return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
+                }
+                let vkey = lookup
+                    .primary
+                    .variant(&self.cfg.namespace, &v.headers, &lookup.req);
+                self.remember(
+                    &lookup.primary.redis_key,
+                    Remembered::Variants(v),
+                    now_ms,
+                    u64::MAX,
+                );
+                let key = vkey.redis_key.clone();
+                if let Some(found) = self.recall(&key, now_ms) {
+                    return self.handle_found(now_ms, lookup, Some(vkey), found);
+                }
+                self.events.push(Event::Lookup);
+                self.state = State::AwaitVariant(lookup, vkey);
+                LookupStep::Lookup(key)
+            }
+            Found::Response { meta, value } if meta.key_digest == expected.digest => {
+                let from_memory = value.is_in_memory();
+                if !from_memory {
+                    self.remember_response(&expected.redis_key, &meta, &value, now_ms);
+                }
+                let value_len = value.len() as u64;
+                let body = value.body(meta.body_len as usize);
+                let found = FoundAt {
+                    variant,
+                    value_len,
+                    from_memory,
+                };
+                self.serve(now_ms, lookup, found, meta, body)
+            }
+            _ => {
+                self.events.push(Event::KeyMismatch);
+                self.events.push(Event::Miss);
+                self.forward(now_ms, lookup, miss, Some("invalid-entry"))
+            }
+        }
+    }
+
+    /// The in-proxy tier's value for `key`, if it has one.
+    pub(super) fn recall(&mut self, key: &str, now_ms: u64) -> Option<Found<'static>> {
+        let item = self.worker.memory.borrow_mut().get(key, now_ms)?;
+        Some(match item {
+            Remembered::Variants(v) => Found::Variants(v),
+            Remembered::Response { meta, value } => Found::Response {
+                meta,
+                value: Value::Shared(value),
+            },
+        })
+    }
+
+    pub(super) fn remember(&self, key: &str, item: Remembered, now_ms: u64, fresh_until_ms: u64) {
+        let mut memory = self.worker.memory.borrow_mut();
+        if memory.enabled() {
+            memory.insert(key, item, now_ms, fresh_until_ms);
+        }
+    }
+
+    /// Keeps a response read from the store in the in-proxy tier while it is fresh and usable
+    /// without validation (a copy of the value: only when the tier is on).
+    pub(super) fn remember_response(
+        &self,
+        key: &str,
+        meta: &Rc<ResponseMeta>,
+        value: &Value<'_>,
+        now_ms: u64,
+    ) {
+        if !self.worker.memory.borrow().enabled() || meta.freshness.no_cache {
+            return;
+        }
+        let fresh_until_ms = meta.freshness.fresh_until_ms(meta.stored_at_ms);
+        if fresh_until_ms <= now_ms {
+            return;
+        }
+        let item = Remembered::Response {
+            meta: Rc::clone(meta),
+            value: match value {
+                Value::Borrowed(v) => Rc::from(*v),
+                Value::Shared(v) => v.clone(),
+            },
+        };
+        self.remember(key, item, now_ms, fresh_until_ms);
+    }
+
+    /// Drops invalidated or purged keys from this worker's tier, and keeps it from taking
+    /// back a value read before now (see `MemoryTier::forget`).
+    pub(super) fn bury(&self, keys: &[String], now_ms: u64) {
+        let mut memory = self.worker.memory.borrow_mut();
+        for k in keys {
+            memory.forget(k, now_ms);
+        }
+    }
+
+    pub(super) fn forget(&self, keys: &[String]) {
+        let mut memory = self.worker.memory.borrow_mut();
+        for k in keys {
+            memory.remove(k);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The per-request state machine: lookup -> hit | miss (record, publish) | bypass.
+//!
+//! Pure: it never calls the host. The adapter (`host/stream.rs`) feeds it host events with the
+//! time (`now_ms`, unix ms) and carries out what each `handle_*` returns. Counters come out as
+//! [`Event`]s drained with [`Flow::take_events`].
+
+use crate::budget::{MemoryBudget, Reservation};
+use crate::cache_status::{self, Fwd};
+use crate::conditional::{self, Precondition};
+use crate::config::{Config, Method};
+use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, VariantsMeta};
+use crate::http::{self, RequestHead, ResponseHead};
+use crate::key::{CacheKey, Vary};
+use crate::memory::{MemoryTier, Remembered};
+use crate::policy::{
+    self, BypassReason, CacheControl, Exchange, NotStored, RequestPolicy, Reuse, Storable,
+};
+use crate::purge::{self, PurgeRequest};
+use crate::range::{self, RangeAnswer};
+pub use crate::reply::{Body, Reply, ReplyHeaders};
+use crate::revalidate;
+pub use crate::store::PurgeCommand;
+
+mod lookup;
+mod record;
+mod serve;
+
+use crate::store::{Refresh, StoreError, VariantWrite, Write};
+use record::Recording;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Something worth counting happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A store lookup was sent (one per round trip).
+    Lookup,
+    Hit,
+    Miss,
+    /// The request was not the cache's business (method, upgrade, `no-store`, `no-cache`).
+    Bypass,
+    StoreError(StoreError),
+    /// A stored value failed validation (and will be overwritten by the next fetch).
+    CorruptEntry(EntryError),
+    /// A stored value carried another key's digest: a foreign write, or a value under the wrong key.
+    KeyMismatch,
+    /// A response was seen and not stored, and why.
+    NotStored(NotStored),
+    /// The body outgrew `max_body_bytes`: the recording was dropped, the response streamed on.
+    RecordingTooLarge,
+    /// The worker's recordings together reached `max_recording_bytes`: this one was dropped.
+    RecordingOverBudget,
+    /// The response ended without completing (reset, trailers, client gone): nothing published.
+    RecordingAborted,
+    /// A stale entry was confirmed by the origin (304) and served.
+    Revalidated,
+    /// A hit served from the in-proxy tier (also counted as a hit).
+    MemoryHit,
+    /// An operator's purge ran in the store.
+    Purged,
+    /// A stored response named more tags than are recorded (or tags too long): those were
+    /// left out, and a purge by them will not find it.
+    TagsDropped,
+    /// A successful unsafe request invalidated stored resources.
+    Invalidated,
+}
+
+/// What to do after the request headers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestStep {
+    /// Read this key from the store and hold the request until the answer.
+    Lookup(String),
+    /// Let the request go on (no lookup).
+    Continue,
+    /// Answer at once (a refused purge).
+    Reply(OwnedReply),
+    /// Run this purge in the store, hold the request, then answer with
+    /// [`Flow::handle_purge_reply`].
+    Purge(PurgeCommand),
+    /// The in-proxy tier had the answer (or part of it): carry this step out as if the store
+    /// had answered.
+    Decided(LookupStep<'static>),
+}
+
+/// What to do after a store answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LookupStep<'b> {
+    /// Read this key too (the variant selected by Vary) and keep holding the request.
+    Lookup(String),
+    /// Answer from the cache.
+    Respond(Reply<'b>),
+    /// Release the request to the origin with these headers added: the stored entry's
+    /// validators, so the origin can answer 304.
+    Revalidate(Vec<(String, String)>),
+    /// Release the request to the origin.
+    Continue,
+}
+
+/// What to do after the response headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponseStep {
+    /// The `Cache-Status` value to set on the response.
+    pub cache_status: Option<String>,
+    /// A header to remove before the response goes on (the targeted cache-control field,
+    /// meant for this cache only).
+    pub remove_header: Option<String>,
+    /// A write to publish: a complete recording (a response with no body), or the refreshed
+    /// metadata of a revalidated entry.
+    pub publish: Option<Write>,
+    /// Resources (their keys) to remove: this was a successful unsafe request (RFC 9111 §4.4).
+    pub invalidate: Vec<String>,
+    /// Replace the origin's answer (a 304 to our revalidation) with this local reply.
+    pub respond: Option<OwnedReply>,
+}
+
+/// A local reply that owns its body (the stored copy kept across a revalidation).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OwnedReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Where a response comes from, as far as storing it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The origin answered.
+    Origin,
+    /// Envoy answered itself (no route, upstream connect failure, timeout): never stored.
+    Envoy,
+    /// The origin answered with a header the host can't hand back verbatim (not UTF-8).
+    Unreplayable,
+}
+
+enum State {
+    /// Before the request headers.
+    Start,
+    /// Waiting for the store's answer for the primary key; the request is held.
+    AwaitPrimary(Lookup),
+    /// The primary key held a variants record; waiting for the variant's entry.
+    AwaitVariant(Lookup, CacheKey),
+    /// Answered from the cache; our local reply passes back through the response callbacks
+    /// and must be left alone.
+    ServingHit,
+    /// A purge is running in the store; the request waits for its answer.
+    AwaitPurge,
+    /// Sent to the origin; whether to record is decided on the response headers.
+    Forwarded(Forward),
+    /// Copying the response as it streams past.
+    Recording(Box<Recording>),
+    /// Nothing more to do for this stream.
+    Done,
+}
+
+struct Lookup {
+    req: RequestHead,
+    /// The request's Cache-Control: its limits on age and staleness, `only-if-cached`.
+    req_cc: CacheControl,
+    method: Method,
+    primary: CacheKey,
+}
+
+struct Forward {
+    req: RequestHead,
+    /// `None` when the response must not be recorded (bypass, HEAD).
+    primary: Option<CacheKey>,
+    fwd: Fwd,
+    detail: Option<&'static str>,
+    request_ms: u64,
+    /// Set when the request went out with the stored entry's validators.
+    revalidation: Option<Box<Revalidation>>,
+}
+
+/// Where a stored entry was read from.
+struct StoredAt {
+    /// The entry's own key (the variant's for a varying resource).
+    entry_key: String,
+    /// The variants record's key, for a variant.
+    record_key: Option<String>,
+    /// The whole stored value's length: a refresh applies only to that same value.
+    value_len: u64,
+}
+
+/// How an entry about to be served was found (the keys are only copied if it must be
+/// revalidated).
+struct FoundAt {
+    /// The variant's key, for a varying resource.
+    variant: Option<CacheKey>,
+    /// The whole stored value's length.
+    value_len: u64,
+    /// Found in the in-proxy tier.
+    from_memory: bool,
+}
+
+/// A stale entry being revalidated: what a 304 is answered from.
+struct Revalidation {
+    stored_at: StoredAt,
+    meta: ResponseMeta,
+    body: Vec<u8>,
+    /// The copy of the body counts against the worker's recording budget.
+    _reservation: Reservation,
+}
+
+pub struct Flow {
+    cfg: Rc<Config>,
+    worker: Rc<Worker>,
+    state: State,
+    events: Vec<Event>,
+}
+
+/// What the flows of one worker VM share: the recording budget and the in-proxy tier.
+#[derive(Debug)]
+pub struct Worker {
+    pub budget: Rc<MemoryBudget>,
+    pub memory: RefCell<MemoryTier>,
+}
+
+impl Worker {
+    pub fn new(cfg: &Config) -> Rc<Worker> {
+        Rc::new(Worker {
+            budget: MemoryBudget::new(cfg.max_recording_bytes),
+            memory: RefCell::new(
+                MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)
+                    .with_tombstones(longest_lookup_ms(cfg)),
+            ),
+        })
+    }
+}
+
+/// The longest a lookup can wait for its answer (`store.timeout_ms` plus the transfer
+/// allowance of the largest entry), plus a margin: how long a removed key stays buried.
+fn longest_lookup_ms(cfg: &Config) -> u64 {
+    let max_mib = (cfg.max_body_bytes as u64 >> 20) + 2;
+    cfg.store.timeout_ms + cfg.store.large_entry_ms_per_mib * max_mib + 100
+}
+
+impl Flow {
+    /// A flow for one request; `worker` is shared by every flow of the worker VM.
+    pub fn new(cfg: Rc<Config>, worker: Rc<Worker>) -> Flow {
+        Flow {
+            cfg,
+            worker,
+            state: State::Start,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// True while response body chunks are wanted (the adapter skips copying them otherwise).
+    pub fn wants_body(&self) -> bool {
+        matches!(self.state, State::Recording(_))
+    }
+
+    /// The store's answer to a purge: how many resources were removed, or why not.
+    pub fn handle_purge_reply(&mut self, result: Result<u64, StoreError>) -> OwnedReply {
+        if let Err(e) = result {
+            self.events.push(Event::StoreError(e));
+        } else {
+            self.events.push(Event::Purged);
+        }
+        self.state = State::ServingHit;
+        purge::purge_reply(result)
+    }
+
+    /// True when the response being sent is our own local reply.
+    pub fn is_serving_hit(&self) -> bool {
+        matches!(self.state, State::ServingHit)
+    }
+
+    pub fn handle_request_headers(&mut self, now_ms: u64, req: RequestHead) -> RequestStep {
+        if req.method == purge::PURGE_METHOD {
+            self.events.push(Event::Bypass);
+            return match purge::purge_request(&self.cfg, &req) {
+                PurgeRequest::Refused(reply) => {
+                    self.state = State::ServingHit;
+                    RequestStep::Reply(reply)
+                }
+                PurgeRequest::Resources(keys) => {
+                    self.bury(&keys, now_ms);
+                    self.state = State::AwaitPurge;
+                    RequestStep::Purge(PurgeCommand::Resources(keys))
+                }
+                PurgeRequest::Tags(keys) => {
+                    // Which keys carry the tags only the store knows: this worker's tier
+                    // forgets everything (the others within its max age).
+                    self.worker.memory.borrow_mut().forget_all(now_ms);
+                    self.state = State::AwaitPurge;
+                    RequestStep::Purge(PurgeCommand::Tags(keys))
+                }
+            };
+        }
+        match policy::request_policy(&self.cfg, &req) {
+            RequestPolicy::Lookup(method) => {
+                let primary = CacheKey::primary(&self.cfg, &req);
+                let recalled = self.recall(&primary.redis_key, now_ms);
+                let lookup = Lookup {
+                    req_cc: CacheControl::parse(req.values("cache-control")),
+                    req,
+                    method,
+                    primary,
+                };
+                if let Some(found) = recalled {
+                    return RequestStep::Decided(self.handle_found(now_ms, lookup, None, found));
+                }
+                let key = lookup.primary.redis_key.clone();
+                self.events.push(Event::Lookup);
+                self.state = State::AwaitPrimary(lookup);
+                RequestStep::Lookup(key)
+            }
+            RequestPolicy::Refresh(method) => {
+                self.events.push(Event::Bypass);
+                // Only a GET response is a whole entry; a HEAD answer has no body to store.
+                let primary = (method == Method::Get).then(|| CacheKey::primary(&self.cfg, &req));
+                self.state = State::Forwarded(Forward {
+                    req,
+                    primary,
+                    fwd: Fwd::Request,
+                    detail: None,
+                    request_ms: now_ms,
+                    revalidation: None,
+                });
+                RequestStep::Continue
+            }
+            RequestPolicy::Bypass(reason) => {
+                self.events.push(Event::Bypass);
+                let fwd = match reason {
+                    BypassReason::Method => Fwd::Method,
+                    BypassReason::NoStore | BypassReason::Upgrade => Fwd::Bypass,
+                };
+                self.state = State::Forwarded(Forward {
+                    req,
+                    primary: None,
+                    fwd,
+                    detail: None,
+                    request_ms: now_ms,
+                    revalidation: None,
+                });
+                RequestStep::Continue
+            }
+        }
+    }
+
+    fn forward<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        fwd: Fwd,
+        detail: Option<&'static str>,
+    ) -> LookupStep<'b> {
+        // RFC 9111 §5.2.1.7: nothing usable stored and the client won't wait for the origin.
+        if lookup.req_cc.only_if_cached {
+            self.state = State::ServingHit;
+            let mut headers = ReplyHeaders::added();
+            headers.push(
+                "cache-status",
+                cache_status::detail_only(&self.cfg.cache_name, "only-if-cached"),
+            );
+            return LookupStep::Respond(Reply {
+                status: 504,
+                headers,
+                body: Body::Borrowed(b""),
+            });
+        }
+        // A HEAD response has no body to record; only GETs fill the cache.
+        let primary = (lookup.method == Method::Get).then_some(lookup.primary);
+        self.state = State::Forwarded(Forward {
+            req: lookup.req,
+            primary,
+            fwd,
+            detail,
+            request_ms: now_ms,
+            revalidation: None,
+        });
+        LookupStep::Continue
+    }
+}
+
+/// The headers to store, with a `Date` of the receive time when the origin sent none (RFC 9110
+/// §6.6.1: a recipient with a clock adds one to a response it caches): every hit then replays
+/// one Date, and `Age` says how old the response is.
+fn stored_with_date(mut headers: Vec<(String, String)>, received_ms: u64) -> Vec<(String, String)> {
+    if !headers.iter().any(|(n, _)| n == "date") {
+        headers.push(("date".into(), policy::format_http_date(received_ms)));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests;

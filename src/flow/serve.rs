@@ -1,0 +1,146 @@
+//! Answering from a stored entry: fresh, or stale and revalidated with the origin.
+
+use super::*;
+
+impl Flow {
+    pub(super) fn serve<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        found: FoundAt,
+        meta: Rc<ResponseMeta>,
+        body: Body<'b>,
+    ) -> LookupStep<'b> {
+        let from_memory = found.from_memory;
+        let age_s = meta.freshness.age_s(meta.stored_at_ms, now_ms);
+        let reuse = policy::reuse(&meta.freshness, age_s, &lookup.req_cc);
+        if matches!(reuse, Reuse::Validate | Reuse::StaleWhileRevalidate) {
+            self.events.push(Event::Miss);
+            let meta = Rc::unwrap_or_clone(meta);
+            let stored_at = StoredAt {
+                entry_key: found
+                    .variant
+                    .as_ref()
+                    .unwrap_or(&lookup.primary)
+                    .redis_key
+                    .clone(),
+                record_key: found
+                    .variant
+                    .is_some()
+                    .then(|| lookup.primary.redis_key.clone()),
+                value_len: found.value_len,
+            };
+            return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body.bytes());
+        }
+        // Several ranges make a multipart answer: the origin's to build.
+        let ranged = lookup.method == Method::Get && meta.status == 200;
+        let range = if ranged {
+            range::answer(lookup.req.header("range"), body.len() as u64)
+        } else {
+            RangeAnswer::Full
+        };
+        if range == RangeAnswer::Multiple {
+            self.events.push(Event::Bypass);
+            return self.forward(now_ms, lookup, Fwd::Bypass, Some("multiple-ranges"));
+        }
+        self.events.push(Event::Hit);
+        if from_memory {
+            self.events.push(Event::MemoryHit);
+        }
+        let stored = &meta.headers;
+        let detail = from_memory.then_some("memory");
+        let ours = cache_status::append(
+            http::header_values(stored, "cache-status"),
+            cache_status::hit(&self.cfg.cache_name, meta.freshness.ttl_s(age_s), detail),
+        );
+        let not_ours = |n: &str| n != "cache-status";
+        // The lines added below: cache-status, age, date, and maybe content-range.
+        const ADDED: usize = 4;
+        // RFC 9110 §13.2.1: preconditions apply only to a 2xx answer.
+        let (status, mut headers, body) = if (200..300).contains(&meta.status)
+            && conditional::evaluate(&lookup.req, stored) == Precondition::NotModified
+        {
+            let has_etag = stored.iter().any(|(n, _)| n == "etag");
+            let kept = |n: &str| conditional::kept_in_not_modified(n, has_etag);
+            (
+                304,
+                ReplyHeaders::stored(&meta, ADDED, kept),
+                body.nothing(),
+            )
+        } else {
+            match range {
+                RangeAnswer::Partial { first, last } => {
+                    let len = body.len();
+                    let mut h = ReplyHeaders::stored(&meta, ADDED, not_ours);
+                    h.push("content-range", format!("bytes {first}-{last}/{len}"));
+                    (206, h, body.range(first as usize, last as usize))
+                }
+                RangeAnswer::Unsatisfiable => {
+                    let len = body.len();
+                    let mut h = ReplyHeaders::stored(&meta, ADDED, |n| {
+                        not_ours(n) && !matches!(n, "content-type" | "content-encoding")
+                    });
+                    h.push("content-range", format!("bytes */{len}"));
+                    (416, h, body.nothing())
+                }
+                RangeAnswer::Full | RangeAnswer::Multiple => (
+                    meta.status,
+                    ReplyHeaders::stored(&meta, ADDED, not_ours),
+                    body,
+                ),
+            }
+        };
+        headers.push("cache-status", ours);
+        headers.push("age", age_s.to_string());
+        // The stored Date is replayed with the rest (recording adds one when the origin sent
+        // none); an entry without one gets its receive time.
+        if !stored.iter().any(|(n, _)| n == "date") {
+            headers.push("date", policy::format_http_date(meta.stored_at_ms));
+        }
+        self.state = State::ServingHit;
+        // For HEAD, Envoy's local reply sends the headers with the body's content-length and
+        // no body, which is exactly a HEAD answer: the same reply serves both methods.
+        LookupStep::Respond(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A stale (or `no-cache`) entry: ask the origin with its validators whether it is still
+    /// current, keeping a copy to answer from on a 304. Without validators, or when the
+    /// client sent preconditions or a Range of its own (the origin's answer is then for the
+    /// client, not for us), or without room in the recording budget: a plain forward.
+    pub(super) fn revalidate_or_forward<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        stored_at: StoredAt,
+        meta: ResponseMeta,
+        body: &[u8],
+    ) -> LookupStep<'b> {
+        let conditions = revalidate::conditional_headers(&meta.headers);
+        let client_owns_conditions = ["if-none-match", "if-modified-since", "range"]
+            .iter()
+            .any(|h| lookup.req.has(h));
+        let mut reservation = Reservation::new(self.worker.budget.clone());
+        if conditions.is_empty()
+            || client_owns_conditions
+            || lookup.req_cc.only_if_cached
+            || !reservation.grow(body.len())
+        {
+            return self.forward(now_ms, lookup, Fwd::Stale, None);
+        }
+        let step = self.forward(now_ms, lookup, Fwd::Stale, None);
+        if let State::Forwarded(f) = &mut self.state {
+            f.revalidation = Some(Box::new(Revalidation {
+                stored_at,
+                meta,
+                body: body.to_vec(),
+                _reservation: reservation,
+            }));
+            return LookupStep::Revalidate(conditions);
+        }
+        step
+    }
+}
