@@ -47,6 +47,13 @@ pub fn hit(name: &str, ttl_s: i64, detail: Option<&str>) -> String {
     s
 }
 
+/// `<name>; fwd=stale; fwd-status=<status>; ttl=<ttl>; detail=stale-if-error`: the request
+/// went forward for a stale entry, the origin failed, and the stale entry answered (RFC 5861
+/// §4). Not a `hit`: the request was forwarded (RFC 9211 §2.1).
+pub fn stale_if_error(name: &str, fwd_status: u16, ttl_s: i64) -> String {
+    format!("{name}; fwd=stale; fwd-status={fwd_status}; ttl={ttl_s}; detail=stale-if-error")
+}
+
 /// `<name>; detail=<why>`: answered by the cache without a stored response or a forward
 /// (`only-if-cached` with nothing usable stored).
 pub fn detail_only(name: &str, detail: &str) -> String {

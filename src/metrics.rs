@@ -40,10 +40,12 @@ pub enum Counter {
     InvalidationsUnconfirmed,
     /// A recorded response's end went on before the store confirmed its entry.
     WritesUnconfirmed,
+    /// A stale entry answered for a failed or unreachable origin (RFC 5861 stale-if-error).
+    StaleIfError,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 28] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -72,6 +74,7 @@ impl Counter {
         Counter::TagsDropped,
         Counter::InvalidationsUnconfirmed,
         Counter::WritesUnconfirmed,
+        Counter::StaleIfError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +107,7 @@ impl Counter {
             Counter::BreakerOpenings => "fleet_cache_store_breaker_openings",
             Counter::LargeEntryReads => "fleet_cache_large_entry_reads",
             Counter::TagsDropped => "fleet_cache_tags_dropped",
+            Counter::StaleIfError => "fleet_cache_stale_if_error",
         }
     }
 
@@ -136,6 +140,7 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::Purged => &[Counter::Purges],
         Event::TagsDropped => &[Counter::TagsDropped],
         Event::Invalidated => &[Counter::Invalidations],
+        Event::StaleIfError => &[Counter::StaleIfError],
     }
 }
 

@@ -63,6 +63,9 @@ pub enum Event {
     TagsDropped,
     /// A successful unsafe request invalidated stored resources.
     Invalidated,
+    /// The origin failed (or could not be reached) and a stale entry answered instead
+    /// (RFC 5861 §4).
+    StaleIfError,
 }
 
 /// What to do after the request headers.
@@ -109,7 +112,8 @@ pub struct ResponseStep {
     pub publish: Option<Write>,
     /// Resources (their keys) to remove: this was a successful unsafe request (RFC 9111 §4.4).
     pub invalidate: Vec<String>,
-    /// Replace the origin's answer (a 304 to our revalidation) with this local reply.
+    /// Replace the origin's answer (a 304 to our revalidation, or an error the stale entry
+    /// answers instead) with this local reply.
     pub respond: Option<OwnedReply>,
 }
 
@@ -167,8 +171,9 @@ struct Forward {
     fwd: Fwd,
     detail: Option<&'static str>,
     request_ms: u64,
-    /// Set when the request went out with the stored entry's validators.
-    revalidation: Option<Box<Revalidation>>,
+    /// The stored entry this request went forward for, kept to answer from: set when the
+    /// request went out with its validators, or when it may answer an origin error.
+    stale: Option<Box<StaleCopy>>,
 }
 
 /// Where a stored entry was read from.
@@ -192,11 +197,16 @@ struct FoundAt {
     from_memory: bool,
 }
 
-/// A stale entry being revalidated: what a 304 is answered from.
-struct Revalidation {
+/// A stale entry kept across a forward: what a 304 to our revalidation, or an origin error
+/// inside the entry's `stale-if-error` window, is answered from.
+struct StaleCopy {
     stored_at: StoredAt,
     meta: ResponseMeta,
     body: Vec<u8>,
+    /// The request went out with the entry's validators: a 304 confirms this copy.
+    revalidating: bool,
+    /// Inside its `stale-if-error` window (RFC 5861 §4): an error answers with this copy.
+    if_error: bool,
     /// The copy of the body counts against the worker's recording budget.
     _reservation: Reservation,
 }
@@ -320,7 +330,7 @@ impl Flow {
                     fwd: Fwd::Request,
                     detail: None,
                     request_ms: now_ms,
-                    revalidation: None,
+                    stale: None,
                 });
                 RequestStep::Continue
             }
@@ -336,7 +346,7 @@ impl Flow {
                     fwd,
                     detail: None,
                     request_ms: now_ms,
-                    revalidation: None,
+                    stale: None,
                 });
                 RequestStep::Continue
             }
@@ -372,7 +382,7 @@ impl Flow {
             fwd,
             detail,
             request_ms: now_ms,
-            revalidation: None,
+            stale: None,
         });
         LookupStep::Continue
     }

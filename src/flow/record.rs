@@ -37,11 +37,13 @@ impl Flow {
             _ => return ResponseStep::default(),
         };
         // Anything but a 304 replaces the stored entry (or is passed on): the copy goes.
-        if let Some(reval) = fwd.revalidation.take()
-            && source == Source::Origin
-            && resp.status == 304
-        {
-            return self.answer_revalidated(now_ms, fwd, *reval, resp);
+        if let Some(copy) = fwd.stale.take() {
+            if copy.revalidating && source == Source::Origin && resp.status == 304 {
+                return self.answer_revalidated(now_ms, fwd, *copy, resp);
+            }
+            if copy.if_error && serve::is_origin_error(resp.status) {
+                return self.answer_stale_if_error(now_ms, *copy, resp.status);
+            }
         }
         let invalidate = if source == Source::Envoy {
             Vec::new()
@@ -94,7 +96,7 @@ impl Flow {
         &mut self,
         now_ms: u64,
         fwd: Forward,
-        reval: Revalidation,
+        reval: StaleCopy,
         not_modified: &ResponseHead,
     ) -> ResponseStep {
         self.events.push(Event::Revalidated);

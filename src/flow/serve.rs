@@ -30,7 +30,7 @@ impl Flow {
                     .then(|| lookup.primary.redis_key.clone()),
                 value_len: found.value_len,
             };
-            return self.revalidate_or_forward(now_ms, lookup, stored_at, meta, body.bytes());
+            return self.forward_stale(now_ms, lookup, stored_at, meta, body.bytes(), age_s);
         }
         // Several ranges make a multipart answer: the origin's to build.
         let ranged = lookup.method == Method::Get && meta.status == 200;
@@ -107,25 +107,30 @@ impl Flow {
         })
     }
 
-    /// A stale (or `no-cache`) entry: ask the origin with its validators whether it is still
-    /// current, keeping a copy to answer from on a 304. Without validators, or when the
+    /// A stale (or `no-cache`) entry goes forward. With validators, the request asks the origin
+    /// whether it is still current, and a copy is kept to answer a 304 from; not when the
     /// client sent preconditions or a Range of its own (the origin's answer is then for the
-    /// client, not for us), or without room in the recording budget: a plain forward.
-    pub(super) fn revalidate_or_forward<'b>(
+    /// client, not for us). Inside its `stale-if-error` window, the copy is kept to answer an
+    /// origin error too. The copy needs room in the recording budget; without it, or without a
+    /// use for it, a plain forward.
+    pub(super) fn forward_stale<'b>(
         &mut self,
         now_ms: u64,
         lookup: Lookup,
         stored_at: StoredAt,
         meta: ResponseMeta,
         body: &[u8],
+        age_s: u64,
     ) -> LookupStep<'b> {
         let conditions = revalidate::conditional_headers(&meta.headers);
         let client_owns_conditions = ["if-none-match", "if-modified-since", "range"]
             .iter()
             .any(|h| lookup.req.has(h));
+        let revalidating = !conditions.is_empty() && !client_owns_conditions;
+        let f = &meta.freshness;
+        let if_error = f.within_stale_window(age_s, f.stale_if_error_s);
         let mut reservation = Reservation::new(self.worker.budget.clone());
-        if conditions.is_empty()
-            || client_owns_conditions
+        if !(revalidating || if_error)
             || lookup.req_cc.only_if_cached
             || !reservation.grow(body.len())
         {
@@ -133,14 +138,57 @@ impl Flow {
         }
         let step = self.forward(now_ms, lookup, Fwd::Stale, None);
         if let State::Forwarded(f) = &mut self.state {
-            f.revalidation = Some(Box::new(Revalidation {
+            f.stale = Some(Box::new(StaleCopy {
                 stored_at,
                 meta,
                 body: body.to_vec(),
+                revalidating,
+                if_error,
                 _reservation: reservation,
             }));
-            return LookupStep::Revalidate(conditions);
+            if revalidating {
+                return LookupStep::Revalidate(conditions);
+            }
         }
         step
     }
+
+    /// The origin failed (RFC 5861 §4: a 500, 502, 503 or 504, its own or Envoy's when the
+    /// origin could not be reached) and the stale entry may answer instead.
+    pub(super) fn answer_stale_if_error(
+        &mut self,
+        now_ms: u64,
+        copy: StaleCopy,
+        origin_status: u16,
+    ) -> ResponseStep {
+        self.events.push(Event::StaleIfError);
+        let meta = copy.meta;
+        let age_s = meta.freshness.age_s(meta.stored_at_ms, now_ms);
+        let ours = cache_status::stale_if_error(
+            &self.cfg.cache_name,
+            origin_status,
+            meta.freshness.ttl_s(age_s),
+        );
+        let ours = cache_status::append(http::header_values(&meta.headers, "cache-status"), ours);
+        let mut headers = meta.headers;
+        headers.retain(|(n, _)| n != "cache-status");
+        headers.push(("cache-status".into(), ours));
+        headers.push(("age".into(), age_s.to_string()));
+        // Our local reply comes back through the response callbacks: leave it alone.
+        self.state = State::ServingHit;
+        ResponseStep {
+            respond: Some(OwnedReply {
+                status: meta.status,
+                headers,
+                body: copy.body,
+            }),
+            ..ResponseStep::default()
+        }
+    }
+}
+
+/// RFC 5861 §4's errors: a response with one of these statuses may be replaced by a stale
+/// entry inside its `stale-if-error` window.
+pub(super) fn is_origin_error(status: u16) -> bool {
+    matches!(status, 500 | 502 | 503 | 504)
 }

@@ -1456,3 +1456,138 @@ fn this_worker_forgets_what_it_purges_invalidates_or_replaces() {
             .memory_answered
     );
 }
+
+fn failing(status: u16) -> Origin<'static> {
+    Origin {
+        status,
+        headers: &[],
+        chunks: &[b"origin says no"],
+        end: End::Complete,
+    }
+}
+
+#[test]
+fn rfc5861_4_stale_if_error_answers_an_origin_error_inside_its_window() {
+    let mut h = Harness::new(Config::default());
+    let sie = [("cache-control", "max-age=10, stale-if-error=60")];
+    h.run(req("GET", "/a", &[]), &ok(&sie, &[b"old ", b"body"]));
+    h.now += 20_000;
+    for status in [500, 502, 503, 504] {
+        let s = h.run(req("GET", "/a", &[]), &failing(status));
+        assert_eq!(s.body(), b"old body", "{status}");
+        assert_eq!(s.hit.as_ref().unwrap().0, 200);
+        assert_eq!(
+            s.hit_header("cache-status"),
+            Some(
+                format!(
+                    "fleet-cache; fwd=stale; fwd-status={status}; ttl=-10; detail=stale-if-error"
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(s.hit_header("age"), Some("20"));
+        assert!(s.events.contains(&Event::StaleIfError));
+        assert!(!s.published);
+    }
+    // Envoy's own answer when the origin cannot be reached counts as an error too.
+    let s = h.run_with(
+        req("GET", "/a", &[]),
+        &failing(503),
+        Source::Envoy,
+        |s, k, now| Ok(s.get(k, now).map(<[u8]>::to_vec)),
+    );
+    assert_eq!(s.body(), b"old body");
+    // Not an error: passed on, and a storable answer replaces the entry.
+    let s = h.run(req("GET", "/a", &[]), &failing(404));
+    assert!(s.hit.is_none());
+    assert!(s.cache_status.unwrap().contains("fwd-status=404"));
+    let s = h.run(req("GET", "/a", &[]), &failing(501));
+    assert!(s.hit.is_none(), "501 is not one of RFC 5861's errors");
+}
+
+#[test]
+fn rfc5861_4_stale_if_error_ends_with_its_window_and_never_overrides_must_revalidate() {
+    let mut h = Harness::new(Config::default());
+    let sie = [("cache-control", "max-age=10, stale-if-error=60")];
+    h.run(req("GET", "/a", &[]), &ok(&sie, &[b"old"]));
+    h.now += 71_000;
+    let s = h.run(req("GET", "/a", &[]), &failing(503));
+    assert!(s.hit.is_none(), "stale by 61 s, the window is 60");
+    assert!(!s.events.contains(&Event::StaleIfError));
+
+    let strict = [(
+        "cache-control",
+        "max-age=10, stale-if-error=60, must-revalidate",
+    )];
+    h.run(req("GET", "/b", &[]), &ok(&strict, &[b"old"]));
+    h.now += 20_000;
+    let s = h.run(req("GET", "/b", &[]), &failing(503));
+    assert!(s.hit.is_none(), "must-revalidate forbids serving it stale");
+
+    // No directive and no configured default: the error goes through.
+    h.run(req("GET", "/c", &[]), &ok(CACHEABLE, &[b"old"]));
+    h.now += 70_000;
+    let s = h.run(req("GET", "/c", &[]), &failing(503));
+    assert!(s.hit.is_none());
+}
+
+#[test]
+fn stale_if_error_default_applies_to_responses_without_the_directive() {
+    let cfg = Config {
+        stale: crate::config::StaleConfig {
+            while_revalidate_s: 0,
+            if_error_s: 300,
+        },
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.run(req("GET", "/a", &[]), &ok(CACHEABLE, &[b"old"]));
+    h.now += 200_000;
+    let s = h.run(req("GET", "/a", &[]), &failing(502));
+    assert_eq!(s.body(), b"old");
+    // The response's own directive wins over the default, even when smaller.
+    let own = [("cache-control", "max-age=10, stale-if-error=5")];
+    h.run(req("GET", "/b", &[]), &ok(&own, &[b"old"]));
+    h.now += 20_000;
+    assert!(h.run(req("GET", "/b", &[]), &failing(502)).hit.is_none());
+}
+
+#[test]
+fn a_revalidation_that_meets_an_origin_error_answers_from_the_stale_copy() {
+    let mut h = Harness::new(Config::default());
+    let v = [
+        ("cache-control", "max-age=10, stale-if-error=60"),
+        ("etag", "\"v1\""),
+    ];
+    h.run(req("GET", "/a", &[]), &ok(&v, &[b"v1"]));
+    h.now += 20_000;
+    let s = h.run(req("GET", "/a", &[]), &failing(500));
+    assert!(!s.conditions.is_empty(), "revalidated with the ETag");
+    assert_eq!(s.body(), b"v1");
+    let not_modified = Origin {
+        status: 304,
+        headers: &[("etag", "\"v1\"")],
+        chunks: &[],
+        end: End::Complete,
+    };
+    let s = h.run(req("GET", "/a", &[]), &not_modified);
+    assert_eq!(s.body(), b"v1");
+    assert!(s.events.contains(&Event::Revalidated));
+    assert!(!s.events.contains(&Event::StaleIfError));
+}
+
+#[test]
+fn a_stale_copy_for_errors_needs_room_in_the_recording_budget() {
+    let mut h = Harness::new(Config::default());
+    h.worker = worker(4, 0);
+    let sie = [("cache-control", "max-age=10, stale-if-error=60")];
+    h.run(req("GET", "/a", &[]), &ok(&sie, &[b"abc"]));
+    h.now += 20_000;
+    let _held = {
+        let mut r = Reservation::new(h.worker.budget.clone());
+        assert!(r.grow(2));
+        r
+    };
+    let s = h.run(req("GET", "/a", &[]), &failing(503));
+    assert!(s.hit.is_none(), "3 bytes do not fit beside the 2 held");
+}

@@ -43,15 +43,16 @@ impl Freshness {
 
     /// When a response stored at `stored_at_ms` stops being usable at all without the origin's
     /// word: the end of the longer stale window (unix ms). Never past freshness for an entry
-    /// that must not be served stale.
+    /// that must not be served stale. Counted from when it stopped being fresh, which for a
+    /// response that arrived stale is before it was stored.
     pub fn usable_until_ms(&self, stored_at_ms: u64) -> u64 {
         let stale_s = if self.must_revalidate || self.no_cache {
             0
         } else {
             self.stale_while_revalidate_s.max(self.stale_if_error_s)
         };
-        self.fresh_until_ms(stored_at_ms)
-            .saturating_add(stale_s.saturating_mul(1000))
+        let left_s = self.lifetime_s as i128 - self.initial_age_s as i128 + stale_s as i128;
+        (stored_at_ms as i128 + left_s * 1000).clamp(0, u64::MAX as i128) as u64
     }
 
     /// How long the entry stays in the store: the rest of its freshness, plus the longer of
@@ -110,6 +111,12 @@ mod tests {
         };
         assert_eq!(sie.store_ttl_ms(30), 260_000);
         assert_eq!(sie.usable_until_ms(0), 260_000);
+        // Arrived 100 s old: stale by 40 s already, usable 160 s more.
+        let late = Freshness {
+            initial_age_s: 100,
+            ..sie
+        };
+        assert_eq!(late.usable_until_ms(1_000_000), 1_160_000);
     }
 
     #[test]

@@ -98,23 +98,29 @@ pub fn storability(
         })
         .min(cfg.max_ttl_s);
     let initial_age_s = corrected_initial_age(resp, ex);
+    let freshness = Freshness {
+        lifetime_s,
+        initial_age_s,
+        no_cache: cc.no_cache,
+        must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+        stale_while_revalidate_s: cc
+            .stale_while_revalidate
+            .unwrap_or(cfg.stale.while_revalidate_s),
+        stale_if_error_s: cc.stale_if_error.unwrap_or(cfg.stale.if_error_s),
+    };
     // A response already stale on arrival is still worth keeping if it can be revalidated
-    // (`max-age=0` with an ETag is the common "always revalidate" pattern).
+    // (`max-age=0` with an ETag is the common "always revalidate" pattern), or while a stale
+    // window still covers it.
     let revalidatable = has_validator && cfg.keep_stale_s > 0;
-    if lifetime_s <= initial_age_s && !revalidatable {
+    let window = freshness
+        .stale_while_revalidate_s
+        .max(freshness.stale_if_error_s);
+    let stale_usable = freshness.within_stale_window(initial_age_s, window);
+    if lifetime_s <= initial_age_s && !revalidatable && !stale_usable {
         return Err(NotStored::NotFresh);
     }
     Ok(Storable {
-        freshness: Freshness {
-            lifetime_s,
-            initial_age_s,
-            no_cache: cc.no_cache,
-            must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
-            stale_while_revalidate_s: cc
-                .stale_while_revalidate
-                .unwrap_or(cfg.stale.while_revalidate_s),
-            stale_if_error_s: cc.stale_if_error.unwrap_or(cfg.stale.if_error_s),
-        },
+        freshness,
         vary,
         strip_set_cookie,
         has_validator,
@@ -747,5 +753,23 @@ mod tests {
         // Garbage grants nothing.
         let s = store(&[("cache-control", "max-age=60, stale-if-error=soon")]).unwrap();
         assert_eq!(s.freshness.stale_if_error_s, 0);
+    }
+
+    #[test]
+    fn a_response_stale_on_arrival_is_kept_while_a_stale_window_covers_it() {
+        let stale = |cc: &str| store(&[("cache-control", cc), ("age", "30")]);
+        assert_eq!(stale("max-age=10"), Err(NotStored::NotFresh));
+        assert!(stale("max-age=10, stale-if-error=60").is_ok());
+        assert!(stale("max-age=10, stale-while-revalidate=60").is_ok());
+        assert_eq!(
+            stale("max-age=10, stale-if-error=19"),
+            Err(NotStored::NotFresh),
+            "stale by 20 s: past the window"
+        );
+        assert_eq!(
+            stale("max-age=10, stale-if-error=60, must-revalidate"),
+            Err(NotStored::NotFresh),
+            "never served stale"
+        );
     }
 }
