@@ -4,10 +4,12 @@
 //! (`store.timeout_ms: must be at least 1`), because the only place an operator sees it is one
 //! line of Envoy's log.
 
+mod collapse;
 mod fields;
 mod json;
 mod stale;
 
+pub use collapse::CollapseConfig;
 pub use stale::StaleConfig;
 
 use json::{Object, Value};
@@ -36,6 +38,12 @@ pub struct Config {
     pub keep_stale_s: u64,
     /// Stale windows for responses that set none (RFC 5861).
     pub stale: StaleConfig,
+    /// Collapsed misses: one origin fetch for concurrent misses of a resource, fleet-wide.
+    pub collapse: CollapseConfig,
+    /// How long a resource whose response was not storable is remembered as such (seconds;
+    /// hit-for-miss): its requests skip the lookup on this worker and the wait for another's
+    /// fetch everywhere. 0 turns it off.
+    pub hit_for_miss_s: u64,
     /// Treat client `Cache-Control: no-cache` / `Pragma: no-cache` as an ordinary request (as
     /// CDNs often do) instead of going to the origin.
     pub ignore_client_no_cache: bool,
@@ -198,6 +206,8 @@ struct RawConfig {
     heuristic_max_s: u64,
     keep_stale_s: u64,
     stale: StaleConfig,
+    collapse: CollapseConfig,
+    hit_for_miss_s: u64,
     ignore_client_no_cache: bool,
     event_stream_ignores_no_cache: bool,
     cdn_cache_control: String,
@@ -252,6 +262,8 @@ impl Default for RawConfig {
             heuristic_max_s: 86_400,
             keep_stale_s: 3_600,
             stale: StaleConfig::default(),
+            collapse: CollapseConfig::default(),
+            hit_for_miss_s: 60,
             ignore_client_no_cache: false,
             event_stream_ignores_no_cache: false,
             cdn_cache_control: "CDN-Cache-Control".into(),
@@ -293,7 +305,7 @@ impl Config {
             let Value::Object(top) = json::parse(json).map_err(|e| err("", e))? else {
                 return Err(err("", "the configuration must be a JSON object"));
             };
-            for section in ["store", "key", "purge", "memory", "stale"] {
+            for section in ["store", "key", "purge", "memory", "stale", "collapse"] {
                 if top
                     .get(section)
                     .is_some_and(|v| !matches!(v, Value::Object(_)))
@@ -320,6 +332,8 @@ const TOP_FIELDS: &[&str] = &[
     "heuristic_max_s",
     "keep_stale_s",
     "stale",
+    "collapse",
+    "hit_for_miss_s",
     "ignore_client_no_cache",
     "event_stream_ignores_no_cache",
     "cdn_cache_control",
@@ -357,6 +371,8 @@ impl RawConfig {
                 "heuristic_max_s" => raw.heuristic_max_s = fields::u64(v, "heuristic_max_s")?,
                 "keep_stale_s" => raw.keep_stale_s = fields::u64(v, "keep_stale_s")?,
                 "stale" => raw.stale = StaleConfig::read(section(v, "stale")?)?,
+                "collapse" => raw.collapse = CollapseConfig::read(section(v, "collapse")?)?,
+                "hit_for_miss_s" => raw.hit_for_miss_s = fields::u64(v, "hit_for_miss_s")?,
                 "ignore_client_no_cache" => {
                     raw.ignore_client_no_cache = fields::boolean(v, "ignore_client_no_cache")?
                 }
@@ -719,6 +735,9 @@ impl RawConfig {
                 "must be at most 1073741824 (1 GiB per worker)",
             ));
         }
+        if self.hit_for_miss_s > 604_800 {
+            return Err(err("hit_for_miss_s", "must be at most 604800 (a week)"));
+        }
         if self.memory.max_age_ms > 60_000 {
             // Past a minute, purges and newer entries elsewhere stay invisible too long for
             // "one cache for the fleet".
@@ -739,6 +758,8 @@ impl RawConfig {
             heuristic_max_s: self.heuristic_max_s,
             keep_stale_s: self.keep_stale_s,
             stale: self.stale,
+            collapse: self.collapse,
+            hit_for_miss_s: self.hit_for_miss_s,
             ignore_client_no_cache: self.ignore_client_no_cache,
             event_stream_ignores_no_cache: self.event_stream_ignores_no_cache,
             cdn_cache_control,
@@ -842,11 +863,18 @@ mod tests {
                 "namespace":"shop","default_ttl_s":5,"max_ttl_s":60,"max_body_bytes":1024,
                 "methods":["GET"],"statuses":[200],"set_cookie":"strip","cache_name":"edge",
                 "key":{"query_ignore":["utm_*"],"query_sort":true,"headers":["X-Tenant"]},
-                "stale":{"while_revalidate_s":30,"if_error_s":600}}"#,
+                "stale":{"while_revalidate_s":30,"if_error_s":600},
+                "collapse":{"max_wait_ms":0,"poll_ms":20,
+                    "exempt_content_types":["Text/Event-Stream"]},
+                "hit_for_miss_s":5}"#,
         )
         .unwrap();
         assert_eq!(c.stale.while_revalidate_s, 30);
         assert_eq!(c.stale.if_error_s, 600);
+        assert_eq!(c.collapse.max_wait_ms, 0);
+        assert_eq!(c.collapse.poll_ms, 20);
+        assert_eq!(c.collapse.exempt_content_types, ["text/event-stream"]);
+        assert_eq!(c.hit_for_miss_s, 5);
         assert_eq!(c.store.cluster, "s");
         assert_eq!(c.store.timeout_ms, 50);
         assert_eq!(c.key.headers, vec!["x-tenant".to_string()]);
@@ -919,6 +947,14 @@ mod tests {
             ),
             (r#"{"stale":{"grace_s":1}}"#, "stale.grace_s"),
             (r#"{"stale":30}"#, "stale"),
+            (r#"{"collapse":{"max_wait_ms":300001}}"#, "collapse.max_wait_ms"),
+            (r#"{"collapse":{"poll_ms":5}}"#, "collapse.poll_ms"),
+            (
+                r#"{"collapse":{"exempt_content_types":["sse"]}}"#,
+                "collapse.exempt_content_types[0]",
+            ),
+            (r#"{"collapse":{"lock_ms":5}}"#, "collapse.lock_ms"),
+            (r#"{"hit_for_miss_s":604801}"#, "hit_for_miss_s"),
         ];
         for (json, field) in cases {
             let e = parse(json).unwrap_err();

@@ -23,6 +23,7 @@ pub mod reply;
 pub mod revalidate;
 pub mod siblings;
 pub mod store;
+pub mod uncacheable;
 
 // The adapter imports host functions that only exist inside a proxy-wasm host.
 #[cfg(target_arch = "wasm32")]

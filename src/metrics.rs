@@ -42,10 +42,21 @@ pub enum Counter {
     WritesUnconfirmed,
     /// A stale entry answered for a failed or unreachable origin (RFC 5861 stale-if-error).
     StaleIfError,
+    /// Requests that waited for another's fetch of the same missing entry.
+    CollapseWaits,
+    /// Of those, answered from the entry that fetch stored (an origin fetch saved).
+    Collapsed,
+    /// Of those, sent to the origin after waiting `collapse.max_wait_ms`.
+    CollapseTimeouts,
+    /// Milliseconds the waiting requests waited, summed.
+    CollapseWaitMs,
+    /// Requests that skipped the store lookup: their resource's last response was not
+    /// storable (hit-for-miss).
+    HitForMiss,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 29] = [
+    pub const ALL: [Counter; 34] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -75,6 +86,11 @@ impl Counter {
         Counter::InvalidationsUnconfirmed,
         Counter::WritesUnconfirmed,
         Counter::StaleIfError,
+        Counter::CollapseWaits,
+        Counter::Collapsed,
+        Counter::CollapseTimeouts,
+        Counter::CollapseWaitMs,
+        Counter::HitForMiss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +124,11 @@ impl Counter {
             Counter::LargeEntryReads => "fleet_cache_large_entry_reads",
             Counter::TagsDropped => "fleet_cache_tags_dropped",
             Counter::StaleIfError => "fleet_cache_stale_if_error",
+            Counter::CollapseWaits => "fleet_cache_collapse_waits",
+            Counter::Collapsed => "fleet_cache_collapsed",
+            Counter::CollapseTimeouts => "fleet_cache_collapse_timeouts",
+            Counter::CollapseWaitMs => "fleet_cache_collapse_wait_ms",
+            Counter::HitForMiss => "fleet_cache_hit_for_miss",
         }
     }
 
@@ -141,6 +162,19 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::TagsDropped => &[Counter::TagsDropped],
         Event::Invalidated => &[Counter::Invalidations],
         Event::StaleIfError => &[Counter::StaleIfError],
+        Event::CollapseWait => &[Counter::CollapseWaits],
+        Event::Collapsed => &[Counter::Collapsed],
+        Event::CollapseTimeout => &[Counter::CollapseTimeouts],
+        Event::CollapseWaitMs(_) => &[Counter::CollapseWaitMs],
+        Event::HitForMiss => &[Counter::HitForMiss],
+    }
+}
+
+/// How much an event adds to its counters: 1, or the amount it carries.
+pub fn amount(event: Event) -> u64 {
+    match event {
+        Event::CollapseWaitMs(ms) => ms,
+        _ => 1,
     }
 }
 

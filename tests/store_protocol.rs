@@ -4,7 +4,9 @@
 
 mod support;
 
-use fleet_cache::store::{self, Answer, Command, Refresh, Request, Slot, StoreError, Write};
+use fleet_cache::store::{
+    self, Answer, Command, Locking, Marker, Refresh, Request, Slot, StoreError, Unlock, Write,
+};
 use serde_json::json;
 use support::{Stack, StackOptions};
 
@@ -49,6 +51,7 @@ fn values(answer: Answer, body: &[u8]) -> Vec<Option<Vec<u8>>> {
             Slot::Missing => None,
             Slot::Foreign => Some(b"<foreign>".to_vec()),
             Slot::Large(n) => Some(format!("<large {n}>").into_bytes()),
+            other => Some(format!("{other:?}").into_bytes()),
         })
         .collect()
 }
@@ -70,6 +73,7 @@ fn every_command_round_trips_through_webdis_and_redis() {
             entries: vec![&wa, &wb],
             then_lookup: vec![],
             inline_bytes: 0,
+            locking: None,
         },
     );
     assert_eq!(ans, Ok(Answer::Done), "{}", String::from_utf8_lossy(&body));
@@ -80,6 +84,7 @@ fn every_command_round_trips_through_webdis_and_redis() {
     let cmd = Command::Lookup {
         keys: keys.to_vec(),
         inline_bytes: 1 << 20,
+        locking: None,
     };
     let (ans, body) = run(&st, 2, &cmd);
     assert_eq!(
@@ -109,6 +114,7 @@ fn every_command_round_trips_through_webdis_and_redis() {
             entries: vec![&wh],
             then_lookup: vec![k("h").leak(), a.as_str()],
             inline_bytes: 1 << 20,
+            locking: None,
         },
     );
     let ans = ans.unwrap();
@@ -129,6 +135,7 @@ fn every_command_round_trips_through_webdis_and_redis() {
         entries: vec![&wbig],
         then_lookup: vec![],
         inline_bytes: 0,
+        locking: None,
     };
     assert_eq!(run(&st, 5, &write).0, Ok(Answer::Done));
     let (ans, body) = run(
@@ -137,6 +144,7 @@ fn every_command_round_trips_through_webdis_and_redis() {
         &Command::Lookup {
             keys: vec![k("big").leak(), b.as_str()],
             inline_bytes: 100_000,
+            locking: None,
         },
     );
     assert_eq!(
@@ -198,4 +206,95 @@ fn every_command_round_trips_through_webdis_and_redis() {
     st.redis_cli(&["SET", &format!("{}:v", k("big")), "junk"]);
     let (ans, _) = run(&st, 104, &Command::Invalidate(&[k("big")]));
     assert_eq!(ans, Ok(Answer::Count(1)));
+}
+
+/// The lock of collapsed misses, in the real scripts: taken by a lookup that asks for it at a
+/// missing key (its nonce the owner, with the lifetime asked), reported to the others, freed
+/// only by its owner, replaced by a marker, and removed by the entry's write.
+#[test]
+fn the_lock_of_a_missing_entry_round_trips_through_webdis_and_redis() {
+    let st = Stack::start(StackOptions::with_config(json!({})));
+    let ns = st.namespace().to_string();
+    let k = |s: &str| format!("{ns}:{s}");
+    let (a, b) = (k("a"), k("b"));
+    let lookup = |nonce: u64, flags: &[bool]| {
+        let cmd = Command::Lookup {
+            keys: vec![a.as_str(), b.as_str()],
+            inline_bytes: 1 << 20,
+            locking: Some(Locking {
+                keys: flags,
+                ttl_ms: 5_000,
+            }),
+        };
+        let (ans, _) = run(&st, nonce, &cmd);
+        match ans.unwrap() {
+            Answer::Values(slots) => slots,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Only the flagged key's lock is taken.
+    assert_eq!(lookup(0x11, &[true, false]), [Slot::Locked, Slot::Missing]);
+    assert_eq!(
+        st.redis_cli(&["GET", &format!("{a}:lock")]),
+        "0000000000000011"
+    );
+    let pttl: u64 = st
+        .redis_cli(&["PTTL", &format!("{a}:lock")])
+        .parse()
+        .unwrap();
+    assert!((4_000..=5_000).contains(&pttl), "{pttl}");
+    // Another lookup learns someone fetches it.
+    assert_eq!(lookup(0x22, &[true, true]), [Slot::Fetching, Slot::Locked]);
+    // A release by another owner frees nothing; by the owner, it does.
+    let unlock = |nonce: u64, key: &str, owner: u64, unlock: Unlock| {
+        let cmd = Command::Unlock { key, owner, unlock };
+        assert_eq!(run(&st, nonce, &cmd).0, Ok(Answer::Done));
+    };
+    unlock(0x31, &a, 0x99, Unlock::Release);
+    assert_eq!(lookup(0x32, &[true, false])[0], Slot::Fetching);
+    unlock(0x33, &a, 0x11, Unlock::Release);
+    assert_eq!(st.redis_cli(&["EXISTS", &format!("{a}:lock")]), "0");
+    // Markers: whoever holds the lock, lookups are told not to wait, for the marker's time.
+    unlock(0x34, &b, 0x99, Unlock::Uncacheable { ttl_ms: 60_000 });
+    unlock(0x35, &a, 0x99, Unlock::Exempt { ttl_ms: 60_000 });
+    assert_eq!(
+        lookup(0x36, &[true, true]),
+        [
+            Slot::NoWait(Marker::Exempt),
+            Slot::NoWait(Marker::Uncacheable)
+        ]
+    );
+    // The entry's write removes the lock (or marker): a later miss fetches again.
+    let wb = entry(&b, b"B", &[]);
+    let write = Command::Write {
+        entries: vec![&wb],
+        then_lookup: vec![],
+        inline_bytes: 0,
+        locking: None,
+    };
+    assert_eq!(run(&st, 0x37, &write).0, Ok(Answer::Done));
+    assert_eq!(st.redis_cli(&["EXISTS", &format!("{b}:lock")]), "0");
+    // Riding writes with a locking lookup: the lookup part takes locks as a lookup does.
+    let wa = entry(&k("c"), b"C", &[]);
+    let cmd = Command::Write {
+        entries: vec![&wa],
+        then_lookup: vec![k("d").leak(), k("c").leak()],
+        inline_bytes: 1 << 20,
+        locking: Some(Locking {
+            keys: &[true, true],
+            ttl_ms: 5_000,
+        }),
+    };
+    let (ans, body) = run(&st, 0x38, &cmd);
+    let ans = ans.unwrap();
+    assert_eq!(
+        values(ans, &body),
+        [Some(b"Locked".to_vec()), Some(b"C".to_vec())]
+    );
+    // A lock key of another type is not ours: no waiting on it.
+    st.redis_cli(&["DEL", &format!("{a}:lock")]);
+    st.redis_cli(&["HSET", &format!("{a}:lock"), "f", "v"]);
+    assert_eq!(lookup(0x39, &[true, false])[0], Slot::Missing);
+    unlock(0x3a, &a, 0x39, Unlock::Uncacheable { ttl_ms: 1_000 });
+    assert_eq!(st.redis_cli(&["TYPE", &format!("{a}:lock")]), "hash");
 }

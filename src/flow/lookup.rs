@@ -42,13 +42,14 @@ impl<'b> Value<'b> {
 }
 
 impl Flow {
-    /// The store's answer to the last `Lookup`: a value, `None` for a missing key, or an error.
+    /// The store's answer to the last `Lookup`: what the key holds (with collapsed misses,
+    /// who fetches a missing entry), or an error.
     pub fn handle_store_reply<'b>(
         &mut self,
         now_ms: u64,
-        reply: Result<Option<&'b [u8]>, StoreError>,
+        reply: Result<Looked<&'b [u8]>, StoreError>,
     ) -> LookupStep<'b> {
-        let (lookup, variant) = match std::mem::replace(&mut self.state, State::Done) {
+        let (mut lookup, variant) = match std::mem::replace(&mut self.state, State::Done) {
             State::AwaitPrimary(l) => (l, None),
             State::AwaitVariant(l, v) => (l, Some(v)),
             other => {
@@ -78,9 +79,57 @@ impl Flow {
         } else {
             Fwd::UriMiss
         };
-        let Some(value) = value else {
-            self.events.push(Event::Miss);
-            return self.forward(now_ms, lookup, miss, None);
+        if let Some(since) = lookup.waited_since.take() {
+            self.events
+                .push(Event::CollapseWaitMs(now_ms.saturating_sub(since)));
+            lookup.collapsed = true;
+        }
+        let key = variant
+            .as_ref()
+            .unwrap_or(&lookup.primary)
+            .redis_key
+            .clone();
+        let (detail, lead, known_uncacheable) = match value {
+            Looked::Value(value) => return self.handle_value(now_ms, lookup, variant, value),
+            Looked::Missing => (None, None, false),
+            Looked::Lead(owner) => (None, Some(Lead { key, owner }), false),
+            Looked::NoWait(Marker::Uncacheable) => {
+                if self.cfg.hit_for_miss_s > 0 {
+                    let until = now_ms.saturating_add(self.cfg.hit_for_miss_s * 1000);
+                    self.worker.uncacheable.borrow_mut().insert(&key, until);
+                }
+                (Some("hit-for-miss"), None, true)
+            }
+            Looked::NoWait(Marker::Exempt) => (Some("collapse-exempt"), None, false),
+            Looked::WaitOver => {
+                self.events.push(Event::CollapseTimeout);
+                (Some("collapse-timeout"), None, false)
+            }
+        };
+        self.events.push(Event::Miss);
+        let step = self.forward(now_ms, lookup, miss, detail);
+        if let State::Forwarded(f) = &mut self.state {
+            f.lead = lead;
+            f.known_uncacheable = known_uncacheable;
+        } else if let Some(lead) = lead {
+            // Not forwarded after all (`only-if-cached`): no fetch will come.
+            self.unlock = Some((lead.key, lead.owner, Unlock::Release));
+        }
+        step
+    }
+
+    /// A value read for the current key: decode it, then [`Flow::handle_found`].
+    fn handle_value<'b>(
+        &mut self,
+        now_ms: u64,
+        lookup: Lookup,
+        variant: Option<CacheKey>,
+        value: &'b [u8],
+    ) -> LookupStep<'b> {
+        let miss = if variant.is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
         };
         let found = match entry::decode(value) {
             // The body is found again from the metadata: decode checked where it lies.

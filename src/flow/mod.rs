@@ -25,7 +25,8 @@ mod lookup;
 mod record;
 mod serve;
 
-use crate::store::{Refresh, StoreError, VariantWrite, Write};
+use crate::store::{Looked, Marker, Refresh, StoreError, Unlock, VariantWrite, Write};
+use crate::uncacheable::Uncacheable;
 use record::Recording;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -66,6 +67,16 @@ pub enum Event {
     /// The origin failed (or could not be reached) and a stale entry answered instead
     /// (RFC 5861 §4).
     StaleIfError,
+    /// A request waited for another's fetch of the same missing entry (collapsed misses).
+    CollapseWait,
+    /// ... and was answered from the entry that fetch stored.
+    Collapsed,
+    /// ... and went to the origin after waiting as long as it may.
+    CollapseTimeout,
+    /// How long, in ms, a request that waited for another's fetch waited.
+    CollapseWaitMs(u64),
+    /// A request skipped the store lookup: its resource's last response was not storable.
+    HitForMiss,
 }
 
 /// What to do after the request headers.
@@ -162,6 +173,19 @@ struct Lookup {
     req_cc: CacheControl,
     method: Method,
     primary: CacheKey,
+    /// Set when this request would fetch a missing entry: until when it may wait for
+    /// another's fetch of it instead (collapsed misses).
+    wait_until: Option<u64>,
+    /// When it started waiting for another's fetch, while it waits.
+    waited_since: Option<u64>,
+    /// It waited for another's fetch, and that wait is over.
+    collapsed: bool,
+}
+
+/// The fetch of a missing entry this request leads: the lock's key and owner.
+struct Lead {
+    key: String,
+    owner: u64,
 }
 
 struct Forward {
@@ -174,6 +198,11 @@ struct Forward {
     /// The stored entry this request went forward for, kept to answer from: set when the
     /// request went out with its validators, or when it may answer an origin error.
     stale: Option<Box<StaleCopy>>,
+    /// Set when this request fetches a missing entry others wait for.
+    lead: Option<Lead>,
+    /// The store said the resource's last response was not storable (or this worker knew):
+    /// no need to say it again.
+    known_uncacheable: bool,
 }
 
 /// Where a stored entry was read from.
@@ -216,6 +245,9 @@ pub struct Flow {
     worker: Rc<Worker>,
     state: State,
     events: Vec<Event>,
+    /// A lock to free or mark (a fetch others waited for ended without an entry, or a
+    /// resource turned out not storable), for the adapter to hand to the store.
+    unlock: Option<(String, u64, Unlock)>,
 }
 
 /// What the flows of one worker VM share: the recording budget and the in-proxy tier.
@@ -223,6 +255,8 @@ pub struct Flow {
 pub struct Worker {
     pub budget: Rc<MemoryBudget>,
     pub memory: RefCell<MemoryTier>,
+    /// Resources whose last response was not storable (hit-for-miss).
+    pub uncacheable: RefCell<Uncacheable>,
 }
 
 impl Worker {
@@ -233,6 +267,7 @@ impl Worker {
                 MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)
                     .with_tombstones(longest_lookup_ms(cfg)),
             ),
+            uncacheable: RefCell::default(),
         })
     }
 }
@@ -252,11 +287,37 @@ impl Flow {
             worker,
             state: State::Start,
             events: Vec::new(),
+            unlock: None,
         }
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// A lock to free or mark in the store: `(entry key, owner, what it becomes)`.
+    pub fn take_unlock(&mut self) -> Option<(String, u64, Unlock)> {
+        self.unlock.take()
+    }
+
+    /// For the lookup the flow is waiting for: until when the request may wait for another's
+    /// fetch if the entry is missing (`None`: it would not fetch it, or collapsing is off).
+    pub fn wait_until(&self) -> Option<u64> {
+        match &self.state {
+            State::AwaitPrimary(l) | State::AwaitVariant(l, _) => l.wait_until,
+            _ => None,
+        }
+    }
+
+    /// The entry is missing and another request fetches it: this one waits for that fetch
+    /// (the store's answer comes later, as for any lookup).
+    pub fn following(&mut self, now_ms: u64) {
+        if let State::AwaitPrimary(l) | State::AwaitVariant(l, _) = &mut self.state
+            && l.waited_since.is_none()
+        {
+            l.waited_since = Some(now_ms);
+            self.events.push(Event::CollapseWait);
+        }
     }
 
     /// True while response body chunks are wanted (the adapter skips copying them otherwise).
@@ -306,14 +367,40 @@ impl Flow {
             RequestPolicy::Lookup(method) => {
                 let primary = CacheKey::primary(&self.cfg, &req);
                 let recalled = self.recall(&primary.redis_key, now_ms);
+                let req_cc = CacheControl::parse(req.values("cache-control"));
+                // Only a GET fills the cache, so only a GET fetches for others; a client that
+                // won't wait for the origin won't wait for a fetch either.
+                let collapses = self.cfg.collapse.max_wait_ms > 0
+                    && method == Method::Get
+                    && !req_cc.only_if_cached;
                 let lookup = Lookup {
-                    req_cc: CacheControl::parse(req.values("cache-control")),
+                    req_cc,
                     req,
                     method,
                     primary,
+                    wait_until: collapses.then(|| now_ms + self.cfg.collapse.max_wait_ms),
+                    waited_since: None,
+                    collapsed: false,
                 };
                 if let Some(found) = recalled {
                     return RequestStep::Decided(self.handle_found(now_ms, lookup, None, found));
+                }
+                let skip = lookup.method == Method::Get
+                    && !lookup.req_cc.only_if_cached
+                    && self
+                        .worker
+                        .uncacheable
+                        .borrow_mut()
+                        .contains(&lookup.primary.redis_key, now_ms);
+                if skip {
+                    // Hit-for-miss: its last response was not storable. Still recorded if
+                    // this one is.
+                    self.events.push(Event::HitForMiss);
+                    self.forward(now_ms, lookup, Fwd::UriMiss, Some("hit-for-miss"));
+                    if let State::Forwarded(f) = &mut self.state {
+                        f.known_uncacheable = true;
+                    }
+                    return RequestStep::Continue;
                 }
                 let key = lookup.primary.redis_key.clone();
                 self.events.push(Event::Lookup);
@@ -331,6 +418,8 @@ impl Flow {
                     detail: None,
                     request_ms: now_ms,
                     stale: None,
+                    lead: None,
+                    known_uncacheable: false,
                 });
                 RequestStep::Continue
             }
@@ -347,6 +436,8 @@ impl Flow {
                     detail: None,
                     request_ms: now_ms,
                     stale: None,
+                    lead: None,
+                    known_uncacheable: false,
                 });
                 RequestStep::Continue
             }
@@ -383,6 +474,8 @@ impl Flow {
             detail,
             request_ms: now_ms,
             stale: None,
+            lead: None,
+            known_uncacheable: false,
         });
         LookupStep::Continue
     }
@@ -400,3 +493,6 @@ fn stored_with_date(mut headers: Vec<(String, String)>, received_ms: u64) -> Vec
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod collapse_tests;

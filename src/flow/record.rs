@@ -15,6 +15,8 @@ pub(super) struct Recording {
     reservation: Reservation,
     /// Tag sets (their keys) that will list this resource.
     tags: Vec<String>,
+    /// Set when others wait for this recording's entry (its write frees the lock).
+    lead: Option<Lead>,
 }
 
 impl Flow {
@@ -55,6 +57,7 @@ impl Flow {
             self.bury(&invalidate, now_ms);
         }
         let mut recording = None;
+        let lead = fwd.lead.take();
         if let Some(primary) = fwd.primary {
             let decision = match source {
                 Source::Origin => self.storability(&fwd.req, resp, fwd.request_ms, now_ms),
@@ -62,9 +65,32 @@ impl Flow {
                 Source::Unreplayable => Err(NotStored::BadHeader),
             };
             match decision {
-                Ok(s) => recording = Some(self.start_recording(now_ms, primary, &fwd.req, resp, s)),
-                Err(why) => self.events.push(Event::NotStored(why)),
+                Ok(s) => {
+                    let mut rec = self.start_recording(now_ms, primary, &fwd.req, resp, s);
+                    rec.lead = lead;
+                    if rec.lead.is_some() && self.cfg.collapse.exempts(resp.header("content-type"))
+                    {
+                        // Its followers go to the origin now rather than wait for the whole
+                        // recording; the entry's write removes the marker.
+                        let ttl_ms = self.cfg.collapse.max_wait_ms;
+                        self.end_lead(rec.lead.take(), Unlock::Exempt { ttl_ms });
+                    }
+                    recording = Some(rec);
+                }
+                Err(why) => {
+                    self.events.push(Event::NotStored(why));
+                    self.not_storable(
+                        &primary,
+                        lead,
+                        why,
+                        resp.status,
+                        fwd.known_uncacheable,
+                        now_ms,
+                    );
+                }
             }
+        } else {
+            self.end_lead(lead, Unlock::Release);
         }
         let status = cache_status::forwarded(
             &self.cfg.cache_name,
@@ -88,6 +114,59 @@ impl Flow {
             }
         }
         step
+    }
+
+    /// A response that will not be stored. Its waiting followers go to the origin; if it can
+    /// never be (a policy of the response, not a failure of this fetch), the resource is
+    /// remembered as such (hit-for-miss) on this worker and, through its lock key, fleet-wide.
+    fn not_storable(
+        &mut self,
+        primary: &CacheKey,
+        lead: Option<Lead>,
+        why: NotStored,
+        status: u16,
+        known: bool,
+        now_ms: u64,
+    ) {
+        let never = match why {
+            NotStored::Status => status < 500,
+            NotStored::NoStore
+            | NotStored::Private
+            | NotStored::NoCache
+            | NotStored::SetCookie
+            | NotStored::VaryAny
+            | NotStored::NotFresh
+            | NotStored::BadHeader
+            | NotStored::TooLarge => true,
+            // Of this request, or of this attempt: the next one may be stored.
+            NotStored::Authorization | NotStored::NotFromOrigin => false,
+        };
+        let ttl_s = self.cfg.hit_for_miss_s;
+        if !never || ttl_s == 0 {
+            self.end_lead(lead, Unlock::Release);
+            return;
+        }
+        let until = now_ms.saturating_add(ttl_s * 1000);
+        self.worker
+            .uncacheable
+            .borrow_mut()
+            .insert(&primary.redis_key, until);
+        let unlock = Unlock::Uncacheable {
+            ttl_ms: ttl_s * 1000,
+        };
+        match lead {
+            Some(lead) => self.end_lead(Some(lead), unlock),
+            // Not a leader: the fleet learns it once, from whoever saw it first.
+            None if !known => self.unlock = Some((primary.redis_key.clone(), 0, unlock)),
+            None => {}
+        }
+    }
+
+    /// The fetch this request led ends without its entry: the lock becomes `unlock`.
+    pub(super) fn end_lead(&mut self, lead: Option<Lead>, unlock: Unlock) {
+        if let Some(lead) = lead {
+            self.unlock = Some((lead.key, lead.owner, unlock));
+        }
     }
 
     /// The origin confirmed the stored entry (304): answer from it with its headers updated,
@@ -254,6 +333,7 @@ impl Flow {
             writer: EntryWriter::new(),
             reservation: Reservation::new(self.worker.budget.clone()),
             tags,
+            lead: None,
         }
     }
 
@@ -265,12 +345,12 @@ impl Flow {
         };
         if rec.writer.body_len() + chunk.len() > self.cfg.max_body_bytes {
             self.events.push(Event::RecordingTooLarge);
-            self.state = State::Done;
+            self.drop_recording(Some(NotStored::TooLarge));
             return None;
         }
         if !rec.reservation.grow(chunk.len()) {
             self.events.push(Event::RecordingOverBudget);
-            self.state = State::Done;
+            self.drop_recording(None);
             return None;
         }
         rec.writer.push_chunk(chunk);
@@ -288,25 +368,52 @@ impl Flow {
     /// Response trailers: we don't store them, so a response that has them can't be replayed
     /// whole and is not published.
     pub fn handle_response_trailers(&mut self) {
-        self.abort_recording();
+        if let State::Recording(_) = self.state {
+            self.events.push(Event::RecordingAborted);
+            // Never replayable whole, whatever its headers say.
+            self.drop_recording(Some(NotStored::BadHeader));
+        }
     }
 
-    /// The recording can't be completed whole (trailers, a body chunk the host could not
-    /// give): drop it; the response itself goes on.
+    /// The recording can't be completed whole (a body chunk the host could not give): drop
+    /// it; the response itself goes on.
     pub fn abort_recording(&mut self) {
         if let State::Recording(_) = self.state {
             self.events.push(Event::RecordingAborted);
-            self.state = State::Done;
+            self.drop_recording(None);
         }
     }
 
     /// The stream is over (Envoy's `on_log`). A recording still open here never completed: the
     /// origin reset, or the client went away. Nothing is published.
     pub fn handle_stream_end(&mut self) {
-        if let State::Recording(_) = self.state {
-            self.events.push(Event::RecordingAborted);
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Recording(rec) => {
+                self.events.push(Event::RecordingAborted);
+                self.end_lead(rec.lead, Unlock::Release);
+            }
+            // Forwarded and gone before the response (the client left, the stream reset).
+            State::Forwarded(f) => self.end_lead(f.lead, Unlock::Release),
+            // Waited for a lookup and gone: a lock it took on the way is the outbox's to free.
+            _ => {}
         }
-        self.state = State::Done;
+    }
+
+    /// Drops the recording: the response goes on unrecorded. `never`: why no response of the
+    /// resource will be (hit-for-miss); `None`: this attempt failed (the lock is freed).
+    fn drop_recording(&mut self, never: Option<NotStored>) {
+        let State::Recording(rec) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let rec = *rec;
+        match never {
+            Some(why) => {
+                // The response's headers came at `stored_at_ms`: near enough to now.
+                let (status, at) = (rec.meta.status, rec.meta.stored_at_ms);
+                self.not_storable(&rec.primary, rec.lead, why, status, false, at);
+            }
+            None => self.end_lead(rec.lead, Unlock::Release),
+        }
     }
 
     pub(super) fn complete(&mut self) -> Option<Write> {
@@ -319,8 +426,15 @@ impl Flow {
             .is_some_and(|l| l != rec.writer.body_len() as u64)
         {
             self.events.push(Event::RecordingAborted);
+            self.end_lead(rec.lead, Unlock::Release);
             return None;
         }
+        // Storable after all: no longer skip its lookups here. (Its write removes the lock
+        // key, and with it any mark the fleet had.)
+        self.worker
+            .uncacheable
+            .borrow_mut()
+            .remove(&rec.primary.redis_key);
         let entry = rec.writer.finish_response(rec.meta);
         // This worker won't serve an older copy from memory once the new one is written.
         self.forget(std::slice::from_ref(&rec.primary.redis_key));

@@ -49,10 +49,13 @@ impl Flow {
         }
         let stored = &meta.headers;
         let detail = from_memory.then_some("memory");
-        let ours = cache_status::append(
-            http::header_values(stored, "cache-status"),
-            cache_status::hit(&self.cfg.cache_name, meta.freshness.ttl_s(age_s), detail),
-        );
+        let mut hit = cache_status::hit(&self.cfg.cache_name, meta.freshness.ttl_s(age_s), detail);
+        if lookup.collapsed {
+            // RFC 9211 §2.7: it waited for another request's fetch and reused its response.
+            self.events.push(Event::Collapsed);
+            hit.push_str("; collapsed");
+        }
+        let ours = cache_status::append(http::header_values(stored, "cache-status"), hit);
         let not_ours = |n: &str| n != "cache-status";
         // The lines added below: cache-status, age, date, and maybe content-range.
         const ADDED: usize = 4;

@@ -6,18 +6,18 @@ use crate::config::SetCookiePolicy;
 use crate::store::layout;
 use std::collections::HashMap;
 
-const T0: u64 = 1_700_000_000_000;
+pub(super) const T0: u64 = 1_700_000_000_000;
 
 /// The store as the flow sees it: keys -> (value, expiry ms).
 #[derive(Default)]
-struct SimStore {
+pub(super) struct SimStore {
     values: HashMap<String, (Vec<u8>, u64)>,
     /// Variants sets and tag sets.
     sets: HashMap<String, Vec<String>>,
 }
 
 impl SimStore {
-    fn get(&self, key: &str, now: u64) -> Option<&[u8]> {
+    pub(super) fn get(&self, key: &str, now: u64) -> Option<&[u8]> {
         self.values
             .get(key)
             .filter(|(_, exp)| *exp > now)
@@ -89,17 +89,18 @@ impl SimStore {
 }
 
 /// A worker with this recording budget and an in-proxy tier of this many bytes (0: off).
-fn worker(budget: usize, memory_bytes: usize) -> Rc<Worker> {
+pub(super) fn worker(budget: usize, memory_bytes: usize) -> Rc<Worker> {
     Rc::new(Worker {
         budget: MemoryBudget::new(budget),
         memory: RefCell::new(MemoryTier::new(memory_bytes, 1_000)),
+        uncacheable: RefCell::default(),
     })
 }
 
-struct Harness {
+pub(super) struct Harness {
     cfg: Rc<Config>,
     worker: Rc<Worker>,
-    store: SimStore,
+    pub(super) store: SimStore,
     now: u64,
 }
 
@@ -108,7 +109,7 @@ type Served = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// What a client saw for one request.
 #[derive(Debug)]
-struct Seen {
+pub(super) struct Seen {
     /// Store round trips the request waited for.
     lookups: usize,
     /// Served from the cache: the reply.
@@ -180,7 +181,7 @@ impl Seen {
 }
 
 /// The origin's answer in a test: status, headers, body chunks, and how it ends.
-struct Origin<'a> {
+pub(super) struct Origin<'a> {
     status: u16,
     headers: &'a [(&'a str, &'a str)],
     chunks: &'a [&'a [u8]],
@@ -194,7 +195,7 @@ enum End {
     Trailers,
 }
 
-fn ok<'a>(headers: &'a [(&'a str, &'a str)], chunks: &'a [&'a [u8]]) -> Origin<'a> {
+pub(super) fn ok<'a>(headers: &'a [(&'a str, &'a str)], chunks: &'a [&'a [u8]]) -> Origin<'a> {
     Origin {
         status: 200,
         headers,
@@ -208,7 +209,7 @@ fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
 }
 
 impl Harness {
-    fn new(cfg: Config) -> Harness {
+    pub(super) fn new(cfg: Config) -> Harness {
         // The in-proxy tier is off unless a test turns it on: most tests poke the store.
         Harness {
             worker: worker(usize::MAX, 0),
@@ -219,7 +220,7 @@ impl Harness {
     }
 
     /// One request through the flow; `origin` answers if it is forwarded.
-    fn run(&mut self, r: RequestHead, origin: &Origin) -> Seen {
+    pub(super) fn run(&mut self, r: RequestHead, origin: &Origin) -> Seen {
         self.run_with(r, origin, Source::Origin, |s, k, now| {
             Ok(s.get(k, now).map(<[u8]>::to_vec))
         })
@@ -280,7 +281,11 @@ impl Harness {
         }
         while let Some(key) = step.take() {
             let answer = store(&self.store, &key, now);
-            let reply = answer.as_ref().map(|v| v.as_deref()).map_err(|e| *e);
+            let reply = match &answer {
+                Ok(Some(v)) => Ok(Looked::Value(v.as_slice())),
+                Ok(None) => Ok(Looked::Missing),
+                Err(e) => Err(*e),
+            };
             let next = flow.handle_store_reply(now, reply);
             step = seen.take_step(&mut flow, next, now, &mut forwarded);
         }
@@ -323,7 +328,7 @@ impl Harness {
     }
 }
 
-const CACHEABLE: &[(&str, &str)] = &[
+pub(super) const CACHEABLE: &[(&str, &str)] = &[
     ("cache-control", "max-age=60"),
     ("content-type", "application/octet-stream"),
 ];
@@ -774,7 +779,10 @@ fn chunk_boundaries_are_recorded() {
     let RequestStep::Lookup(_) = flow.handle_request_headers(T0, req("GET", "/a", &[])) else {
         panic!()
     };
-    assert_eq!(flow.handle_store_reply(T0, Ok(None)), LookupStep::Continue);
+    assert_eq!(
+        flow.handle_store_reply(T0, Ok(Looked::Missing)),
+        LookupStep::Continue
+    );
     let resp = ResponseHead {
         status: 200,
         headers: vec![("cache-control".into(), "max-age=60".into())],
@@ -799,7 +807,7 @@ fn with_content_length_a_recording_completes_at_its_last_byte() {
     let h = Harness::new(Config::default());
     let mut flow = Flow::new(h.cfg.clone(), worker(usize::MAX, 0));
     flow.handle_request_headers(T0, req("GET", "/a", &[]));
-    flow.handle_store_reply(T0, Ok(None));
+    flow.handle_store_reply(T0, Ok(Looked::Missing));
     let resp = ResponseHead {
         status: 200,
         headers: vec![
@@ -825,7 +833,7 @@ fn late_store_answers_are_ignored() {
     let cfg = Rc::new(Config::default());
     let mut flow = Flow::new(cfg, worker(usize::MAX, 0));
     assert_eq!(
-        flow.handle_store_reply(T0, Ok(Some(b"x"))),
+        flow.handle_store_reply(T0, Ok(Looked::Value(b"x"))),
         LookupStep::Continue
     );
     assert!(flow.take_events().is_empty());
@@ -854,7 +862,7 @@ fn recordings_share_a_worker_budget() {
     };
     for f in [&mut first, &mut second] {
         f.handle_request_headers(T0, req("GET", "/a", &[]));
-        f.handle_store_reply(T0, Ok(None));
+        f.handle_store_reply(T0, Ok(Looked::Missing));
         f.handle_response_headers(T0, &resp, false, Source::Origin);
     }
     assert!(first.handle_response_body(b"12345", false).is_none());
@@ -1055,7 +1063,7 @@ fn rfc9213_targeted_field_is_obeyed_and_not_passed_on() {
     assert_eq!(hit.hit_header("cache-control"), Some("no-store"));
     let mut flow = Flow::new(h.cfg.clone(), worker(usize::MAX, 0));
     flow.handle_request_headers(T0, req("GET", "/b", &[]));
-    flow.handle_store_reply(T0, Ok(None));
+    flow.handle_store_reply(T0, Ok(Looked::Missing));
     let step = flow.handle_response_headers(
         T0,
         &ResponseHead::for_test(200, &headers),
@@ -1177,7 +1185,7 @@ fn a_refresh_is_dropped_when_the_entry_changed_meanwhile() {
     };
     let value = h.store.values[&k].0.clone();
     assert!(matches!(
-        flow.handle_store_reply(h.now, Ok(Some(&value))),
+        flow.handle_store_reply(h.now, Ok(Looked::Value(&value))),
         LookupStep::Revalidate(_)
     ));
     // Meanwhile another proxy stored a new, longer body.

@@ -78,6 +78,8 @@ impl Shared {
                 backoff_ms: s.breaker_backoff_ms,
                 max_backoff_ms: s.breaker_max_backoff_ms,
             },
+            lock_ms: config.collapse.max_wait_ms,
+            poll_ms: config.collapse.poll_ms,
         };
         let wake = Wake::register();
         Shared {

@@ -10,8 +10,8 @@
 use super::{Shared, Waiter, abi, dispatch, peers, stream};
 use crate::flow::LookupStep;
 use crate::metrics::Counter;
-use crate::outbox::{Note, Reply};
-use crate::store::StoreError;
+use crate::outbox::{Bytes, Note, Reply};
+use crate::store::{Looked, StoreError};
 use log::{debug, info, warn};
 use std::cell::Cell;
 
@@ -73,8 +73,7 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
     match reply {
         Reply::Lookup(value) => {
             let value = match &value {
-                Ok(Some(bytes)) => Ok(Some(&bytes[..])),
-                Ok(None) => Ok(None),
+                Ok(looked) => Ok(borrowed(looked)),
                 Err(e) => Err(*e),
             };
             let step = waiter.flow.borrow_mut().handle_store_reply(now_ms, value);
@@ -83,6 +82,18 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
             if !paused {
                 let _ = abi::resume_request();
             }
+        }
+        Reply::Following => {
+            // Still waiting (for another request's fetch): its final reply comes later.
+            waiter.flow.borrow_mut().following(now_ms);
+            stream::count_events(shared, &waiter.flow);
+            shared.waiting.borrow_mut().insert(
+                id,
+                Waiter {
+                    flow: waiter.flow.clone(),
+                    arrived_ms: waiter.arrived_ms,
+                },
+            );
         }
         Reply::Purge(result) => {
             let reply = waiter.flow.borrow_mut().handle_purge_reply(result);
@@ -98,6 +109,17 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
                 let _ = abi::resume_response();
             }
         }
+    }
+}
+
+/// A lookup's answer with its value borrowed from the store's answer.
+fn borrowed(looked: &Looked<Bytes>) -> Looked<&[u8]> {
+    match looked {
+        Looked::Value(bytes) => Looked::Value(&bytes[..]),
+        Looked::Missing => Looked::Missing,
+        Looked::Lead(owner) => Looked::Lead(*owner),
+        Looked::NoWait(m) => Looked::NoWait(*m),
+        Looked::WaitOver => Looked::WaitOver,
     }
 }
 
@@ -134,8 +156,9 @@ pub fn pursue(
 ) -> bool {
     match step {
         LookupStep::Lookup(key) => {
+            let wait_until = waiter.flow.borrow().wait_until();
             let immediate = match shared.outbox.try_borrow_mut() {
-                Ok(mut o) => o.want(now_ms, id, key, waiter.arrived_ms),
+                Ok(mut o) => o.want(now_ms, id, key, waiter.arrived_ms, wait_until),
                 Err(_) => Some(Reply::Lookup(Err(StoreError::Busy))),
             };
             match immediate {

@@ -134,11 +134,20 @@ impl CacheStream {
     }
 }
 
+/// Counts the flow's events, and hands the store a lock its fetch ended without an entry.
 pub fn count_events(shared: &Shared, flow: &RefCell<Flow>) {
     for event in flow.borrow_mut().take_events() {
         for c in metrics::counters_for(event) {
-            shared.metrics.add(*c, 1);
+            shared.metrics.add(*c, metrics::amount(event));
         }
+    }
+    let unlock = flow.borrow_mut().take_unlock();
+    if let Some((key, owner, unlock)) = unlock
+        && let Ok(mut outbox) = shared.outbox.try_borrow_mut()
+    {
+        outbox.unlock(key, owner, unlock);
+        drop(outbox);
+        shared.wake(abi::now_ms());
     }
 }
 

@@ -32,14 +32,24 @@
 //! - **Held writes** (read your writes): the end of a recorded response waits until its entry
 //!   landed, at most `store.timeout_ms` plus the entry's transfer allowance: a request sent
 //!   after the response completed finds the entry, through any proxy.
+//! - **Collapsed misses**: a stream that may fetch a missing entry asks its lookup to take the
+//!   key's lock. The lookup's answer says whether it took it (the stream leads: one of the
+//!   streams asking gets it), or another fetch holds it: those streams then follow
+//!   (`collapse.rs`), share one poll per key per interval, and are answered from the entry the
+//!   moment it lands: at once from the leader's write when it is this worker's, else by the
+//!   next poll. A fetch that ends without an entry frees the lock (a follower leads next) or
+//!   marks it (followers go to the origin); a wait ends at the stream's own deadline.
 
 pub mod breaker;
+pub mod collapse;
 pub mod writes;
 
 use crate::store::{
-    self, Answer, Command, Expect, PurgeCommand, Request, Slot, StoreError, StoreWrite,
+    self, Answer, Command, Expect, Locking, Looked, PurgeCommand, Request, Slot, StoreError,
+    StoreWrite, Unlock,
 };
 use breaker::{Admit, Breaker, BreakerSettings, Change};
+use collapse::Followers;
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, Range};
 use std::rc::Rc;
@@ -89,6 +99,11 @@ pub struct Settings {
     /// Bound on the bytes queued writes hold; also bounds the values being read in pieces.
     pub max_queue_bytes: usize,
     pub breaker: BreakerSettings,
+    /// `collapse.max_wait_ms`: how long a lock on a missing entry lives (0: misses are not
+    /// collapsed).
+    pub lock_ms: u64,
+    /// `collapse.poll_ms`: how often the followers of a key look it up again.
+    pub poll_ms: u64,
 }
 
 /// Bytes of a store answer, shared (never copied) by the replies that use them.
@@ -119,8 +134,11 @@ impl Deref for Bytes {
 /// What a stream's wait ended with.
 #[derive(Debug)]
 pub enum Reply {
-    /// The value of the key it wanted (`None`: missing), or why there is none.
-    Lookup(Result<Option<Bytes>, StoreError>),
+    /// What the key it wanted holds, or why it is not known.
+    Lookup(Result<Looked<Bytes>, StoreError>),
+    /// Not an end: the key is missing and another stream fetches it; this one waits for that
+    /// fetch (its [`Reply::Lookup`] comes later).
+    Following,
     /// How many resources its purge removed.
     Purge(Result<u64, StoreError>),
     /// Whether the store confirmed the invalidation of these keys in time.
@@ -172,6 +190,22 @@ pub struct Outgoing<'a> {
 struct Want {
     key: String,
     streams: Vec<StreamId>,
+    /// Of `streams`, those that would fetch a missing entry (and may wait for another's fetch
+    /// until the time given).
+    collapse: Vec<(StreamId, u64)>,
+    /// A poll for the key's followers (it may have no stream of its own).
+    poll: bool,
+}
+
+impl Want {
+    fn new(key: String) -> Want {
+        Want {
+            key,
+            streams: Vec::new(),
+            collapse: Vec::new(),
+            poll: false,
+        }
+    }
 }
 
 /// What a callout carries, and so what its answer settles.
@@ -183,6 +217,9 @@ enum Carries {
         wants: Vec<Want>,
         riders: Vec<Job>,
         probe: bool,
+        /// Per want: whether the lookup takes the key's lock if the entry is missing.
+        locks: Vec<bool>,
+        lock_ms: u64,
     },
     /// A write batch (entries, or one refresh or invalidation).
     Writes(Vec<Job>),
@@ -209,22 +246,45 @@ impl Carries {
             wants.iter().map(|w| w.key.as_str()).collect()
         }
         match self {
-            Carries::Lookup { wants, riders, .. } if riders.is_empty() => Command::Lookup {
-                keys: keys(wants),
-                inline_bytes: ANSWER_BYTES,
-            },
-            Carries::Lookup { wants, riders, .. } => Command::Write {
-                entries: writes::entries(riders),
-                then_lookup: keys(wants),
-                inline_bytes: ANSWER_BYTES,
-            },
+            Carries::Lookup {
+                wants,
+                riders,
+                locks,
+                lock_ms,
+                ..
+            } => {
+                let locking = Some(Locking {
+                    keys: locks,
+                    ttl_ms: *lock_ms,
+                });
+                if riders.is_empty() {
+                    Command::Lookup {
+                        keys: keys(wants),
+                        inline_bytes: ANSWER_BYTES,
+                        locking,
+                    }
+                } else {
+                    Command::Write {
+                        entries: writes::entries(riders),
+                        then_lookup: keys(wants),
+                        inline_bytes: ANSWER_BYTES,
+                        locking,
+                    }
+                }
+            }
             Carries::Writes(jobs) => match jobs.first().map(|j| &j.write) {
                 Some(StoreWrite::Entry(w)) if w.refresh.is_some() => Command::Refresh(w),
                 Some(StoreWrite::Invalidate(keys)) => Command::Invalidate(keys),
+                Some(StoreWrite::Unlock { key, owner, unlock }) => Command::Unlock {
+                    key,
+                    owner: *owner,
+                    unlock: *unlock,
+                },
                 _ => Command::Write {
                     entries: writes::entries(jobs),
                     then_lookup: Vec::new(),
                     inline_bytes: 0,
+                    locking: None,
                 },
             },
             Carries::Purge {
@@ -348,6 +408,8 @@ pub struct Outbox {
     replies: VecDeque<(StreamId, Reply)>,
     notes: VecDeque<Note>,
     breaker: Breaker,
+    /// Streams waiting behind another's fetch of a missing entry.
+    followers: Followers,
     nonce_base: u64,
     sent: u64,
 }
@@ -370,6 +432,7 @@ impl Outbox {
             replies: VecDeque::new(),
             notes: VecDeque::new(),
             breaker: Breaker::new(settings.breaker, seed.rotate_left(17)),
+            followers: Followers::new(settings.poll_ms),
             nonce_base: seed,
             sent: 0,
         }
@@ -377,16 +440,19 @@ impl Outbox {
 
     // ---- inputs ----------------------------------------------------------------------------
 
-    /// Stream `stream`, which arrived at `arrived_ms`, waits for the value of `key`. Returns
-    /// the reply at once when there is nothing to wait for (breaker open, deadline passed);
-    /// otherwise it comes from [`Outbox::poll_reply`].
+    /// Stream `stream`, which arrived at `arrived_ms`, waits for the value of `key`. With
+    /// `wait_until`, it would fetch a missing entry, and may wait for another's fetch until
+    /// then. Returns the reply at once when there is nothing to wait for (breaker open,
+    /// deadline passed); otherwise it comes from [`Outbox::poll_reply`].
     pub fn want(
         &mut self,
         now_ms: u64,
         stream: StreamId,
         key: String,
         arrived_ms: u64,
+        wait_until: Option<u64>,
     ) -> Option<Reply> {
+        let collapse = wait_until.filter(|_| self.settings.lock_ms > 0);
         let deadline = arrived_ms.saturating_add(self.settings.lookup_timeout_ms);
         if deadline <= now_ms {
             return Some(Reply::Lookup(Err(StoreError::Timeout)));
@@ -415,18 +481,41 @@ impl Outbox {
             .find(|w| w.key == key)
         {
             w.streams.push(stream);
+            w.collapse.extend(collapse.map(|until| (stream, until)));
             self.deadlines.insert(stream, deadline);
             return None;
         }
         if self.breaker.admit_lookup(now_ms) == Admit::No {
             return Some(Reply::Lookup(Err(StoreError::BreakerOpen)));
         }
-        self.pending.push(Want {
-            key,
-            streams: vec![stream],
-        });
+        let mut want = Want::new(key);
+        want.streams.push(stream);
+        want.collapse.extend(collapse.map(|until| (stream, until)));
+        self.pending.push(want);
         self.deadlines.insert(stream, deadline);
         None
+    }
+
+    /// The fetch of the missing entry at `key`, led by a stream whose lookup (nonce `owner`)
+    /// took its lock, ended without an entry: the lock becomes what `unlock` says. This
+    /// worker's followers of the key go to the origin at once for a marker; for a release
+    /// they look again as soon as it landed (one of them may lead).
+    pub fn unlock(&mut self, key: String, owner: u64, unlock: Unlock) {
+        match unlock {
+            // Its followers look again once the release landed (`settle_writes`).
+            Unlock::Release => {}
+            Unlock::Uncacheable { .. } | Unlock::Exempt { .. } => {
+                let marker = match unlock {
+                    Unlock::Exempt { .. } => store::Marker::Exempt,
+                    _ => store::Marker::Uncacheable,
+                };
+                for (s, _) in self.followers.take(&key) {
+                    self.replies
+                        .push_back((s, Reply::Lookup(Ok(Looked::NoWait(marker)))));
+                }
+            }
+        }
+        self.writes.push(StoreWrite::Unlock { key, owner, unlock });
     }
 
     /// Queues a write; false when it is dropped (the queue is full, or the breaker is open:
@@ -494,6 +583,7 @@ impl Outbox {
     pub fn stream_gone(&mut self, stream: StreamId) {
         // Its invalidation or write still runs: only the wait for it ends.
         self.holds.retain(|(s, _, _)| *s != stream);
+        self.followers.remove(stream);
         if self.deadlines.remove(&stream).is_some() {
             self.forget_stream(stream);
         }
@@ -518,7 +608,7 @@ impl Outbox {
             Some(body) => store::decode(nonce, flight.expect, status, &body).map(|a| (a, body)),
         };
         match answer {
-            Ok((answer, body)) => self.settle(now_ms, flight, answer, body),
+            Ok((answer, body)) => self.settle(now_ms, nonce, flight, answer, body),
             Err(e) => self.fail(now_ms, flight, e),
         }
     }
@@ -551,6 +641,10 @@ impl Outbox {
             self.forget_stream(stream);
             self.replies
                 .push_back((stream, Reply::Lookup(Err(StoreError::Timeout))));
+        }
+        for stream in self.followers.expired(now_ms) {
+            self.replies
+                .push_back((stream, Reply::Lookup(Ok(Looked::WaitOver))));
         }
         let lost: Vec<u64> = self
             .flights
@@ -632,7 +726,13 @@ impl Outbox {
         let retry =
             (self.write_retry_at_ms > 0 && self.writes.can_send() && self.breaker.admits_writes())
                 .then_some(self.write_retry_at_ms);
-        deadlines.chain(holds).chain(flights).chain(retry).min()
+        let followers = self.followers.next_timeout();
+        deadlines
+            .chain(holds)
+            .chain(flights)
+            .chain(retry)
+            .chain(followers)
+            .min()
     }
 
     /// Whether the breaker is open (or probing): the store is being skipped.
@@ -648,6 +748,7 @@ impl Outbox {
             && self.purges.is_empty()
             && self.invalidations.is_empty()
             && self.holds.is_empty()
+            && self.followers.is_empty()
     }
 
     // ---- what leaves -----------------------------------------------------------------------
@@ -695,6 +796,7 @@ impl Outbox {
             }
             self.invalidation_failed(stream, keys, StoreError::BreakerOpen);
         }
+        self.add_polls(now_ms);
         let lookups_out = self
             .flights
             .values()
@@ -706,13 +808,26 @@ impl Outbox {
         if may_look {
             let n = self.pending.len().min(MAX_KEYS);
             let wants: Vec<Want> = self.pending.drain(..n).collect();
+            // A poll waits as long as any lookup may.
+            let poll = wants
+                .iter()
+                .any(|w| w.poll)
+                .then_some(now_ms + self.settings.lookup_timeout_ms);
             let last = wants
                 .iter()
                 .flat_map(|w| &w.streams)
                 .filter_map(|s| self.deadlines.get(s))
-                .max()
                 .copied()
+                .chain(poll)
+                .max()
                 .unwrap_or(now_ms + 1);
+            let lock_ms = self.settings.lock_ms;
+            let locks = wants
+                .iter()
+                .map(|w| {
+                    lock_ms > 0 && (!w.collapse.is_empty() || w.poll || self.followers.has(&w.key))
+                })
+                .collect();
             let probe = self.breaker.is_open();
             let riders = if probe || now_ms < self.write_retry_at_ms || !self.writes.can_send() {
                 None
@@ -726,6 +841,8 @@ impl Outbox {
                 wants,
                 riders: riders.unwrap_or_default(),
                 probe,
+                locks,
+                lock_ms,
             };
             return Some((carries, last.saturating_sub(now_ms).max(1)));
         }
@@ -740,6 +857,27 @@ impl Outbox {
         let batch = self.writes.next_batch()?;
         self.writes.sent();
         Some((Carries::Writes(batch), self.settings.write_timeout_ms))
+    }
+
+    /// A poll for each followed key whose interval passed, unless a lookup of it is already
+    /// waiting to go or out (its answer serves the followers too).
+    fn add_polls(&mut self, now_ms: u64) {
+        if self.followers.is_empty() || self.breaker.is_open() {
+            return;
+        }
+        for key in self.followers.due(now_ms) {
+            let out = self.flights.values().any(|f| match &f.carries {
+                Carries::Lookup { wants, .. } => wants.iter().any(|w| w.key == key),
+                _ => false,
+            });
+            if let Some(w) = self.pending.iter_mut().find(|w| w.key == key) {
+                w.poll = true;
+            } else if !out {
+                let mut want = Want::new(key);
+                want.poll = true;
+                self.pending.push(want);
+            }
+        }
     }
 
     /// The next piece of a large value, if one may go: the oldest value's first.
@@ -776,22 +914,22 @@ impl Outbox {
 
     // ---- what answers mean -----------------------------------------------------------------
 
-    fn settle(&mut self, now_ms: u64, flight: Flight, answer: Answer, body: Vec<u8>) {
+    fn settle(&mut self, now_ms: u64, nonce: u64, flight: Flight, answer: Answer, body: Vec<u8>) {
         if self.breaker.success() == Some(Change::Closed) {
             self.notes.push_back(Note::BreakerClosed);
         }
         let body = Rc::new(body);
         match (flight.carries, answer) {
             (Carries::Lookup { wants, riders, .. }, Answer::Values(slots)) => {
-                self.settle_writes(riders, Ok(()), true);
-                self.deliver(wants, slots, &body);
+                self.settle_writes(now_ms, riders, Ok(()), true);
+                self.deliver(now_ms, nonce, wants, slots, &body);
             }
             (Carries::Lookup { wants, riders, .. }, Answer::ValuesAndWrites(slots, written)) => {
-                self.settle_writes(riders, written, true);
-                self.deliver(wants, slots, &body);
+                self.settle_writes(now_ms, riders, written, true);
+                self.deliver(now_ms, nonce, wants, slots, &body);
             }
             (Carries::Writes(jobs), Answer::Done | Answer::Count(_)) => {
-                self.settle_writes(jobs, Ok(()), false);
+                self.settle_writes(now_ms, jobs, Ok(()), false);
             }
             (Carries::Purge { stream, .. }, Answer::Count(n)) => {
                 self.replies.push_back((stream, Reply::Purge(Ok(n))));
@@ -841,15 +979,21 @@ impl Outbox {
             for a in std::mem::take(&mut self.assemblies) {
                 self.reply_all(&a.streams, Err(StoreError::BreakerOpen));
             }
+            for s in self.followers.take_all() {
+                self.replies
+                    .push_back((s, Reply::Lookup(Err(StoreError::BreakerOpen))));
+            }
         }
         match flight.carries {
             Carries::Lookup { wants, riders, .. } => {
-                self.settle_writes(riders, Err(e), true);
+                self.settle_writes(now_ms, riders, Err(e), true);
                 for w in wants {
                     self.reply_all(&w.streams, Err(e));
+                    // Followers keep waiting: the next poll may do better.
+                    self.followers.rearm(&w.key, now_ms);
                 }
             }
-            Carries::Writes(jobs) => self.settle_writes(jobs, Err(e), false),
+            Carries::Writes(jobs) => self.settle_writes(now_ms, jobs, Err(e), false),
             Carries::Purge { stream, .. } => {
                 self.replies.push_back((stream, Reply::Purge(Err(e))));
             }
@@ -892,7 +1036,13 @@ impl Outbox {
         queued.map(|(_, k)| k).or(out).cloned().unwrap_or_default()
     }
 
-    fn settle_writes(&mut self, jobs: Vec<Job>, result: Result<(), StoreError>, rode: bool) {
+    fn settle_writes(
+        &mut self,
+        now_ms: u64,
+        jobs: Vec<Job>,
+        result: Result<(), StoreError>,
+        rode: bool,
+    ) {
         if jobs.is_empty() {
             return;
         }
@@ -900,7 +1050,43 @@ impl Outbox {
             self.notes.push_back(Note::RidersSettled(result));
         }
         let waiters: Vec<Option<StreamId>> = jobs.iter().map(|j| j.waiter).collect();
+        let handoffs: Vec<Vec<(String, Bytes)>> =
+            jobs.iter().map(|j| self.handoffs(&j.write)).collect();
+        let unlocks: Vec<Option<&str>> = jobs
+            .iter()
+            .map(|j| match &j.write {
+                StoreWrite::Unlock {
+                    key,
+                    unlock: Unlock::Release,
+                    ..
+                } => Some(key.as_str()),
+                StoreWrite::Unlock { .. } => Some(""),
+                _ => None,
+            })
+            .collect();
+        // A freed lock: its followers look again now (one of them takes it). Not before the
+        // release landed, or their poll would find it still held.
+        let released: Vec<String> = unlocks
+            .iter()
+            .flatten()
+            .filter(|k| !k.is_empty())
+            .map(|k| k.to_string())
+            .collect();
+        let unlocks: Vec<bool> = unlocks.iter().map(Option::is_some).collect();
         let outcomes = self.writes.settle(jobs, result.is_ok());
+        for (handoff, outcome) in handoffs.into_iter().zip(&outcomes) {
+            for (key, bytes) in handoff {
+                let reply = match outcome {
+                    Outcome::Published(_) => Ok(Looked::Value(bytes.clone())),
+                    // The lock stays until it expires: no use waiting for it.
+                    Outcome::Failed => Ok(Looked::WaitOver),
+                    Outcome::Retrying => continue,
+                };
+                for (s, _) in self.followers.take(&key) {
+                    self.replies.push_back((s, Reply::Lookup(reply.clone())));
+                }
+            }
+        }
         for (waiter, outcome) in waiters.iter().zip(&outcomes) {
             let e = result.err().unwrap_or(StoreError::Garbage);
             match (waiter, outcome) {
@@ -909,7 +1095,14 @@ impl Outbox {
                 _ => {}
             }
         }
-        for outcome in outcomes {
+        for key in released {
+            self.followers.poll_now(&key, now_ms);
+        }
+        for (outcome, unlock) in outcomes.into_iter().zip(unlocks) {
+            if unlock {
+                // Bookkeeping of the collapse, not a write anyone waits for or counts.
+                continue;
+            }
             let e = result.err().unwrap_or(StoreError::Garbage);
             self.notes.push_back(match outcome {
                 Outcome::Published(bytes) => Note::Published { bytes, rode },
@@ -919,21 +1112,134 @@ impl Outbox {
         }
     }
 
-    /// A lookup's values to the streams still waiting for them.
-    fn deliver(&mut self, wants: Vec<Want>, slots: Vec<Slot>, body: &Rc<Vec<u8>>) {
-        for (want, slot) in wants.into_iter().zip(slots) {
-            match slot {
-                Slot::Missing => self.reply_all(&want.streams, Ok(None)),
-                Slot::Foreign => self.reply_all(&want.streams, Ok(Some(Bytes::foreign()))),
-                Slot::Value(range) => {
-                    let bytes = Bytes {
-                        buf: body.clone(),
-                        range,
-                    };
-                    self.reply_all(&want.streams, Ok(Some(bytes)))
+    /// What this worker's followers get when `write` lands: the bytes each followed key
+    /// now holds (a varying resource's key holds its variants record). Copied only when
+    /// someone follows.
+    fn handoffs(&self, write: &StoreWrite) -> Vec<(String, Bytes)> {
+        let StoreWrite::Entry(w) = write else {
+            return Vec::new();
+        };
+        if w.refresh.is_some() || self.followers.is_empty() {
+            return Vec::new();
+        }
+        let shared = |bytes: &[u8]| Bytes {
+            range: 0..bytes.len(),
+            buf: Rc::new(bytes.to_vec()),
+        };
+        let mut out = Vec::new();
+        match &w.variant {
+            None if self.followers.has(&w.key) => out.push((w.key.clone(), shared(&w.entry))),
+            Some(v) => {
+                if self.followers.has(&w.key) {
+                    out.push((w.key.clone(), shared(&v.record)));
                 }
-                Slot::Large(total) => self.assemble(want, total),
+                if self.followers.has(&v.key) {
+                    out.push((v.key.clone(), shared(&w.entry)));
+                }
             }
+            None => {}
+        }
+        out
+    }
+
+    /// A lookup's values to the streams still waiting for them, and to the key's followers.
+    fn deliver(
+        &mut self,
+        now_ms: u64,
+        nonce: u64,
+        wants: Vec<Want>,
+        slots: Vec<Slot>,
+        body: &Rc<Vec<u8>>,
+    ) {
+        for (mut want, slot) in wants.into_iter().zip(slots) {
+            match slot {
+                Slot::Missing => {
+                    // No lock was asked for this key: its followers look again later.
+                    self.followers.rearm(&want.key, now_ms);
+                    self.reply_all(&want.streams, Ok(Looked::Missing));
+                }
+                Slot::Fetching => {
+                    self.follow(now_ms, &want, None);
+                    self.followers.rearm(&want.key, now_ms);
+                }
+                Slot::Locked => {
+                    let leader = want
+                        .collapse
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .find(|s| self.deadlines.contains_key(s));
+                    match leader {
+                        Some(leader) => {
+                            self.deadlines.remove(&leader);
+                            self.replies
+                                .push_back((leader, Reply::Lookup(Ok(Looked::Lead(nonce)))));
+                            self.follow(now_ms, &want, Some(leader));
+                        }
+                        None => match self.followers.take_first(&want.key) {
+                            Some(leader) => self
+                                .replies
+                                .push_back((leader, Reply::Lookup(Ok(Looked::Lead(nonce))))),
+                            // Everyone it was taken for is gone: free it for the next.
+                            None => {
+                                self.writes.push(StoreWrite::Unlock {
+                                    key: want.key.clone(),
+                                    owner: nonce,
+                                    unlock: Unlock::Release,
+                                });
+                            }
+                        },
+                    }
+                    self.reply_all(&want.streams, Ok(Looked::Missing));
+                    self.followers.rearm(&want.key, now_ms);
+                }
+                Slot::NoWait(marker) => {
+                    for (s, _) in self.followers.take(&want.key) {
+                        self.replies
+                            .push_back((s, Reply::Lookup(Ok(Looked::NoWait(marker)))));
+                    }
+                    self.reply_all(&want.streams, Ok(Looked::NoWait(marker)));
+                }
+                Slot::Foreign | Slot::Value(_) | Slot::Large(_) => {
+                    // The followers' wait is over: they read what the others read.
+                    let read_by = now_ms.saturating_add(self.settings.lookup_timeout_ms);
+                    for (s, _) in self.followers.take(&want.key) {
+                        self.deadlines.insert(s, read_by);
+                        want.streams.push(s);
+                    }
+                    match slot {
+                        Slot::Value(range) => {
+                            let bytes = Bytes {
+                                buf: body.clone(),
+                                range,
+                            };
+                            self.reply_all(&want.streams, Ok(Looked::Value(bytes)))
+                        }
+                        Slot::Large(total) => self.assemble(want, total),
+                        _ => self.reply_all(&want.streams, Ok(Looked::Value(Bytes::foreign()))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The entry at `want.key` is being fetched by someone else (or by `leader`): the streams
+    /// that would fetch it follow that fetch (or, past their wait, go ahead); the others find
+    /// it missing.
+    fn follow(&mut self, now_ms: u64, want: &Want, leader: Option<StreamId>) {
+        for &(s, until) in &want.collapse {
+            if Some(s) == leader || self.deadlines.remove(&s).is_none() {
+                continue;
+            }
+            if until <= now_ms {
+                self.replies
+                    .push_back((s, Reply::Lookup(Ok(Looked::WaitOver))));
+            } else {
+                self.followers.add(&want.key, s, until, now_ms);
+                self.replies.push_back((s, Reply::Following));
+            }
+        }
+        if leader.is_none() {
+            self.reply_all(&want.streams, Ok(Looked::Missing));
         }
     }
 
@@ -949,7 +1255,7 @@ impl Outbox {
         }
         if total > self.settings.max_value_bytes {
             self.notes.push_back(Note::TooLarge);
-            self.reply_all(&streams, Ok(Some(Bytes::foreign())));
+            self.reply_all(&streams, Ok(Looked::Value(Bytes::foreign())));
             return;
         }
         let allowance = transfer_allowance(&self.settings, total);
@@ -1007,15 +1313,15 @@ impl Outbox {
                     range: 0..a.buf.len(),
                     buf: Rc::new(a.buf),
                 };
-                self.reply_all(&a.streams, Ok(Some(bytes)));
+                self.reply_all(&a.streams, Ok(Looked::Value(bytes)));
             }
-            Err(None) => self.reply_all(&a.streams, Ok(None)),
+            Err(None) => self.reply_all(&a.streams, Ok(Looked::Missing)),
             Err(Some(e)) => self.reply_all(&a.streams, Err(e)),
         }
     }
 
     /// Replies to each of `streams` still waiting (each exactly once).
-    fn reply_all(&mut self, streams: &[StreamId], reply: Result<Option<Bytes>, StoreError>) {
+    fn reply_all(&mut self, streams: &[StreamId], reply: Result<Looked<Bytes>, StoreError>) {
         for s in streams {
             if self.deadlines.remove(s).is_some() {
                 self.replies.push_back((*s, Reply::Lookup(reply.clone())));
@@ -1029,10 +1335,11 @@ impl Outbox {
         let mut emptied_pending = false;
         for w in &mut self.pending {
             w.streams.retain(|s| *s != stream);
-            emptied_pending |= w.streams.is_empty();
+            w.collapse.retain(|(s, _)| *s != stream);
+            emptied_pending |= w.streams.is_empty() && !w.poll;
         }
         if emptied_pending {
-            self.pending.retain(|w| !w.streams.is_empty());
+            self.pending.retain(|w| !w.streams.is_empty() || w.poll);
         }
         for f in self.flights.values_mut() {
             if let Carries::Lookup { wants, .. } = &mut f.carries {

@@ -22,6 +22,8 @@ fn settings() -> Settings {
             backoff_ms: 1_000,
             max_backoff_ms: 8_000,
         },
+        lock_ms: 0,
+        poll_ms: 50,
     }
 }
 
@@ -32,6 +34,10 @@ struct Redis {
     sets: HashMap<String, HashSet<String>>,
     /// Keys holding a hash (another type).
     hashes: HashSet<String>,
+    /// Lock keys: value and expiry (unix ms).
+    locks: HashMap<String, (Vec<u8>, u64)>,
+    /// The clock, for the locks' expiry.
+    now: u64,
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {
@@ -78,20 +84,35 @@ impl Redis {
         let nonce = argv[0].clone();
         let num = |a: &Vec<u8>| -> i64 { std::str::from_utf8(a).unwrap().parse().unwrap() };
         let mut out = Vec::new();
+        let script = script.strip_prefix("local LS=':lock' ").unwrap_or(&script);
+        self.locks.retain(|_, (_, exp)| *exp > self.now);
         if script.starts_with("local o={ARGV[1],''}") {
             let budget = num(&argv[1]);
             out.extend_from_slice(format!("*{}\r\n", keys.len() + 2).as_bytes());
             bulk(&mut out, &nonce);
-            self.lookup(&mut out, &keys, budget);
+            let locking = (&argv[2], num(&argv[3]) as u64);
+            self.lookup(&mut out, &keys, budget, &nonce, locking);
         } else if script.starts_with("local s=2") {
             self.set_entries(&keys, &argv[1..]);
             bulk(&mut out, &nonce);
-        } else if script.starts_with("local s=3") {
-            let used = self.set_entries(&keys, &argv[2..]);
+        } else if script.starts_with("local s=5") {
+            let used = self.set_entries(&keys, &argv[4..]);
             out.extend_from_slice(format!("*{}\r\n", keys.len() - used + 3).as_bytes());
             bulk(&mut out, &nonce);
-            self.lookup(&mut out, &keys[used..], num(&argv[1]));
+            let locking = (&argv[2], num(&argv[3]) as u64);
+            self.lookup(&mut out, &keys[used..], num(&argv[1]), &nonce, locking);
             bulk(&mut out, b"1");
+        } else if script.starts_with("local v=redis.pcall('GET',KEYS[1])") {
+            let held = self.locks.get(&keys[0]).map(|(v, _)| v.clone());
+            if argv[2] == b"r" {
+                if held.as_ref() == Some(&argv[1]) {
+                    self.locks.remove(&keys[0]);
+                }
+            } else {
+                let exp = self.now + num(&argv[3]) as u64;
+                self.locks.insert(keys[0].clone(), (argv[2].clone(), exp));
+            }
+            bulk(&mut out, &nonce);
         } else if script.starts_with("local l=") {
             let (total, start, last) = (num(&argv[1]), num(&argv[2]), num(&argv[3]));
             out.extend_from_slice(b"*2\r\n");
@@ -142,17 +163,39 @@ impl Redis {
         out
     }
 
-    /// As Webdis frames the script's answer: every element a bulk string.
-    fn lookup(&self, out: &mut Vec<u8>, keys: &[String], mut budget: i64) {
+    /// As Webdis frames the script's answer: every element a bulk string. `locking`: the
+    /// lock flags (one per key, or `-`) and the lock's lifetime.
+    fn lookup(
+        &mut self,
+        out: &mut Vec<u8>,
+        keys: &[String],
+        mut budget: i64,
+        nonce: &[u8],
+        (flags, lock_ms): (&Vec<u8>, u64),
+    ) {
         let mut letters = Vec::new();
         let mut slots = Vec::new();
-        for k in keys {
+        for (i, k) in keys.iter().enumerate() {
+            let missing = match flags.get(i) {
+                Some(b'1') => {
+                    let lk = format!("{k}:lock");
+                    match self.locks.get(&lk) {
+                        None => {
+                            self.locks.insert(lk, (nonce.to_vec(), self.now + lock_ms));
+                            b'L'
+                        }
+                        Some((v, _)) if v == b"h" || v == b"x" => v[0],
+                        Some(_) => b'w',
+                    }
+                }
+                _ => b'm',
+            };
             let (letter, slot) = if self.hashes.contains(k) {
                 (b'f', Vec::new())
             } else {
                 match self.strings.get(k) {
-                    None => (b'm', Vec::new()),
-                    Some(v) if v.is_empty() => (b'm', Vec::new()),
+                    None => (missing, Vec::new()),
+                    Some(v) if v.is_empty() => (missing, Vec::new()),
                     Some(v) if v.len() as i64 > budget => (b'l', v.len().to_string().into_bytes()),
                     Some(v) => {
                         budget -= v.len() as i64;
@@ -181,6 +224,7 @@ impl Redis {
             off += len;
             self.hashes.remove(&keys[k]);
             self.strings.insert(keys[k].clone(), v);
+            self.locks.remove(&format!("{}:lock", keys[k]));
             for tag in &keys[k + 1..k + n] {
                 self.sets
                     .entry(tag.clone())
@@ -230,7 +274,10 @@ impl Sim {
     fn with(s: Settings) -> Sim {
         Sim {
             outbox: Outbox::new(s, 0xfeed),
-            redis: Redis::default(),
+            redis: Redis {
+                now: T0,
+                ..Redis::default()
+            },
             now: T0,
             next_token: 1,
             out: Vec::new(),
@@ -245,7 +292,10 @@ impl Sim {
     }
 
     fn want_arrived(&mut self, stream: StreamId, key: &str, arrived: u64) {
-        if let Some(r) = self.outbox.want(self.now, stream, key.into(), arrived) {
+        if let Some(r) = self
+            .outbox
+            .want(self.now, stream, key.into(), arrived, None)
+        {
             self.replies.insert(stream, (self.now, r));
         }
         self.pump();
@@ -312,6 +362,7 @@ impl Sim {
     /// Time passes; Envoy answers 504 to callouts past their timeout.
     fn advance(&mut self, ms: u64) {
         self.now += ms;
+        self.redis.now = self.now;
         let (late, kept): (Vec<Call>, Vec<Call>) =
             self.out.drain(..).partition(|c| c.deadline <= self.now);
         self.out = kept;
@@ -325,7 +376,8 @@ impl Sim {
 
     fn value(&self, s: StreamId) -> Option<Vec<u8>> {
         match &self.replies.get(&s)?.1 {
-            Reply::Lookup(Ok(v)) => Some(v.as_deref().unwrap_or(b"<missing>").to_vec()),
+            Reply::Lookup(Ok(Looked::Value(v))) => Some(v.to_vec()),
+            Reply::Lookup(Ok(Looked::Missing)) => Some(b"<missing>".to_vec()),
             other => panic!("stream {s}: {other:?}"),
         }
     }
@@ -1375,3 +1427,6 @@ fn read_your_writes_a_write_dropped_by_an_invalidation_releases_its_waiter() {
     s.answer_all();
     assert!(!s.redis.strings.contains_key("r"));
 }
+
+#[path = "collapse_tests.rs"]
+mod collapse_tests;

@@ -64,7 +64,7 @@ pub fn entries(jobs: &[Job]) -> Vec<&Write> {
     jobs.iter()
         .filter_map(|j| match &j.write {
             StoreWrite::Entry(w) => Some(w),
-            StoreWrite::Invalidate(_) => None,
+            StoreWrite::Invalidate(_) | StoreWrite::Unlock { .. } => None,
         })
         .collect()
 }
@@ -325,6 +325,7 @@ mod tests {
         match &job.write {
             StoreWrite::Entry(w) => &w.key,
             StoreWrite::Invalidate(keys) => &keys[0],
+            StoreWrite::Unlock { key, .. } => key,
         }
     }
 
@@ -577,7 +578,7 @@ mod tests {
             }),
             ..match write("r", 1) {
                 StoreWrite::Entry(w) => w,
-                StoreWrite::Invalidate(_) => unreachable!(),
+                _ => unreachable!(),
             }
         });
         q.push(write("a", 1));

@@ -7,6 +7,10 @@
 //!                                 variants record; also each variant's own entry
 //! <resource key>:v                the set of a resource's variant keys (invalidation)
 //! <namespace>:tag:<sha256 hex>    the set of resource keys whose response carried a tag
+//! <entry key>:lock                while the entry is missing: who fetches it (a lookup's
+//!                                 nonce), or a marker that says not to wait for a fetch
+//!                                 (`h` the resource's last response was not storable, `x`
+//!                                 its content type is exempt from collapsing)
 //! ```
 //! Keys hold only a namespace and digests: no request byte reaches a key (or a command).
 
@@ -14,6 +18,17 @@ use crate::key::push_hex;
 
 /// What follows a resource's key in the key of its variants set.
 pub const VARIANTS_SUFFIX: &str = ":v";
+
+/// What follows an entry's key in the key of its lock (collapsed misses).
+pub const LOCK_SUFFIX: &str = ":lock";
+
+/// The key of the lock of the entry at `entry_key`.
+pub fn lock_key(entry_key: &str) -> String {
+    let mut key = String::with_capacity(entry_key.len() + LOCK_SUFFIX.len());
+    key.push_str(entry_key);
+    key.push_str(LOCK_SUFFIX);
+    key
+}
 
 /// The key of an entry (or variants record) whose key material hashes to `digest`.
 pub fn entry_key(namespace: &str, digest: &[u8]) -> String {
@@ -50,5 +65,6 @@ mod tests {
         assert_eq!(entry_key("ns", &[0xab, 0x01]), "ns:ab01");
         assert_eq!(variants_set_key("ns:ab01"), "ns:ab01:v");
         assert_eq!(tag_set_key("ns", &[0xff]), "ns:tag:ff");
+        assert_eq!(lock_key("ns:ab01"), "ns:ab01:lock");
     }
 }

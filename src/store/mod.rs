@@ -89,6 +89,12 @@ pub enum StoreWrite {
     /// Resources to remove (their keys): a non-error answer to an unsafe method changed them
     /// (RFC 9111 §4.4).
     Invalidate(Vec<String>),
+    /// The lock of a missing entry whose fetch ended without one (collapsed misses).
+    Unlock {
+        key: String,
+        owner: u64,
+        unlock: Unlock,
+    },
 }
 
 impl StoreWrite {
@@ -97,6 +103,7 @@ impl StoreWrite {
         match self {
             StoreWrite::Entry(w) => w.entry.len(),
             StoreWrite::Invalidate(keys) => keys.iter().map(String::len).sum(),
+            StoreWrite::Unlock { key, .. } => key.len(),
         }
     }
 }
@@ -128,6 +135,26 @@ pub enum PurgeCommand {
     Tags(Vec<String>),
 }
 
+/// What a lookup may do at a missing key (collapsed misses): take its lock for a stream that
+/// would fetch it, for `ttl_ms` at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locking<'a> {
+    /// Per key of the lookup: whether to try its lock.
+    pub keys: &'a [bool],
+    pub ttl_ms: u64,
+}
+
+/// What an entry's lock becomes when its fetch ends without an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlock {
+    /// Freed (if still held by this owner): the next lookup's stream fetches.
+    Release,
+    /// The response was not storable: for this long, lookups say not to wait (hit-for-miss).
+    Uncacheable { ttl_ms: u64 },
+    /// Its content type is exempt from collapsing: for this long, lookups say not to wait.
+    Exempt { ttl_ms: u64 },
+}
+
 /// A command for the store, borrowing what it sends.
 #[derive(Debug)]
 pub enum Command<'a> {
@@ -136,6 +163,7 @@ pub enum Command<'a> {
     Lookup {
         keys: Vec<&'a str>,
         inline_bytes: usize,
+        locking: Option<Locking<'a>>,
     },
     /// Write these entries atomically, in order; then, if `then_lookup` is not empty, read
     /// those keys as [`Command::Lookup`] does (writes riding with a lookup: one callout).
@@ -143,6 +171,14 @@ pub enum Command<'a> {
         entries: Vec<&'a Write>,
         then_lookup: Vec<&'a str>,
         inline_bytes: usize,
+        locking: Option<Locking<'a>>,
+    },
+    /// The lock of the entry at `key`, taken by the lookup whose nonce is `owner`, as
+    /// `unlock` says.
+    Unlock {
+        key: &'a str,
+        owner: u64,
+        unlock: Unlock,
     },
     /// A metadata refresh (`write.refresh` is set).
     Refresh(&'a Write),
@@ -167,7 +203,7 @@ impl Command<'_> {
             Command::Write { then_lookup, .. } if !then_lookup.is_empty() => {
                 Expect::ValuesAndWrites(then_lookup.len())
             }
-            Command::Write { .. } | Command::Refresh(_) => Expect::Done,
+            Command::Write { .. } | Command::Refresh(_) | Command::Unlock { .. } => Expect::Done,
             Command::Invalidate(_) | Command::PurgeTags(_) => Expect::Count,
             Command::Piece { .. } => Expect::Piece,
         }
@@ -200,12 +236,54 @@ pub enum Request<'a> {
 pub enum Slot {
     /// Nothing (or an empty string: no stored value is empty).
     Missing,
+    /// Nothing, and this lookup took the key's lock: its nonce owns the fetch.
+    Locked,
+    /// Nothing, and another lookup's stream is fetching it (holds the lock).
+    Fetching,
+    /// Nothing, and a marker says not to wait for a fetch.
+    NoWait(Marker),
     /// A value of another Redis type (a hash, a set): not ours, overwritten by the next write.
     Foreign,
     /// A string too large for the answer: its length.
     Large(u64),
     /// The value: where it lies in the answer's body.
     Value(Range<usize>),
+}
+
+/// Why a lookup should not wait for another's fetch of a missing entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// The resource's last response was not storable (hit-for-miss).
+    Uncacheable,
+    /// Its content type is exempt from collapsing.
+    Exempt,
+}
+
+/// What a stream's lookup found, with the collapsing of misses: `V` is the value's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Looked<V> {
+    /// The stored value.
+    Value(V),
+    /// Nothing stored.
+    Missing,
+    /// Nothing stored, and this stream fetches it: it holds the lock, owned by this nonce.
+    Lead(u64),
+    /// Nothing stored, and no fetch to wait for: the stream goes to the origin itself.
+    NoWait(Marker),
+    /// The stream waited behind another's fetch as long as it may; it goes to the origin.
+    WaitOver,
+}
+
+impl<V> Looked<V> {
+    pub fn map<W>(self, f: impl FnOnce(V) -> W) -> Looked<W> {
+        match self {
+            Looked::Value(v) => Looked::Value(f(v)),
+            Looked::Missing => Looked::Missing,
+            Looked::Lead(o) => Looked::Lead(o),
+            Looked::NoWait(m) => Looked::NoWait(m),
+            Looked::WaitOver => Looked::WaitOver,
+        }
+    }
 }
 
 /// A store answer, checked against its command (nonce, shape). Values are ranges into the

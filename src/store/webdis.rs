@@ -12,8 +12,8 @@
 //! starts with it: an answer is used only for the command it answers (Webdis has been seen
 //! delivering an abandoned request's answer on a later callout).
 
-use super::layout::VARIANTS_SUFFIX;
-use super::{Answer, Command, Expect, Request, Slot, StoreError, Write};
+use super::layout::{LOCK_SUFFIX, VARIANTS_SUFFIX};
+use super::{Answer, Command, Expect, Locking, Marker, Request, Slot, StoreError, Unlock, Write};
 use crate::key::push_hex;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -34,20 +34,36 @@ pub fn encode_arg(out: &mut String, arg: &[u8]) {
     }
 }
 
+/// Defines `LS`, the lock key suffix ([`LOCK_SUFFIX`]), for the scripts that follow it.
+const LOCK_PRELUDE: [&str; 3] = ["local LS='", LOCK_SUFFIX, "' "];
+
 /// Reads `KEYS[f..]` into `o`, at most `b` bytes of values in all, and what each slot holds
 /// into `t`, one letter per key: `v` its value; `m` missing (or empty: no stored value is
 /// empty); `f` another Redis type (not ours: the next write's `SET` replaces it); `l` a value
 /// that does not fit, whose slot is its length (read in pieces). `STRLEN` first, so a large
-/// value is never copied into the script or the answer. The letters end up in `o[2]`.
+/// value is never copied into the script or the answer. At a missing key whose flag in `L` is
+/// `1` (collapsed misses), its lock (`SET NX PX lm`, the nonce as owner): `L` taken by this
+/// lookup, `w` held by another's fetch, `h`/`x` a marker saying not to wait, `m` a lock key
+/// of another type (not ours: no waiting on it). The letters end up in `o[2]`.
 const LOOKUP_LOOP: &str = "for i=f,#KEYS do local k=KEYS[i] local n=redis.pcall('STRLEN',k) \
 if type(n)~='number' then t[#t+1]='f' o[#o+1]='' \
-elseif n==0 then t[#t+1]='m' o[#o+1]='' \
+elseif n==0 then local c='m' \
+if string.sub(L,i-f+1,i-f+1)=='1' then local lk=k..LS \
+if redis.call('SET',lk,ARGV[1],'NX','PX',lm) then c='L' else \
+local h=redis.pcall('GET',lk) \
+if h=='h' or h=='x' then c=h elseif type(h)=='string' then c='w' end end end \
+t[#t+1]=c o[#o+1]='' \
 elseif n>b then t[#t+1]='l' o[#o+1]=tostring(n) \
 else b=b-n t[#t+1]='v' o[#o+1]=redis.call('GET',k) end end o[2]=table.concat(t) ";
 
-/// A lookup: ARGV nonce, inline bytes; answers `[nonce, letters, slot...]`.
-const LOOKUP: [&str; 3] = [
-    "local o={ARGV[1],''} local t={} local b=tonumber(ARGV[2]) local f=1 ",
+/// A lookup: ARGV nonce, inline bytes, lock flags (one `0`/`1` per key, or `-`), lock ms;
+/// answers `[nonce, letters, slot...]`.
+const LOOKUP: [&str; 6] = [
+    LOCK_PRELUDE[0],
+    LOCK_PRELUDE[1],
+    LOCK_PRELUDE[2],
+    "local o={ARGV[1],''} local t={} local b=tonumber(ARGV[2]) local L=ARGV[3] \
+local lm=tonumber(ARGV[4]) local f=1 ",
     LOOKUP_LOOP,
     "return o",
 ];
@@ -58,7 +74,8 @@ const LOOKUP: [&str; 3] = [
 /// resource's key, then for a variant its own key and the resource's variants set, then the
 /// tag sets. The variants record and set live at least as long as the longest variant written
 /// through them, so no variant is orphaned early. A set key holding another type is replaced
-/// (a foreign value must not block writes forever); `SET` replaces any type by itself.
+/// (a foreign value must not block writes forever); `SET` replaces any type by itself. The
+/// entry's lock (and a variant's, and its record's) goes: whoever waits for it finds the entry.
 const SET_ENTRIES_LOOP: &str = "local function S(k) local t=redis.call('TYPE',k)['ok'] \
 if t~='set' and t~='none' then redis.call('DEL',k) end end \
 local body=ARGV[#ARGV] local k=1 local a=s local off=1 local one=(#ARGV==s+5) \
@@ -70,11 +87,11 @@ if ARGV[a+2]=='1' then \
 local rt=t local p=redis.call('PTTL',KEYS[k]) if p>rt then rt=p end \
 local r=string.gsub(ARGV[a+3],'..',function(h) return string.char(tonumber(h,16)) end) \
 redis.call('SET',KEYS[k],r,'PX',rt) \
-redis.call('SET',KEYS[k+1],v,'PX',t) \
+redis.call('SET',KEYS[k+1],v,'PX',t) redis.call('DEL',KEYS[k+1]..LS) \
 S(KEYS[k+2]) redis.call('SADD',KEYS[k+2],KEYS[k+1]) \
 if redis.call('PTTL',KEYS[k+2])<rt then redis.call('PEXPIRE',KEYS[k+2],rt) end \
 n=3 \
-else redis.call('SET',KEYS[k],v,'PX',t) end \
+else redis.call('SET',KEYS[k],v,'PX',t) end redis.call('DEL',KEYS[k]..LS) \
 for i=k+n,k+nk-1 do S(KEYS[i]) redis.call('SADD',KEYS[i],KEYS[k]) \
 if redis.call('PTTL',KEYS[i])<t then redis.call('PEXPIRE',KEYS[i],t) end end \
 k=k+nk a=a+5 end ";
@@ -82,18 +99,29 @@ k=k+nk a=a+5 end ";
 /// Entries, each atomically with everything that must find it later, in one script (the
 /// batch is atomic as a whole, in queue order): ARGV nonce, then the entries; answers the
 /// nonce.
-const SET_ENTRIES: [&str; 3] = ["local s=2 ", SET_ENTRIES_LOOP, "return ARGV[1]"];
+const SET_ENTRIES: [&str; 6] = [
+    LOCK_PRELUDE[0],
+    LOCK_PRELUDE[1],
+    LOCK_PRELUDE[2],
+    "local s=2 ",
+    SET_ENTRIES_LOOP,
+    "return ARGV[1]",
+];
 
 /// [`SET_ENTRIES`], then a lookup of the KEYS after the entries' (writes riding with a lookup
 /// batch: one callout's Envoy CPU instead of two; a key written and read in one batch reads
-/// its new value): ARGV nonce, inline bytes, then the entries. The writes run under `pcall`:
-/// a store that refuses them (out of memory, a read-only replica) still answers the lookup.
-/// Answers `[nonce, letters, slot..., "1" if the writes landed else "0"]`.
-const SET_ENTRIES_THEN_LOOKUP: [&str; 5] = [
-    "local s=3 local ok=pcall(function() ",
+/// its new value): ARGV nonce, inline bytes, lock flags, lock ms, then the entries. The writes
+/// run under `pcall`: a store that refuses them (out of memory, a read-only replica) still
+/// answers the lookup. Answers `[nonce, letters, slot..., "1" if the writes landed else "0"]`.
+const SET_ENTRIES_THEN_LOOKUP: [&str; 8] = [
+    LOCK_PRELUDE[0],
+    LOCK_PRELUDE[1],
+    LOCK_PRELUDE[2],
+    "local s=5 local ok=pcall(function() ",
     SET_ENTRIES_LOOP,
-    "end) local wk=0 for a=3,#ARGV-1,5 do wk=wk+tonumber(ARGV[a]) end \
-local o={ARGV[1],''} local t={} local b=tonumber(ARGV[2]) local f=wk+1 ",
+    "end) local wk=0 for a=5,#ARGV-1,5 do wk=wk+tonumber(ARGV[a]) end \
+local o={ARGV[1],''} local t={} local b=tonumber(ARGV[2]) local L=ARGV[3] \
+local lm=tonumber(ARGV[4]) local f=wk+1 ",
     LOOKUP_LOOP,
     "o[#o+1]=ok and '1' or '0' return o",
 ];
@@ -136,6 +164,15 @@ n=n+redis.call('DEL',p) redis.call('DEL',p..'",
 redis.call('DEL',t) end \
 return {ARGV[1],n}",
 ];
+
+/// The lock at KEYS[1]: ARGV nonce, owner, `r` (free it if this owner still holds it) or a
+/// marker (`h`, `x`) to set for ARGV[4] ms whoever holds it (a lock key of another type is
+/// left alone). Answers the nonce.
+const UNLOCK: [&str; 1] = ["local v=redis.pcall('GET',KEYS[1]) \
+if type(v)~='table' then \
+if ARGV[3]=='r' then if v==ARGV[2] then redis.call('DEL',KEYS[1]) end \
+else redis.call('SET',KEYS[1],ARGV[3],'PX',ARGV[4]) end end \
+return ARGV[1]"];
 
 /// Bytes ARGV[3]..=ARGV[4] of KEYS[1] if it still holds ARGV[2] bytes. Answers
 /// `[nonce, bytes]`, or `[nonce, ""]` when the value changed or is gone.
@@ -213,15 +250,21 @@ fn put<'a>(mut path: String, body: Cow<'a, [u8]>) -> Request<'a> {
 /// The request for `command`, carrying `nonce`.
 pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
     match command {
-        Command::Lookup { keys, inline_bytes } => {
-            let mut path = eval_path(script!(LOOKUP), keys, nonce, 16);
+        Command::Lookup {
+            keys,
+            inline_bytes,
+            locking,
+        } => {
+            let mut path = eval_path(script!(LOOKUP), keys, nonce, 32 + keys.len());
             push_num(&mut path, *inline_bytes as u64);
+            push_locking(&mut path, locking);
             get(path)
         }
         Command::Write {
             entries,
             then_lookup,
             inline_bytes,
+            locking,
         } => {
             let sets: Vec<String> = entries
                 .iter()
@@ -247,6 +290,7 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
             let mut path = eval_path(script, &keys, nonce, 64 * entries.len());
             if !then_lookup.is_empty() {
                 push_num(&mut path, *inline_bytes as u64);
+                push_locking(&mut path, locking);
             }
             for w in entries {
                 push_num(&mut path, entry_key_count(w) as u64);
@@ -292,6 +336,20 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
             let keys: Vec<&str> = tag_set_keys.iter().map(String::as_str).collect();
             get(eval_path(script!(PURGE_TAGS), &keys, nonce, 0))
         }
+        Command::Unlock { key, owner, unlock } => {
+            let lock = super::layout::lock_key(key);
+            let mut path = eval_path(script!(UNLOCK), &[&lock], nonce, 48);
+            path.push('/');
+            push_hex(&mut path, &owner.to_be_bytes());
+            let (mode, ttl_ms) = match unlock {
+                Unlock::Release => ("/r", 0),
+                Unlock::Uncacheable { ttl_ms } => ("/h", *ttl_ms),
+                Unlock::Exempt { ttl_ms } => ("/x", *ttl_ms),
+            };
+            path.push_str(mode);
+            push_num(&mut path, ttl_ms.max(1));
+            get(path)
+        }
         Command::Piece {
             key,
             total,
@@ -305,6 +363,19 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
             }
             get(path)
         }
+    }
+}
+
+/// `/<flags>/<ms>`: which keys of a lookup may take their lock, and for how long (`/-/0`:
+/// none).
+fn push_locking(path: &mut String, locking: &Option<Locking<'_>>) {
+    match locking {
+        Some(l) if l.keys.contains(&true) => {
+            path.push('/');
+            path.extend(l.keys.iter().map(|&k| if k { '1' } else { '0' }));
+            push_num(path, l.ttl_ms.max(1));
+        }
+        _ => path.push_str("/-/0"),
     }
 }
 
@@ -481,6 +552,10 @@ impl<'b> Resp<'b> {
                 b'v' if range.is_empty() => Slot::Missing,
                 b'v' => Slot::Value(range),
                 b'm' if range.is_empty() => Slot::Missing,
+                b'L' if range.is_empty() => Slot::Locked,
+                b'w' if range.is_empty() => Slot::Fetching,
+                b'h' if range.is_empty() => Slot::NoWait(Marker::Uncacheable),
+                b'x' if range.is_empty() => Slot::NoWait(Marker::Exempt),
                 b'f' if range.is_empty() => Slot::Foreign,
                 b'l' => match parse_digits(&self.buf[range])? {
                     0 => return Err(StoreError::Garbage),

@@ -32,14 +32,29 @@ fn lookup_path_carries_keys_nonce_and_budget() {
     let cmd = Command::Lookup {
         keys: vec!["ns:a", "ns:b.c"],
         inline_bytes: 4096,
+        locking: None,
     };
     let (p, body) = path(encode(N, &cmd));
-    assert!(p.starts_with("/EVAL/local%20o"), "{p}");
+    assert!(p.starts_with("/EVAL/local%20LS%3D"), "{p}");
     assert!(
-        p.ends_with(&format!("/2/ns%3Aa/ns%3Ab%2Ec/{NONCE}/4096.raw")),
+        p.ends_with(&format!("/2/ns%3Aa/ns%3Ab%2Ec/{NONCE}/4096/-/0.raw")),
         "{p}"
     );
     assert_eq!(body, None);
+    // Collapsed misses: the keys whose lock may be taken, and for how long.
+    let cmd = Command::Lookup {
+        keys: vec!["ns:a", "ns:b.c"],
+        inline_bytes: 4096,
+        locking: Some(Locking {
+            keys: &[false, true],
+            ttl_ms: 10_000,
+        }),
+    };
+    let (p, _) = path(encode(N, &cmd));
+    assert!(
+        p.ends_with(&format!("/2/ns%3Aa/ns%3Ab%2Ec/{NONCE}/4096/01/10000.raw")),
+        "{p}"
+    );
 }
 
 #[test]
@@ -61,6 +76,7 @@ fn write_paths() {
         entries: vec![&w, &tagged, &variant],
         then_lookup: vec![],
         inline_bytes: 0,
+        locking: None,
     };
     let (p, body) = path(encode(N, &cmd));
     assert!(
@@ -76,11 +92,15 @@ fn write_paths() {
         entries: vec![&tagged],
         then_lookup: vec!["ns:a"],
         inline_bytes: 99,
+        locking: Some(Locking {
+            keys: &[true],
+            ttl_ms: 500,
+        }),
     };
     let (p, body) = path(encode(N, &cmd));
     assert!(
         p.ends_with(&format!(
-            "/3/ns%3Ak/ns%3Atag%3A1/ns%3Aa/{NONCE}/99/2/5000/0/-/2.raw"
+            "/3/ns%3Ak/ns%3Atag%3A1/ns%3Aa/{NONCE}/99/1/500/2/5000/0/-/2.raw"
         )),
         "{p}"
     );
@@ -114,6 +134,22 @@ fn refresh_invalidate_purge_piece_paths() {
         )),
         "{p}"
     );
+    let unlock = |unlock| Command::Unlock {
+        key: "ns:k",
+        owner: 0xabc,
+        unlock,
+    };
+    let (p, _) = path(encode(N, &unlock(Unlock::Release)));
+    assert!(
+        p.ends_with(&format!(
+            "/1/ns%3Ak%3Alock/{NONCE}/0000000000000abc/r/1.raw"
+        )),
+        "{p}"
+    );
+    let (p, _) = path(encode(N, &unlock(Unlock::Uncacheable { ttl_ms: 60_000 })));
+    assert!(p.ends_with("/0000000000000abc/h/60000.raw"), "{p}");
+    let (p, _) = path(encode(N, &unlock(Unlock::Exempt { ttl_ms: 5_000 })));
+    assert!(p.ends_with("/0000000000000abc/x/5000.raw"), "{p}");
     let tags = vec!["ns:tag:x".to_string()];
     let (p, _) = path(encode(N, &Command::PurgeTags(&tags)));
     assert!(p.ends_with(&format!("/1/ns%3Atag%3Ax/{NONCE}.raw")), "{p}");
@@ -173,6 +209,26 @@ fn lookup_answers() {
         ]
     );
     assert_eq!(&body[42..45], b"a\0b");
+    // Collapsed misses: what a missing key's lock said.
+    let body = frame(&[
+        b"$4\r\nLwhx\r\n",
+        b"$0\r\n\r\n",
+        b"$0\r\n\r\n",
+        b"$0\r\n\r\n",
+        b"$0\r\n\r\n",
+    ]);
+    assert_eq!(
+        ok(Expect::Values(4), &body),
+        Ok(Answer::Values(vec![
+            Slot::Locked,
+            Slot::Fetching,
+            Slot::NoWait(Marker::Uncacheable),
+            Slot::NoWait(Marker::Exempt),
+        ]))
+    );
+    // A lock letter never comes with bytes.
+    let body = frame(&[b"$1\r\nL\r\n", b"$1\r\nx\r\n"]);
+    assert_eq!(ok(Expect::Values(1), &body), Err(StoreError::Garbage));
     // A value may hold CRLF: only the length frames it.
     let body = frame(&[b"$1\r\nv\r\n", b"$2\r\n\r\n\r\n"]);
     assert!(matches!(
@@ -277,7 +333,7 @@ fn garbage_is_garbage() {
         "*3\r\n{n}$1\r\nv\r\n",
         "*3\r\n{n}$1\r\nv\r\n$5\r\nabc\r\n",
         "*3\r\n{n}$1\r\nv\r\n$3\r\nabcdef\r\n",
-        "*3\r\n{n}$1\r\nx\r\n$0\r\n\r\n",
+        "*3\r\n{n}$1\r\nq\r\n$0\r\n\r\n",
         "*3\r\n{n}$2\r\nvv\r\n$0\r\n\r\n",
         "*3\r\n{n}$1\r\nm\r\n$1\r\nz\r\n",
         "*3\r\n{n}$1\r\nl\r\n$2\r\n-1\r\n",

@@ -1,0 +1,354 @@
+//! Collapsed misses and hit-for-miss in the flow: what a leader, a follower and a request for
+//! a resource known not to be storable do, and what each ending of a fetch others wait for
+//! does to its lock. (The lock itself, polls and handoffs are the outbox's: outbox tests.)
+
+use super::tests::{T0, worker};
+use super::*;
+
+fn flow_with(cfg: Config) -> Flow {
+    Flow::new(Rc::new(cfg), worker(usize::MAX, 0))
+}
+
+fn get(path: &str) -> RequestHead {
+    RequestHead::for_test("GET", path, &[])
+}
+
+fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+    ResponseHead::for_test(status, headers)
+}
+
+/// A flow that looked `path` up and was told to fetch it (lock owner 7).
+fn leader(path: &str) -> Flow {
+    let mut f = flow_with(Config::default());
+    let RequestStep::Lookup(_) = f.handle_request_headers(T0, get(path)) else {
+        panic!("no lookup")
+    };
+    assert_eq!(
+        f.handle_store_reply(T0, Ok(Looked::Lead(7))),
+        LookupStep::Continue
+    );
+    f
+}
+
+fn key_of(path: &str) -> String {
+    CacheKey::primary(&Config::default(), &get(path)).redis_key
+}
+
+#[test]
+fn a_get_may_wait_for_another_fetch_a_head_or_only_if_cached_may_not() {
+    let mut f = flow_with(Config::default());
+    f.handle_request_headers(T0, get("/a"));
+    assert_eq!(f.wait_until(), Some(T0 + 10_000));
+    let mut f = flow_with(Config::default());
+    f.handle_request_headers(T0, RequestHead::for_test("HEAD", "/a", &[]));
+    assert_eq!(f.wait_until(), None);
+    let mut f = flow_with(Config::default());
+    f.handle_request_headers(
+        T0,
+        RequestHead::for_test("GET", "/a", &[("cache-control", "only-if-cached")]),
+    );
+    assert_eq!(f.wait_until(), None);
+    let mut cfg = Config::default();
+    cfg.collapse.max_wait_ms = 0;
+    let mut f = flow_with(cfg);
+    f.handle_request_headers(T0, get("/a"));
+    assert_eq!(f.wait_until(), None, "collapsing off");
+}
+
+#[test]
+fn a_leaders_stored_response_leaves_the_lock_to_its_write() {
+    let mut f = leader("/a");
+    let s = f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "max-age=60")]),
+        false,
+        Source::Origin,
+    );
+    assert!(s.cache_status.unwrap().contains("stored"));
+    assert!(f.handle_response_body(b"x", true).is_some());
+    f.handle_stream_end();
+    assert_eq!(f.take_unlock(), None);
+}
+
+#[test]
+fn a_leaders_failed_fetch_frees_the_lock() {
+    // The origin's error (not stored, may be next time).
+    let mut f = leader("/a");
+    f.handle_response_headers(T0, &resp(503, &[]), false, Source::Origin);
+    assert_eq!(f.take_unlock(), Some((key_of("/a"), 7, Unlock::Release)));
+    // Envoy's own answer (the origin unreachable).
+    let mut f = leader("/a");
+    f.handle_response_headers(T0, &resp(503, &[]), false, Source::Envoy);
+    assert_eq!(f.take_unlock(), Some((key_of("/a"), 7, Unlock::Release)));
+    // Reset mid-body.
+    let mut f = leader("/a");
+    f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "max-age=60")]),
+        false,
+        Source::Origin,
+    );
+    f.handle_response_body(b"part", false);
+    assert_eq!(f.take_unlock(), None);
+    f.handle_stream_end();
+    assert_eq!(f.take_unlock(), Some((key_of("/a"), 7, Unlock::Release)));
+    // Gone before any response.
+    let mut f = leader("/a");
+    f.handle_stream_end();
+    assert_eq!(f.take_unlock(), Some((key_of("/a"), 7, Unlock::Release)));
+    // Shorter than its Content-Length.
+    let mut f = leader("/a");
+    let h = [("cache-control", "max-age=60"), ("content-length", "10")];
+    f.handle_response_headers(T0, &resp(200, &h), false, Source::Origin);
+    assert!(f.handle_response_body(b"short", true).is_none());
+    assert_eq!(f.take_unlock(), Some((key_of("/a"), 7, Unlock::Release)));
+}
+
+#[test]
+fn a_leaders_response_that_is_never_storable_marks_the_resource() {
+    for headers in [
+        vec![("cache-control", "private")],
+        vec![("cache-control", "no-store")],
+        vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+        vec![("cache-control", "max-age=60"), ("vary", "*")],
+    ] {
+        let mut f = leader("/a");
+        f.handle_response_headers(T0, &resp(200, &headers), false, Source::Origin);
+        assert_eq!(
+            f.take_unlock(),
+            Some((key_of("/a"), 7, Unlock::Uncacheable { ttl_ms: 60_000 })),
+            "{headers:?}"
+        );
+    }
+    // Too large, found out while recording.
+    let mut f = flow_with(Config {
+        max_body_bytes: 4,
+        ..Config::default()
+    });
+    f.handle_request_headers(T0, get("/big"));
+    f.handle_store_reply(T0, Ok(Looked::Lead(9)));
+    f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "max-age=60")]),
+        false,
+        Source::Origin,
+    );
+    f.handle_response_body(b"12345", false);
+    assert_eq!(
+        f.take_unlock(),
+        Some((key_of("/big"), 9, Unlock::Uncacheable { ttl_ms: 60_000 }))
+    );
+}
+
+#[test]
+fn hit_for_miss_skips_the_lookup_until_a_response_is_stored_again() {
+    let w = worker(usize::MAX, 0);
+    let cfg = Rc::new(Config::default());
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    f.handle_request_headers(T0, get("/u"));
+    f.handle_store_reply(T0, Ok(Looked::Missing));
+    f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "private")]),
+        true,
+        Source::Origin,
+    );
+    // Not a leader: it tells the fleet, with no owner.
+    assert_eq!(
+        f.take_unlock(),
+        Some((key_of("/u"), 0, Unlock::Uncacheable { ttl_ms: 60_000 }))
+    );
+    // The next request on this worker skips the lookup, and does not tell the fleet again.
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    assert_eq!(
+        f.handle_request_headers(T0 + 1_000, get("/u")),
+        RequestStep::Continue
+    );
+    assert!(f.take_events().contains(&Event::HitForMiss));
+    let s = f.handle_response_headers(
+        T0 + 1_000,
+        &resp(200, &[("cache-control", "private")]),
+        true,
+        Source::Origin,
+    );
+    assert!(s.cache_status.unwrap().contains("detail=hit-for-miss"));
+    assert_eq!(f.take_unlock(), None);
+    // A storable answer is recorded anyway, and ends the skipping.
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    assert_eq!(
+        f.handle_request_headers(T0 + 2_000, get("/u")),
+        RequestStep::Continue
+    );
+    let s = f.handle_response_headers(
+        T0 + 2_000,
+        &resp(200, &[("cache-control", "max-age=60")]),
+        true,
+        Source::Origin,
+    );
+    assert!(s.publish.is_some());
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    assert!(matches!(
+        f.handle_request_headers(T0 + 3_000, get("/u")),
+        RequestStep::Lookup(_)
+    ));
+    // Marks expire.
+    w.uncacheable
+        .borrow_mut()
+        .insert(&key_of("/v"), T0 + 60_000);
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    assert_eq!(
+        f.handle_request_headers(T0 + 59_999, get("/v")),
+        RequestStep::Continue
+    );
+    let mut f = Flow::new(cfg, w);
+    assert!(matches!(
+        f.handle_request_headers(T0 + 60_000, get("/v")),
+        RequestStep::Lookup(_)
+    ));
+}
+
+#[test]
+fn the_fleets_hit_for_miss_mark_is_learned_from_the_store() {
+    let w = worker(usize::MAX, 0);
+    let cfg = Rc::new(Config::default());
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    f.handle_request_headers(T0, get("/u"));
+    assert_eq!(
+        f.handle_store_reply(T0, Ok(Looked::NoWait(Marker::Uncacheable))),
+        LookupStep::Continue
+    );
+    let s = f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "no-store")]),
+        true,
+        Source::Origin,
+    );
+    assert!(s.cache_status.unwrap().contains("detail=hit-for-miss"));
+    assert_eq!(f.take_unlock(), None, "the fleet knows");
+    let mut f = Flow::new(cfg, w);
+    assert_eq!(
+        f.handle_request_headers(T0 + 10, get("/u")),
+        RequestStep::Continue
+    );
+}
+
+#[test]
+fn hit_for_miss_off_marks_nothing() {
+    let w = worker(usize::MAX, 0);
+    let cfg = Rc::new(Config {
+        hit_for_miss_s: 0,
+        ..Config::default()
+    });
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    f.handle_request_headers(T0, get("/u"));
+    f.handle_store_reply(T0, Ok(Looked::Lead(3)));
+    f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "private")]),
+        true,
+        Source::Origin,
+    );
+    assert_eq!(f.take_unlock(), Some((key_of("/u"), 3, Unlock::Release)));
+    let mut f = Flow::new(cfg, w);
+    assert!(matches!(
+        f.handle_request_headers(T0, get("/u")),
+        RequestStep::Lookup(_)
+    ));
+}
+
+#[test]
+fn an_exempt_content_type_lets_followers_go_at_once_and_is_still_recorded() {
+    let mut cfg = Config::default();
+    cfg.collapse.exempt_content_types = vec!["text/event-stream".into()];
+    let mut f = flow_with(cfg);
+    f.handle_request_headers(T0, get("/sse"));
+    f.handle_store_reply(T0, Ok(Looked::Lead(5)));
+    let h = [
+        ("cache-control", "max-age=60"),
+        ("content-type", "text/event-stream"),
+    ];
+    let s = f.handle_response_headers(T0, &resp(200, &h), false, Source::Origin);
+    assert!(s.cache_status.unwrap().contains("stored"));
+    assert_eq!(
+        f.take_unlock(),
+        Some((key_of("/sse"), 5, Unlock::Exempt { ttl_ms: 10_000 }))
+    );
+    assert!(f.handle_response_body(b"data: x\n\n", true).is_some());
+    f.handle_stream_end();
+    assert_eq!(f.take_unlock(), None);
+}
+
+#[test]
+fn a_follower_is_answered_from_the_entry_and_says_it_collapsed() {
+    let mut h = super::tests::Harness::new(Config::default());
+    h.run(
+        get("/a"),
+        &super::tests::ok(super::tests::CACHEABLE, &[b"v"]),
+    );
+    let value = h.store.get(&key_of("/a"), T0).unwrap().to_vec();
+    let mut f = flow_with(Config::default());
+    f.handle_request_headers(T0, get("/a"));
+    f.following(T0 + 5);
+    f.following(T0 + 6);
+    let LookupStep::Respond(reply) = f.handle_store_reply(T0 + 250, Ok(Looked::Value(&value)))
+    else {
+        panic!("not served")
+    };
+    let cs = reply
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "cache-status")
+        .unwrap()
+        .1
+        .to_string();
+    assert_eq!(cs, "fleet-cache; hit; ttl=60; collapsed");
+    let events = f.take_events();
+    assert_eq!(
+        events.iter().filter(|e| **e == Event::CollapseWait).count(),
+        1
+    );
+    assert!(events.contains(&Event::Collapsed));
+    assert!(events.contains(&Event::CollapseWaitMs(245)));
+}
+
+#[test]
+fn a_follower_whose_wait_ends_goes_to_the_origin_and_may_store() {
+    let mut f = flow_with(Config::default());
+    f.handle_request_headers(T0, get("/a"));
+    f.following(T0);
+    assert_eq!(
+        f.handle_store_reply(T0 + 10_000, Ok(Looked::WaitOver)),
+        LookupStep::Continue
+    );
+    let events = f.take_events();
+    assert!(events.contains(&Event::CollapseTimeout));
+    assert!(events.contains(&Event::CollapseWaitMs(10_000)));
+    let s = f.handle_response_headers(
+        T0 + 10_000,
+        &resp(200, &[("cache-control", "max-age=60")]),
+        true,
+        Source::Origin,
+    );
+    let cs = s.cache_status.unwrap();
+    assert!(
+        cs.contains("stored") && cs.contains("detail=collapse-timeout"),
+        "{cs}"
+    );
+    assert!(s.publish.is_some());
+    assert_eq!(f.take_unlock(), None, "not a leader");
+}
+
+#[test]
+fn a_lock_taken_for_an_only_if_cached_request_is_freed() {
+    // Not asked for such requests, but a batch may hand one out: it is given back.
+    let mut f = flow_with(Config::default());
+    f.handle_request_headers(
+        T0,
+        RequestHead::for_test("GET", "/a", &[("cache-control", "only-if-cached")]),
+    );
+    let LookupStep::Respond(r) = f.handle_store_reply(T0, Ok(Looked::Lead(4))) else {
+        panic!()
+    };
+    assert_eq!(r.status, 504);
+    assert_eq!(f.take_unlock(), Some((key_of("/a"), 4, Unlock::Release)));
+}
