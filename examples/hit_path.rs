@@ -8,6 +8,7 @@
 use fleet_cache::config::Config;
 use fleet_cache::flow::{Flow, LookupStep, RequestStep, Source, Worker};
 use fleet_cache::http::{RequestHead, ResponseHead};
+use fleet_cache::store::Looked;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +81,10 @@ fn one(cfg: &Rc<Config>, worker: &Rc<Worker>, now: u64, stored: &mut Option<Vec<
     let step = match flow.handle_request_headers(now, RequestHead::from_pairs(request())) {
         RequestStep::Decided(step) => step,
         RequestStep::Lookup(_) => {
-            let answer = stored.as_deref();
+            let answer = match stored.as_deref() {
+                Some(v) => Looked::Value(v),
+                None => Looked::Missing,
+            };
             match flow.handle_store_reply(now, Ok(answer)) {
                 LookupStep::Respond(r) => {
                     // Borrowed from `stored`: detach it the way the host would (it copies).

@@ -7,12 +7,13 @@
 mod collapse;
 mod fields;
 mod json;
+mod read;
 mod stale;
 
 pub use collapse::CollapseConfig;
 pub use stale::StaleConfig;
 
-use json::{Object, Value};
+use json::Value;
 use std::fmt;
 
 /// The filter's settings, validated. Built once per plugin configuration and shared by every
@@ -305,7 +306,7 @@ impl Config {
             let Value::Object(top) = json::parse(json).map_err(|e| err("", e))? else {
                 return Err(err("", "the configuration must be a JSON object"));
             };
-            for section in ["store", "key", "purge", "memory", "stale", "collapse"] {
+            for section in read::sections() {
                 if top
                     .get(section)
                     .is_some_and(|v| !matches!(v, Value::Object(_)))
@@ -313,225 +314,12 @@ impl Config {
                     return Err(err(section, "must be a JSON object"));
                 }
             }
-            RawConfig::read(&top)?
+            let mut raw = RawConfig::default();
+            read::read_object(&mut raw, "", &top)?;
+            raw
         };
         raw.validate()
     }
-}
-
-// Readers of the raw sections. Each starts from the defaults and takes the object's entries in
-// their order (the first error is the one reported), refusing unknown fields; `fields` words
-// the errors as serde did. Every section's value was checked to be an object by `parse`.
-
-const TOP_FIELDS: &[&str] = &[
-    "store",
-    "namespace",
-    "default_ttl_s",
-    "max_ttl_s",
-    "heuristic_percent",
-    "heuristic_max_s",
-    "keep_stale_s",
-    "stale",
-    "collapse",
-    "hit_for_miss_s",
-    "ignore_client_no_cache",
-    "event_stream_ignores_no_cache",
-    "cdn_cache_control",
-    "max_body_bytes",
-    "max_recording_bytes",
-    "methods",
-    "statuses",
-    "key",
-    "set_cookie",
-    "cache_name",
-    "tag_header",
-    "purge",
-    "memory",
-];
-const METHODS: &[&str] = &["GET", "HEAD"];
-const SET_COOKIE: &[&str] = &["no-store", "strip"];
-
-fn section<'v>(v: &'v Value, field: &str) -> Result<&'v Object, ConfigError> {
-    match v {
-        Value::Object(o) => Ok(o),
-        _ => Err(err(field, "must be a JSON object")),
-    }
-}
-
-impl RawConfig {
-    fn read(obj: &Object) -> Result<RawConfig, ConfigError> {
-        let mut raw = RawConfig::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "store" => raw.store = StoreConfig::read(section(v, "store")?)?,
-                "namespace" => raw.namespace = fields::string(v, "namespace")?,
-                "default_ttl_s" => raw.default_ttl_s = fields::u64(v, "default_ttl_s")?,
-                "max_ttl_s" => raw.max_ttl_s = fields::u64(v, "max_ttl_s")?,
-                "heuristic_percent" => raw.heuristic_percent = fields::u8(v, "heuristic_percent")?,
-                "heuristic_max_s" => raw.heuristic_max_s = fields::u64(v, "heuristic_max_s")?,
-                "keep_stale_s" => raw.keep_stale_s = fields::u64(v, "keep_stale_s")?,
-                "stale" => raw.stale = StaleConfig::read(section(v, "stale")?)?,
-                "collapse" => raw.collapse = CollapseConfig::read(section(v, "collapse")?)?,
-                "hit_for_miss_s" => raw.hit_for_miss_s = fields::u64(v, "hit_for_miss_s")?,
-                "ignore_client_no_cache" => {
-                    raw.ignore_client_no_cache = fields::boolean(v, "ignore_client_no_cache")?
-                }
-                "event_stream_ignores_no_cache" => {
-                    raw.event_stream_ignores_no_cache =
-                        fields::boolean(v, "event_stream_ignores_no_cache")?
-                }
-                "cdn_cache_control" => {
-                    raw.cdn_cache_control = fields::string(v, "cdn_cache_control")?
-                }
-                "max_body_bytes" => raw.max_body_bytes = fields::u64(v, "max_body_bytes")?,
-                "max_recording_bytes" => {
-                    raw.max_recording_bytes = fields::u64(v, "max_recording_bytes")?
-                }
-                "methods" => {
-                    let items = fields::array(v, "methods")?;
-                    raw.methods = Vec::with_capacity(items.len());
-                    for (i, item) in items.iter().enumerate() {
-                        let m = match fields::variant(item, &format!("methods[{i}]"), METHODS)? {
-                            0 => Method::Get,
-                            _ => Method::Head,
-                        };
-                        raw.methods.push(m);
-                    }
-                }
-                "statuses" => {
-                    let items = fields::array(v, "statuses")?;
-                    raw.statuses = Vec::with_capacity(items.len());
-                    for (i, item) in items.iter().enumerate() {
-                        raw.statuses
-                            .push(fields::u16(item, &format!("statuses[{i}]"))?);
-                    }
-                }
-                "key" => raw.key = RawKey::read(section(v, "key")?)?,
-                "set_cookie" => {
-                    raw.set_cookie = match fields::variant(v, "set_cookie", SET_COOKIE)? {
-                        0 => SetCookiePolicy::NoStore,
-                        _ => SetCookiePolicy::Strip,
-                    }
-                }
-                "cache_name" => raw.cache_name = fields::string(v, "cache_name")?,
-                "tag_header" => raw.tag_header = fields::string(v, "tag_header")?,
-                "purge" => raw.purge = RawPurge::read(section(v, "purge")?)?,
-                "memory" => raw.memory = RawMemory::read(section(v, "memory")?)?,
-                _ => return Err(fields::unknown_field("", k, TOP_FIELDS)),
-            }
-        }
-        Ok(raw)
-    }
-}
-
-impl StoreConfig {
-    fn read(obj: &Object) -> Result<StoreConfig, ConfigError> {
-        let mut raw = StoreConfig::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "cluster" => raw.cluster = fields::string(v, "store.cluster")?,
-                "authority" => raw.authority = fields::string(v, "store.authority")?,
-                "timeout_ms" => raw.timeout_ms = fields::u64(v, "store.timeout_ms")?,
-                "publish_timeout_ms" => {
-                    raw.publish_timeout_ms = fields::u64(v, "store.publish_timeout_ms")?
-                }
-                "large_entry_ms_per_mib" => {
-                    raw.large_entry_ms_per_mib = fields::u64(v, "store.large_entry_ms_per_mib")?
-                }
-                "breaker_failures" => {
-                    raw.breaker_failures = fields::u64(v, "store.breaker_failures")?
-                }
-                "breaker_backoff_ms" => {
-                    raw.breaker_backoff_ms = fields::u64(v, "store.breaker_backoff_ms")?
-                }
-                "breaker_max_backoff_ms" => {
-                    raw.breaker_max_backoff_ms = fields::u64(v, "store.breaker_max_backoff_ms")?
-                }
-                _ => {
-                    return Err(fields::unknown_field(
-                        "store",
-                        k,
-                        &[
-                            "cluster",
-                            "authority",
-                            "timeout_ms",
-                            "publish_timeout_ms",
-                            "large_entry_ms_per_mib",
-                            "breaker_failures",
-                            "breaker_backoff_ms",
-                            "breaker_max_backoff_ms",
-                        ],
-                    ));
-                }
-            }
-        }
-        Ok(raw)
-    }
-}
-
-impl RawKey {
-    fn read(obj: &Object) -> Result<RawKey, ConfigError> {
-        let mut raw = RawKey::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "query_ignore" => raw.query_ignore = strings(v, "key.query_ignore")?,
-                "query_sort" => raw.query_sort = fields::boolean(v, "key.query_sort")?,
-                "headers" => raw.headers = strings(v, "key.headers")?,
-                _ => {
-                    return Err(fields::unknown_field(
-                        "key",
-                        k,
-                        &["query_ignore", "query_sort", "headers"],
-                    ));
-                }
-            }
-        }
-        Ok(raw)
-    }
-}
-
-impl RawPurge {
-    fn read(obj: &Object) -> Result<RawPurge, ConfigError> {
-        let mut raw = RawPurge::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "token" => raw.token = fields::string(v, "purge.token")?,
-                "header" => raw.header = fields::string(v, "purge.header")?,
-                _ => return Err(fields::unknown_field("purge", k, &["token", "header"])),
-            }
-        }
-        Ok(raw)
-    }
-}
-
-impl RawMemory {
-    fn read(obj: &Object) -> Result<RawMemory, ConfigError> {
-        let mut raw = RawMemory::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "max_bytes" => raw.max_bytes = fields::u64(v, "memory.max_bytes")?,
-                "max_age_ms" => raw.max_age_ms = fields::u64(v, "memory.max_age_ms")?,
-                _ => {
-                    return Err(fields::unknown_field(
-                        "memory",
-                        k,
-                        &["max_bytes", "max_age_ms"],
-                    ));
-                }
-            }
-        }
-        Ok(raw)
-    }
-}
-
-/// A JSON array of strings, each error naming its element (`key.headers[2]`).
-fn strings(v: &Value, path: &str) -> Result<Vec<String>, ConfigError> {
-    let items = fields::array(v, path)?;
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        out.push(fields::string(item, &format!("{path}[{i}]"))?);
-    }
-    Ok(out)
 }
 
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -548,7 +336,9 @@ fn is_header_name(s: &str) -> bool {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        self.stale.validate()?;
+        self.collapse.validate()?;
         let s = &self.store;
         if s.cluster.is_empty() {
             return Err(err("store.cluster", "must not be empty"));
@@ -947,7 +737,10 @@ mod tests {
             ),
             (r#"{"stale":{"grace_s":1}}"#, "stale.grace_s"),
             (r#"{"stale":30}"#, "stale"),
-            (r#"{"collapse":{"max_wait_ms":300001}}"#, "collapse.max_wait_ms"),
+            (
+                r#"{"collapse":{"max_wait_ms":300001}}"#,
+                "collapse.max_wait_ms",
+            ),
             (r#"{"collapse":{"poll_ms":5}}"#, "collapse.poll_ms"),
             (
                 r#"{"collapse":{"exempt_content_types":["sse"]}}"#,

@@ -1,8 +1,7 @@
 //! The `collapse` section: concurrent misses of one resource, through any worker of any proxy,
 //! cause one origin fetch (the others wait for its entry).
 
-use super::json::Object;
-use super::{ConfigError, err, fields};
+use super::{ConfigError, err};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollapseConfig {
@@ -29,37 +28,23 @@ impl Default for CollapseConfig {
     }
 }
 
-const FIELDS: &[&str] = &["max_wait_ms", "poll_ms", "exempt_content_types"];
-
 impl CollapseConfig {
-    pub(super) fn read(obj: &Object) -> Result<CollapseConfig, ConfigError> {
-        let mut c = CollapseConfig::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "max_wait_ms" => c.max_wait_ms = fields::u64(v, "collapse.max_wait_ms")?,
-                "poll_ms" => c.poll_ms = fields::u64(v, "collapse.poll_ms")?,
-                "exempt_content_types" => {
-                    let items = fields::array(v, "collapse.exempt_content_types")?;
-                    c.exempt_content_types = Vec::with_capacity(items.len());
-                    for (i, item) in items.iter().enumerate() {
-                        let path = format!("collapse.exempt_content_types[{i}]");
-                        let t = fields::string(item, &path)?.to_ascii_lowercase();
-                        if !is_media_type(&t) {
-                            return Err(err(&path, "must be a media type: type/subtype"));
-                        }
-                        c.exempt_content_types.push(t);
-                    }
-                }
-                _ => return Err(fields::unknown_field("collapse", k, FIELDS)),
+    /// Checks the values, and lower-cases the media types.
+    pub(super) fn validate(&mut self) -> Result<(), ConfigError> {
+        for (i, t) in self.exempt_content_types.iter_mut().enumerate() {
+            t.make_ascii_lowercase();
+            if !is_media_type(t) {
+                let path = format!("collapse.exempt_content_types[{i}]");
+                return Err(err(&path, "must be a media type: type/subtype"));
             }
         }
-        if c.max_wait_ms > 300_000 {
+        if self.max_wait_ms > 300_000 {
             return Err(err("collapse.max_wait_ms", "must be at most 300000"));
         }
-        if !(10..=1_000).contains(&c.poll_ms) {
+        if !(10..=1_000).contains(&self.poll_ms) {
             return Err(err("collapse.poll_ms", "must be between 10 and 1000"));
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Whether a response of this `Content-Type` sends its followers to the origin.

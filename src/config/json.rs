@@ -124,7 +124,10 @@ impl Reader<'_> {
         };
         let before = &self.text[..at.min(self.text.len())];
         let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
         // Columns count characters: continuation bytes of UTF-8 are not ones.
         let column = 1 + before[line_start..]
             .iter()
@@ -499,8 +502,20 @@ mod tests {
 
         fn string(&mut self) -> String {
             let parts = [
-                "a", "key", "é", "\\n", "\\\"", "\\\\", "\\/", "\\u00e9", "\\ud83d\\ude00", " ",
-                "\\t", "日本", "\\u0000", "x-y_z",
+                "a",
+                "key",
+                "é",
+                "\\n",
+                "\\\"",
+                "\\\\",
+                "\\/",
+                "\\u00e9",
+                "\\ud83d\\ude00",
+                " ",
+                "\\t",
+                "日本",
+                "\\u0000",
+                "x-y_z",
             ];
             let n = self.below(4);
             let body: String = (0..n).map(|_| self.pick(&parts)).collect();
@@ -513,9 +528,20 @@ mod tests {
                 0 => self.pick(&["true", "false", "null"]).to_string(),
                 1 | 2 => self
                     .pick(&[
-                        "0", "-0", "7", "-12", "3.25", "-0.5", "1e3", "2E-2", "1.5e+7",
-                        "18446744073709551615", "18446744073709551616",
-                        "-9223372036854775808", "-9223372036854775809", "123456789012",
+                        "0",
+                        "-0",
+                        "7",
+                        "-12",
+                        "3.25",
+                        "-0.5",
+                        "1e3",
+                        "2E-2",
+                        "1.5e+7",
+                        "18446744073709551615",
+                        "18446744073709551616",
+                        "-9223372036854775808",
+                        "-9223372036854775809",
+                        "123456789012",
                     ])
                     .to_string(),
                 3..=5 => self.string(),
@@ -551,9 +577,9 @@ mod tests {
             Value::Number(Number::F64(t)) => serde_json::from_str(t).unwrap(),
             Value::String(s) => serde_json::Value::String(s.clone()),
             Value::Array(a) => serde_json::Value::Array(a.iter().map(to_serde).collect()),
-            Value::Object(o) => serde_json::Value::Object(
-                o.iter().map(|(k, v)| (k.clone(), to_serde(v))).collect(),
-            ),
+            Value::Object(o) => {
+                serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), to_serde(v))).collect())
+            }
         }
     }
 

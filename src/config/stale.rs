@@ -1,8 +1,7 @@
 //! The `stale` section: how long a stale entry may be served when the response did not say
 //! (RFC 5861's `stale-while-revalidate` and `stale-if-error`, as defaults).
 
-use super::json::Object;
-use super::{ConfigError, err, fields};
+use super::{ConfigError, err};
 
 /// Defaults for responses without RFC 5861 directives; a response's own directive (in its
 /// targeted field or `Cache-Control`) always wins. 0 (the default) serves nothing stale that
@@ -21,31 +20,15 @@ pub struct StaleConfig {
 const MAX_WINDOW_S: u64 = 7 * 24 * 3600;
 
 impl StaleConfig {
-    pub(super) fn read(obj: &Object) -> Result<StaleConfig, ConfigError> {
-        let mut c = StaleConfig::default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "while_revalidate_s" => {
-                    c.while_revalidate_s = fields::u64(v, "stale.while_revalidate_s")?
-                }
-                "if_error_s" => c.if_error_s = fields::u64(v, "stale.if_error_s")?,
-                _ => {
-                    return Err(fields::unknown_field(
-                        "stale",
-                        k,
-                        &["while_revalidate_s", "if_error_s"],
-                    ));
-                }
-            }
-        }
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [
-            ("stale.while_revalidate_s", c.while_revalidate_s),
-            ("stale.if_error_s", c.if_error_s),
+            ("stale.while_revalidate_s", self.while_revalidate_s),
+            ("stale.if_error_s", self.if_error_s),
         ] {
             if v > MAX_WINDOW_S {
                 return Err(err(name, "must be at most 604800 (a week)"));
             }
         }
-        Ok(c)
+        Ok(())
     }
 }

@@ -15,12 +15,12 @@ pub mod wake;
 use crate::config::Config;
 use crate::flow::{Flow, Worker};
 use crate::metrics::{BREAKER_OPEN_GAUGE, Counter};
+use crate::outbox::stream_map::StreamMap;
 use crate::outbox::{self, Outbox};
 use crate::store::Request;
 use peers::Peers;
 use proxy_wasm::hostcalls;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use wake::Wake;
@@ -42,7 +42,7 @@ pub struct Shared {
     pub worker: Rc<Worker>,
     /// The streams waiting for the store, by context id: the root hands them their reply. A
     /// stream that ends removes itself.
-    pub waiting: RefCell<HashMap<u32, Waiter>>,
+    pub waiting: RefCell<StreamMap<Waiter>>,
     /// Wakes the root to send now; siblings' messages arrive on it too.
     pub wake: Wake,
     /// The other worker VMs, and the responses held until they dropped invalidated keys.

@@ -42,6 +42,7 @@
 
 pub mod breaker;
 pub mod collapse;
+pub mod stream_map;
 pub mod writes;
 
 use crate::store::{
@@ -50,9 +51,10 @@ use crate::store::{
 };
 use breaker::{Admit, Breaker, BreakerSettings, Change};
 use collapse::Followers;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::{Deref, Range};
 use std::rc::Rc;
+use stream_map::StreamMap;
 use writes::{Job, Outcome, WriteQueue};
 
 /// A stream (request) of the worker, by the host's context id.
@@ -391,7 +393,7 @@ pub struct Outbox {
     pending: Vec<Want>,
     /// Every stream waiting for a lookup, and its deadline. A stream is answered exactly once:
     /// whoever removes it from here replies.
-    deadlines: HashMap<StreamId, u64>,
+    deadlines: StreamMap<u64>,
     writes: WriteQueue,
     /// No write is sent before this (after the host refused one).
     write_retry_at_ms: u64,
@@ -420,7 +422,7 @@ impl Outbox {
         Outbox {
             settings,
             pending: Vec::new(),
-            deadlines: HashMap::new(),
+            deadlines: StreamMap::new(),
             writes: WriteQueue::new(settings.max_queue_bytes),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
