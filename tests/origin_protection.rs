@@ -1,5 +1,6 @@
-//! Protecting the origin through real Envoy, Webdis and Redis: stale entries answering for a
-//! failing or unreachable origin (RFC 5861 `stale-if-error`).
+//! Protecting the origin through real Envoy, Webdis and Redis: concurrent misses of one
+//! resource collapsed into one origin fetch across two proxies, hit-for-miss, and stale
+//! entries answering for a failing or unreachable origin (RFC 5861 `stale-if-error`).
 //!
 //! Every test starts its own stack; what a response looks like is chosen by the origin's query
 //! parameters (tests/support/origin.rs). `status` is left out of the cache key
@@ -8,6 +9,8 @@
 mod support;
 
 use serde_json::{Value, json};
+use std::sync::Barrier;
+use std::thread;
 use std::time::{Duration, Instant};
 use support::origin::Origin;
 use support::stack::merge_patch;
@@ -126,4 +129,135 @@ fn stale_if_error_default_from_the_plugin_config() {
     plain.get(path, &[]);
     let r = plain.get(&format!("{path}&status=503"), &[]);
     assert_eq!(r.status, 503);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collapsed misses
+
+/// Two proxies (two workers each) on one Redis.
+fn fleet(patch: Value) -> Stack {
+    let mut opts = options(patch);
+    opts.envoys = 2;
+    Stack::start(opts)
+}
+
+/// `n` clients at once, alternating between the two proxies; each response with how long it
+/// took.
+fn herd(s: &Stack, n: usize, path: &str) -> Vec<(Resp, Duration)> {
+    let barrier = Barrier::new(n);
+    thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let t = Instant::now();
+                    let r = s.get_via(i % 2, path, &[]);
+                    (r, t.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Every response whole and identical to the origin's body for `path`.
+fn assert_all_whole(rs: &[(Resp, Duration)], body: &[u8]) {
+    for (r, _) in rs {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.complete, "truncated: {r:?}");
+        assert!(r.body == body, "a different body: {:?}", r.text());
+    }
+}
+
+#[test]
+fn a_herd_on_a_slow_stream_costs_the_origin_one_fetch_across_the_fleet() {
+    let s = fleet(json!({}));
+    // Five chunks 250 ms apart: about a second of streaming, like an LLM completion.
+    let path = "/herd?chunks=5&pause_ms=250&cc=max-age%3D60&ctype=text/event-stream";
+    let rs = herd(&s, 20, path);
+    let body = s.origin_request("GET", path, &[]).body;
+    assert_all_whole(&rs, &body);
+    // The request above counts too.
+    let fetches = s.origin().count("/herd") - 1;
+    assert!(fetches <= 2, "{fetches} origin fetches for 20 clients");
+    let collapsed = rs
+        .iter()
+        .filter(|(r, _)| cache_status(r).ends_with("; collapsed"))
+        .count();
+    assert!(collapsed >= 18 - 2 * (fetches - 1), "collapsed {collapsed}");
+    let waits = s.stat(0, "fleet_cache_collapse_waits").unwrap_or(0)
+        + s.stat(1, "fleet_cache_collapse_waits").unwrap_or(0);
+    assert!(waits >= collapsed as u64, "waits {waits}");
+}
+
+#[test]
+fn a_herd_on_a_fast_response_costs_the_origin_one_fetch_across_the_fleet() {
+    let s = fleet(json!({}));
+    let path = "/fast?cc=max-age%3D60&delay_ms=20";
+    let rs = herd(&s, 20, path);
+    let body = s.origin_request("GET", path, &[]).body;
+    assert_all_whole(&rs, &body);
+    let fetches = s.origin().count("/fast") - 1;
+    assert!(fetches <= 2, "{fetches} origin fetches for 20 clients");
+}
+
+#[test]
+fn a_leader_reset_mid_stream_hands_the_fetch_to_a_follower_never_a_partial_body() {
+    let s = fleet(json!({}));
+    // The first fetch is reset after two of four chunks; the next one completes.
+    let path = "/reset?chunks=4&pause_ms=200&reset_first=2&cc=max-age%3D60";
+    let rs = herd(&s, 10, path);
+    let body = s.origin_request("GET", path, &[]).body;
+    let (cut, whole): (Vec<_>, Vec<_>) = rs.into_iter().partition(|(r, _)| !r.complete);
+    assert_eq!(cut.len(), 1, "only the first fetch's own client sees the reset");
+    assert_all_whole(&whole, &body);
+    let fetches = s.origin().count("/reset") - 1;
+    assert!((2..=3).contains(&fetches), "{fetches} origin fetches");
+}
+
+#[test]
+fn followers_of_a_response_that_is_not_storable_go_at_once_and_later_requests_skip_the_lookup() {
+    let s = fleet(json!({}));
+    let path = "/private?cc=private&delay_ms=400";
+    let t = Instant::now();
+    let rs = herd(&s, 10, path);
+    for (r, took) in &rs {
+        assert_eq!(r.status, 200);
+        // The leader's answer (~0.4 s) releases them, then their own fetch (~0.4 s): far from
+        // the 10 s a wait may last.
+        assert!(*took < Duration::from_secs(3), "took {took:?}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(4));
+    assert_eq!(s.origin().count("/private"), 10, "nothing stored, every client fetched");
+    // Later requests skip the lookup on workers that know (each learned it at most once).
+    let lookups_before = s.counter("fleet_cache_lookups");
+    for _ in 0..8 {
+        assert_eq!(s.get_via(0, path, &[]).status, 200);
+    }
+    wait_counter(&s, "fleet_cache_hit_for_miss", 6);
+    assert!(
+        s.counter("fleet_cache_lookups") <= lookups_before + 2,
+        "lookups {} -> {}",
+        lookups_before,
+        s.counter("fleet_cache_lookups")
+    );
+}
+
+#[test]
+fn a_follower_waits_at_most_collapse_max_wait_ms() {
+    let s = fleet(json!({"collapse": {"max_wait_ms": 400}}));
+    // A fetch of about 1.6 s.
+    let path = "/slow?chunks=4&pause_ms=400&cc=max-age%3D60";
+    let rs = herd(&s, 4, path);
+    let body = s.origin_request("GET", path, &[]).body;
+    assert_all_whole(&rs, &body);
+    let timed_out = rs
+        .iter()
+        .filter(|(r, _)| cache_status(r).contains("detail=collapse-timeout"))
+        .count();
+    assert!(timed_out >= 1, "{:?}", rs.iter().map(|(r, _)| cache_status(r)).collect::<Vec<_>>());
+    let timeouts = s.stat(0, "fleet_cache_collapse_timeouts").unwrap_or(0)
+        + s.stat(1, "fleet_cache_collapse_timeouts").unwrap_or(0);
+    assert_eq!(timeouts, timed_out as u64);
 }

@@ -20,6 +20,7 @@
 //! | `chunks=K` | `Transfer-Encoding: chunked`, the body split into K chunks, each flushed at once |
 //! | `pause_ms=M` | sleep M ms between chunks |
 //! | `reset_after=K` | chunked; send K chunks then reset the connection (RST, no 0-chunk) |
+//! | `reset_first=K` | as `reset_after`, for the first request of the path only (later ones complete) |
 //! | `delay_ms=M` | sleep M ms before sending the headers |
 //!
 //! Values are percent-decoded (`%20`); a `+` stays a `+`. Without `size`/`echo` the body is a
@@ -650,6 +651,7 @@ fn plan(req: &Request) -> Plan {
             "chunks" => chunks = Some(num(v).max(1) as usize),
             "pause_ms" => p.pause = Duration::from_millis(num(v)),
             "reset_after" => p.reset_after = Some(num(v) as usize),
+            "reset_first" if req.count == 1 => p.reset_after = Some(num(v) as usize),
             "delay_ms" => p.delay = Duration::from_millis(num(v)),
             _ => {}
         }
