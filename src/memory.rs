@@ -6,6 +6,10 @@
 //! entry elsewhere in the fleet is seen within that bound, and never past its own freshness.
 //! Bounded by bytes; least recently used values go first.
 //!
+//! While the store fails (its circuit breaker is open), a value is served past `max_age_ms`,
+//! as long as the response itself allows (grace): within its freshness, or its stale windows
+//! for a stale one. A purge elsewhere is not seen then anyway: the store is unreachable.
+//!
 //! A removed key (an invalidation, a purge) is remembered for a while as a tombstone: a lookup
 //! sent before the store dropped the entry may still answer with the old value, and that
 //! answer must not come back into the tier.
@@ -31,6 +35,8 @@ pub enum Remembered {
 struct Slot {
     item: Remembered,
     expires_at_ms: u64,
+    /// Past `expires_at_ms`, still served while the store fails, until this.
+    usable_until_ms: u64,
     bytes: usize,
     /// Position in the recency order.
     tick: u64,
@@ -102,9 +108,23 @@ impl MemoryTier {
 
     /// The value under `key` if it is still within its time here.
     pub fn get(&mut self, key: &str, now_ms: u64) -> Option<Remembered> {
+        self.lookup(key, now_ms, false)
+    }
+
+    /// The value under `key` while the store fails: past `max_age_ms`, until the response's
+    /// own freshness and stale windows end.
+    pub fn get_in_grace(&mut self, key: &str, now_ms: u64) -> Option<Remembered> {
+        self.lookup(key, now_ms, true)
+    }
+
+    fn lookup(&mut self, key: &str, now_ms: u64, grace: bool) -> Option<Remembered> {
         let slot = self.slots.get_mut(key)?;
-        if now_ms >= slot.expires_at_ms {
+        if now_ms >= slot.usable_until_ms {
             self.remove(key);
+            return None;
+        }
+        if now_ms >= slot.expires_at_ms && !grace {
+            // Kept, for grace, while the response allows it.
             return None;
         }
         let key = self
@@ -120,6 +140,18 @@ impl MemoryTier {
     /// Keeps a value read from the store at `now_ms`, until `max_age_ms` from now or
     /// `fresh_until_ms`, whichever is first.
     pub fn insert(&mut self, key: &str, item: Remembered, now_ms: u64, fresh_until_ms: u64) {
+        self.insert_with_grace(key, item, now_ms, fresh_until_ms, fresh_until_ms);
+    }
+
+    /// [`MemoryTier::insert`], and served in grace (the store failing) until `usable_until_ms`.
+    pub fn insert_with_grace(
+        &mut self,
+        key: &str,
+        item: Remembered,
+        now_ms: u64,
+        fresh_until_ms: u64,
+        usable_until_ms: u64,
+    ) {
         if !self.enabled() || now_ms < self.closed_until_ms || self.buried(key, now_ms) {
             return;
         }
@@ -159,6 +191,7 @@ impl MemoryTier {
             Slot {
                 item,
                 expires_at_ms: now_ms.saturating_add(self.max_age_ms).min(fresh_until_ms),
+                usable_until_ms: usable_until_ms.max(fresh_until_ms),
                 bytes,
                 tick,
             },
@@ -227,8 +260,35 @@ mod tests {
         assert!(m.get("a", 1000).is_none(), "max age");
         assert!(m.get("b", 499).is_some());
         assert!(m.get("b", 500).is_none(), "freshness");
-        assert!(m.is_empty());
+        assert_eq!(
+            m.len(),
+            1,
+            "b is gone; a is kept for grace (no freshness of its own)"
+        );
+        m.remove("a");
         assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn in_grace_values_last_as_long_as_the_response_allows() {
+        let mut m = MemoryTier::new(1 << 20, 1000);
+        // Fresh until 5 s, usable (a stale window) until 8 s.
+        m.insert_with_grace("a", variants(1), 0, 5_000, 8_000);
+        assert!(m.get("a", 999).is_some());
+        assert!(m.get("a", 1_000).is_none(), "max age");
+        assert!(m.get_in_grace("a", 1_000).is_some(), "kept for grace");
+        assert!(m.get_in_grace("a", 7_999).is_some());
+        assert!(m.get("a", 7_999).is_none(), "never outside grace");
+        assert!(m.get_in_grace("a", 8_000).is_none());
+        assert!(m.is_empty(), "gone once unusable");
+        // Without a stale window, grace ends with freshness.
+        m.insert("b", variants(1), 0, 5_000);
+        assert!(m.get_in_grace("b", 4_999).is_some());
+        assert!(m.get_in_grace("b", 5_000).is_none());
+        // A purge ends it too.
+        m.insert_with_grace("c", variants(1), 0, 5_000, 8_000);
+        m.forget("c", 2_000);
+        assert!(m.get_in_grace("c", 2_000).is_none());
     }
 
     #[test]

@@ -210,7 +210,11 @@ fn a_leader_reset_mid_stream_hands_the_fetch_to_a_follower_never_a_partial_body(
     let rs = herd(&s, 10, path);
     let body = s.origin_request("GET", path, &[]).body;
     let (cut, whole): (Vec<_>, Vec<_>) = rs.into_iter().partition(|(r, _)| !r.complete);
-    assert_eq!(cut.len(), 1, "only the first fetch's own client sees the reset");
+    assert_eq!(
+        cut.len(),
+        1,
+        "only the first fetch's own client sees the reset"
+    );
     assert_all_whole(&whole, &body);
     let fetches = s.origin().count("/reset") - 1;
     assert!((2..=3).contains(&fetches), "{fetches} origin fetches");
@@ -229,7 +233,11 @@ fn followers_of_a_response_that_is_not_storable_go_at_once_and_later_requests_sk
         assert!(*took < Duration::from_secs(3), "took {took:?}");
     }
     assert!(t.elapsed() < Duration::from_secs(4));
-    assert_eq!(s.origin().count("/private"), 10, "nothing stored, every client fetched");
+    assert_eq!(
+        s.origin().count("/private"),
+        10,
+        "nothing stored, every client fetched"
+    );
     // Later requests skip the lookup on workers that know (each learned it at most once).
     let lookups_before = s.counter("fleet_cache_lookups");
     for _ in 0..8 {
@@ -256,8 +264,59 @@ fn a_follower_waits_at_most_collapse_max_wait_ms() {
         .iter()
         .filter(|(r, _)| cache_status(r).contains("detail=collapse-timeout"))
         .count();
-    assert!(timed_out >= 1, "{:?}", rs.iter().map(|(r, _)| cache_status(r)).collect::<Vec<_>>());
+    assert!(
+        timed_out >= 1,
+        "{:?}",
+        rs.iter().map(|(r, _)| cache_status(r)).collect::<Vec<_>>()
+    );
     let timeouts = s.stat(0, "fleet_cache_collapse_timeouts").unwrap_or(0)
         + s.stat(1, "fleet_cache_collapse_timeouts").unwrap_or(0);
     assert_eq!(timeouts, timed_out as u64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grace
+
+#[test]
+fn with_redis_down_the_in_proxy_tier_keeps_serving_within_the_responses_freshness() {
+    // One worker, so the entry read into memory is the one asked again.
+    let mut opts = options(json!({
+        "memory": {"max_bytes": 1 << 20, "max_age_ms": 300},
+        "store": {"timeout_ms": 100, "breaker_failures": 2, "breaker_backoff_ms": 5000,
+                  "breaker_max_backoff_ms": 5000},
+    }));
+    opts.concurrency = 1;
+    let s = Stack::start(opts);
+    let path = "/grace?cc=max-age%3D60";
+    let first = s.get(path, &[]);
+    wait_counter(&s, "fleet_cache_published", 1);
+    let hit = s.get(path, &[]);
+    assert!(cache_status(&hit).contains("hit"), "{hit:?}");
+    s.stop_redis();
+    // Failures open the breaker (those requests go to the origin); then the tier serves,
+    // past its max age of 300 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut graced = 0;
+    while graced < 5 {
+        assert!(Instant::now() < deadline, "no grace hits\n{}", s.diag());
+        let r = s.get(path, &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, first.body);
+        if cache_status(&r).contains("detail=memory-grace") {
+            graced += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let fetched = s.origin().count("/grace");
+    for _ in 0..5 {
+        let r = s.get(path, &[]);
+        assert!(cache_status(&r).contains("detail=memory-grace"), "{r:?}");
+    }
+    assert_eq!(
+        s.origin().count("/grace"),
+        fetched,
+        "the origin is not asked"
+    );
+    // A resource the tier never held goes to the origin, as before.
+    assert_eq!(s.get("/other?cc=max-age%3D60", &[]).status, 200);
 }

@@ -352,3 +352,51 @@ fn a_lock_taken_for_an_only_if_cached_request_is_freed() {
     assert_eq!(r.status, 504);
     assert_eq!(f.take_unlock(), Some((key_of("/a"), 4, Unlock::Release)));
 }
+
+#[test]
+fn while_the_store_fails_the_in_proxy_tier_serves_past_its_max_age_within_the_response() {
+    let w = worker(usize::MAX, 1 << 20);
+    let cfg = Rc::new(Config::default());
+    let run = |now: u64, failing: bool| {
+        w.store_failing.set(failing);
+        let mut f = Flow::new(cfg.clone(), w.clone());
+        match f.handle_request_headers(now, get("/g")) {
+            RequestStep::Decided(LookupStep::Respond(r)) => {
+                let cs = r.headers.iter().find(|(n, _)| *n == "cache-status");
+                Some(cs.unwrap().1.to_string())
+            }
+            RequestStep::Decided(LookupStep::Revalidate(_) | LookupStep::Continue) => {
+                Some("forwarded".into())
+            }
+            _ => None,
+        }
+    };
+    // Stored fresh for 60 s, stale-if-error for 60 s more; read from the store at T0.
+    let mut h = super::tests::Harness::new(Config::default());
+    let sie = [("cache-control", "max-age=60, stale-if-error=60")];
+    h.run(get("/g"), &super::tests::ok(&sie, &[b"v"]));
+    let value = h.store.get(&key_of("/g"), T0).unwrap().to_vec();
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    f.handle_request_headers(T0, get("/g"));
+    assert!(matches!(
+        f.handle_store_reply(T0, Ok(Looked::Value(&value))),
+        LookupStep::Respond(_)
+    ));
+    assert_eq!(
+        run(T0 + 500, false).as_deref(),
+        Some("fleet-cache; hit; ttl=60; detail=memory")
+    );
+    assert_eq!(
+        run(T0 + 2_000, false),
+        None,
+        "past the tier's max age: the store is asked"
+    );
+    assert_eq!(
+        run(T0 + 30_000, true).as_deref(),
+        Some("fleet-cache; hit; ttl=30; detail=memory-grace")
+    );
+    // Stale: a stale entry goes to the origin as always (and its stale-if-error copy with it).
+    assert_eq!(run(T0 + 90_000, true).as_deref(), Some("forwarded"));
+    // Past every window: gone.
+    assert_eq!(run(T0 + 121_000, true), None);
+}

@@ -209,8 +209,18 @@ impl Flow {
     }
 
     /// The in-proxy tier's value for `key`, if it has one.
+    /// While the store fails, past the tier's max age too (grace).
     pub(super) fn recall(&mut self, key: &str, now_ms: u64) -> Option<Found<'static>> {
-        let item = self.worker.memory.borrow_mut().get(key, now_ms)?;
+        let mut memory = self.worker.memory.borrow_mut();
+        let item = match memory.get(key, now_ms) {
+            Some(item) => item,
+            None if self.worker.store_failing.get() => {
+                let item = memory.get_in_grace(key, now_ms)?;
+                self.in_grace = true;
+                item
+            }
+            None => return None,
+        };
         Some(match item {
             Remembered::Variants(v) => Found::Variants(v),
             Remembered::Response { meta, value } => Found::Response {
@@ -240,7 +250,9 @@ impl Flow {
             return;
         }
         let fresh_until_ms = meta.freshness.fresh_until_ms(meta.stored_at_ms);
-        if fresh_until_ms <= now_ms {
+        // A stale one is kept too while a stale window allows it: it serves in grace only.
+        let usable_until_ms = meta.freshness.usable_until_ms(meta.stored_at_ms);
+        if usable_until_ms <= now_ms {
             return;
         }
         let item = Remembered::Response {
@@ -250,7 +262,8 @@ impl Flow {
                 Value::Shared(v) => v.clone(),
             },
         };
-        self.remember(key, item, now_ms, fresh_until_ms);
+        let mut memory = self.worker.memory.borrow_mut();
+        memory.insert_with_grace(key, item, now_ms, fresh_until_ms, usable_until_ms);
     }
 
     /// Drops invalidated or purged keys from this worker's tier, and keeps it from taking

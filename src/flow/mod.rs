@@ -248,6 +248,8 @@ pub struct Flow {
     /// A lock to free or mark (a fetch others waited for ended without an entry, or a
     /// resource turned out not storable), for the adapter to hand to the store.
     unlock: Option<(String, u64, Unlock)>,
+    /// The in-proxy tier answered past its max age, the store failing (grace).
+    in_grace: bool,
 }
 
 /// What the flows of one worker VM share: the recording budget and the in-proxy tier.
@@ -257,6 +259,8 @@ pub struct Worker {
     pub memory: RefCell<MemoryTier>,
     /// Resources whose last response was not storable (hit-for-miss).
     pub uncacheable: RefCell<Uncacheable>,
+    /// The store is failing (its circuit breaker is open): the in-proxy tier serves in grace.
+    pub store_failing: std::cell::Cell<bool>,
 }
 
 impl Worker {
@@ -268,6 +272,7 @@ impl Worker {
                     .with_tombstones(longest_lookup_ms(cfg)),
             ),
             uncacheable: RefCell::default(),
+            store_failing: Default::default(),
         })
     }
 }
@@ -288,6 +293,7 @@ impl Flow {
             state: State::Start,
             events: Vec::new(),
             unlock: None,
+            in_grace: false,
         }
     }
 

@@ -48,7 +48,11 @@ impl Flow {
             self.events.push(Event::MemoryHit);
         }
         let stored = &meta.headers;
-        let detail = from_memory.then_some("memory");
+        let detail = match (from_memory, self.in_grace) {
+            (true, true) => Some("memory-grace"),
+            (true, false) => Some("memory"),
+            _ => None,
+        };
         let mut hit = cache_status::hit(&self.cfg.cache_name, meta.freshness.ttl_s(age_s), detail);
         if lookup.collapsed {
             // RFC 9211 §2.7: it waited for another request's fetch and reused its response.

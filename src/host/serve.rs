@@ -240,6 +240,8 @@ pub fn count_notes(shared: &Shared) {
             }
             Note::Mismatch => m.add(Counter::StoreMismatches, 1),
             Note::BreakerOpened => {
+                // The in-proxy tier serves in grace while the store is skipped.
+                shared.worker.store_failing.set(true);
                 m.add(Counter::BreakerOpenings, 1);
                 m.breaker(1);
                 warn!(
@@ -248,6 +250,7 @@ pub fn count_notes(shared: &Shared) {
                 );
             }
             Note::BreakerClosed => {
+                shared.worker.store_failing.set(false);
                 m.breaker(-1);
                 info!("fleet-cache: store answers again; using it");
             }
