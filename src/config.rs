@@ -8,9 +8,11 @@ mod collapse;
 mod fields;
 mod json;
 mod read;
+mod rules;
 mod stale;
 
 pub use collapse::CollapseConfig;
+pub use rules::{Rule, RulesConfig};
 pub use stale::StaleConfig;
 
 use json::Value;
@@ -73,6 +75,8 @@ pub struct Config {
     pub tag_header: Option<String>,
     pub purge: PurgeConfig,
     pub memory: MemoryConfig,
+    /// Which requests the cache handles at all (hosts, paths).
+    pub rules: RulesConfig,
 }
 
 /// The in-proxy tier (per worker): a small LRU in front of Redis.
@@ -222,6 +226,7 @@ struct RawConfig {
     tag_header: String,
     purge: RawPurge,
     memory: RawMemory,
+    rules: RulesConfig,
 }
 
 struct RawMemory {
@@ -278,6 +283,7 @@ impl Default for RawConfig {
             tag_header: "surrogate-key".into(),
             purge: RawPurge::default(),
             memory: RawMemory::default(),
+            rules: RulesConfig::default(),
         }
     }
 }
@@ -484,11 +490,8 @@ impl RawConfig {
                     format!("{h:?} carries credentials; keying on it makes a per-user cache"),
                 ));
             }
-            if !headers.contains(&lower) {
-                headers.push(lower);
-            }
+            crate::key::insert_sorted(&mut headers, lower);
         }
-        headers.sort_unstable();
         let tag_header = match self.tag_header.as_str() {
             "" => None,
             h if is_header_name(h) => Some(h.to_ascii_lowercase()),
@@ -573,6 +576,7 @@ impl RawConfig {
                 max_bytes: self.memory.max_bytes as usize,
                 max_age_ms: self.memory.max_age_ms,
             },
+            rules: self.rules,
         })
     }
 }
@@ -748,6 +752,28 @@ mod tests {
             ),
             (r#"{"collapse":{"lock_ms":5}}"#, "collapse.lock_ms"),
             (r#"{"hit_for_miss_s":604801}"#, "hit_for_miss_s"),
+            (r#"{"rules":{"include":[{}]}}"#, "rules.include[0]"),
+            (r#"{"rules":{"include":["/a"]}}"#, "rules.include[0]"),
+            (
+                r#"{"rules":{"exclude":[{"path":"a"}]}}"#,
+                "rules.exclude[0].path",
+            ),
+            (
+                r#"{"rules":{"exclude":[{"path":"/a","path_prefix":"/b"}]}}"#,
+                "rules.exclude[0]",
+            ),
+            (
+                r#"{"rules":{"include":[{"host":"a b"}]}}"#,
+                "rules.include[0].host",
+            ),
+            (
+                r#"{"rules":{"include":[{"regex":".*"}]}}"#,
+                "rules.include[0].regex",
+            ),
+            (
+                r#"{"rules":{"include":[{"host":5}]}}"#,
+                "rules.include[0].host",
+            ),
         ];
         for (json, field) in cases {
             let e = parse(json).unwrap_err();

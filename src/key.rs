@@ -257,6 +257,19 @@ pub enum Vary {
     Any,
 }
 
+/// Header names a response may vary on and be stored: past it, as `Vary: *`. Also bounds
+/// [`insert_sorted`]'s work on an origin's list.
+const MAX_VARY_NAMES: usize = 64;
+
+/// Inserts `name` into the sorted list `names` unless it is there already. Sorting a list by
+/// insertion is quadratic, fine for the short lists it is used on (Vary names, key headers),
+/// and a sort's monomorph costs the .wasm ~3 KB.
+pub fn insert_sorted(names: &mut Vec<String>, name: String) {
+    if let Err(i) = names.binary_search(&name) {
+        names.insert(i, name);
+    }
+}
+
 impl Vary {
     pub fn parse<'a>(values: impl Iterator<Item = &'a str>) -> Vary {
         let mut names: Vec<String> = Vec::new();
@@ -268,12 +281,13 @@ impl Vary {
                 if name == "*" || !crate::entry::valid_name(&name) {
                     return Vary::Any;
                 }
-                names.push(name);
+                insert_sorted(&mut names, name);
+                if names.len() > MAX_VARY_NAMES {
+                    // No real response varies on that many: as `*` (not stored).
+                    return Vary::Any;
+                }
             }
         }
-        // Equal names are identical, so an unstable sort gives the same list.
-        names.sort_unstable();
-        names.dedup();
         if names.is_empty() {
             Vary::None
         } else {
@@ -516,5 +530,27 @@ mod tests {
             ])
         );
         assert_eq!(Vary::parse(["accept, *"].into_iter()), Vary::Any);
+    }
+
+    #[test]
+    fn vary_names_are_sorted_and_deduplicated_and_bounded() {
+        assert_eq!(
+            Vary::parse(["Accept-Language, accept", "X-A, accept"].into_iter()),
+            Vary::Headers(vec![
+                "accept".into(),
+                "accept-language".into(),
+                "x-a".into()
+            ])
+        );
+        let many: Vec<String> = (0..=MAX_VARY_NAMES).map(|i| format!("x-{i}")).collect();
+        assert_eq!(
+            Vary::parse([many.join(",").as_str()].into_iter()),
+            Vary::Any
+        );
+        let ok: Vec<String> = (0..MAX_VARY_NAMES).map(|i| format!("x-{i}")).collect();
+        let both = format!("{}, {}", ok.join(","), ok.join(","));
+        assert!(
+            matches!(Vary::parse([both.as_str()].into_iter()), Vary::Headers(h) if h.len() == MAX_VARY_NAMES)
+        );
     }
 }

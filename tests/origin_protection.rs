@@ -320,3 +320,44 @@ fn with_redis_down_the_in_proxy_tier_keeps_serving_within_the_responses_freshnes
     // A resource the tier never held goes to the origin, as before.
     assert_eq!(s.get("/other?cc=max-age%3D60", &[]).status, 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Request rules
+
+#[test]
+fn requests_outside_the_rules_cost_no_lookup_and_are_never_stored() {
+    let s = Stack::start(options(json!({"rules": {
+        "include": [{"path_prefix": "/api/"}, {"host": "*.assets.test"}],
+        "exclude": [{"path": "/api/me"}],
+    }})));
+    let cached = "/api/items?cc=max-age%3D60";
+    s.get(cached, &[]);
+    wait_counter(&s, "fleet_cache_published", 1);
+    assert!(cache_status(&s.get(cached, &[])).contains("hit"));
+    // Counters reach Envoy's stats within 100 ms.
+    let settled = Duration::from_millis(300);
+    std::thread::sleep(settled);
+    let lookups = s.counter("fleet_cache_lookups");
+    for path in ["/static/a.css?cc=max-age%3D60", "/api/me?cc=max-age%3D60"] {
+        for _ in 0..2 {
+            let r = s.get(path, &[]);
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                cache_status(&r),
+                "fleet-cache; fwd=bypass; fwd-status=200; detail=excluded"
+            );
+        }
+    }
+    // By host: included.
+    let r = s.get("/logo.png?cc=max-age%3D60", &[("host", "img.assets.test")]);
+    assert!(cache_status(&r).contains("stored"), "{r:?}");
+    wait_counter(&s, "fleet_cache_lookups", lookups + 1);
+    std::thread::sleep(settled);
+    assert_eq!(
+        s.counter("fleet_cache_lookups"),
+        lookups + 1,
+        "only the included host looked up"
+    );
+    assert_eq!(s.origin().count("/static/a.css"), 2);
+    assert_eq!(s.origin().count("/api/me"), 2);
+}

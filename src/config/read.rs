@@ -20,6 +20,7 @@ enum Target<'r> {
     Statuses(&'r mut Vec<u16>),
     Methods(&'r mut Vec<Method>),
     SetCookie(&'r mut SetCookiePolicy),
+    Rules(&'r mut Vec<super::Rule>),
     /// An object whose fields are read as `<path>.<field>`.
     Section,
 }
@@ -52,6 +53,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "tag_header",
             "purge",
             "memory",
+            "rules",
         ],
     ),
     (
@@ -75,6 +77,7 @@ const FIELDS: &[(&str, &[&str])] = &[
         "collapse",
         &["max_wait_ms", "poll_ms", "exempt_content_types"],
     ),
+    ("rules", &["include", "exclude"]),
 ];
 
 /// The sections: objects of their own (checked to be objects before any field is read).
@@ -93,7 +96,7 @@ fn target<'r>(raw: &'r mut RawConfig, path: &str) -> Option<Target<'r>> {
         &mut raw.memory,
     );
     Some(match path {
-        "store" | "key" | "purge" | "memory" | "stale" | "collapse" => Section,
+        "store" | "key" | "purge" | "memory" | "stale" | "collapse" | "rules" => Section,
         "namespace" => Str(&mut raw.namespace),
         "default_ttl_s" => U64(&mut raw.default_ttl_s),
         "max_ttl_s" => U64(&mut raw.max_ttl_s),
@@ -131,6 +134,8 @@ fn target<'r>(raw: &'r mut RawConfig, path: &str) -> Option<Target<'r>> {
         "collapse.max_wait_ms" => U64(&mut raw.collapse.max_wait_ms),
         "collapse.poll_ms" => U64(&mut raw.collapse.poll_ms),
         "collapse.exempt_content_types" => Strings(&mut raw.collapse.exempt_content_types),
+        "rules.include" => Rules(&mut raw.rules.include),
+        "rules.exclude" => Rules(&mut raw.rules.exclude),
         _ => return None,
     })
 }
@@ -188,6 +193,7 @@ pub(super) fn read_object(
                     );
                 }
             }
+            Target::Rules(r) => *r = super::rules::read(v, &path)?,
             Target::SetCookie(r) => {
                 *r = match fields::variant(v, &path, SET_COOKIE)? {
                     0 => SetCookiePolicy::NoStore,

@@ -433,13 +433,16 @@ impl Flow {
                 self.events.push(Event::Bypass);
                 let fwd = match reason {
                     BypassReason::Method => Fwd::Method,
-                    BypassReason::NoStore | BypassReason::Upgrade => Fwd::Bypass,
+                    BypassReason::NoStore | BypassReason::Upgrade | BypassReason::Excluded => {
+                        Fwd::Bypass
+                    }
                 };
+                let detail = (reason == BypassReason::Excluded).then_some("excluded");
                 self.state = State::Forwarded(Forward {
                     req,
                     primary: None,
                     fwd,
-                    detail: None,
+                    detail,
                     request_ms: now_ms,
                     stale: None,
                     lead: None,

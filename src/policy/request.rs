@@ -23,6 +23,8 @@ pub enum BypassReason {
     NoStore,
     /// A protocol upgrade (WebSocket): a tunnel, not a response.
     Upgrade,
+    /// Outside the configured `rules` (hosts, paths).
+    Excluded,
 }
 
 pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
@@ -33,6 +35,9 @@ pub fn request_policy(cfg: &Config, req: &RequestHead) -> RequestPolicy {
     };
     if !cfg.methods.contains(&method) {
         return RequestPolicy::Bypass(BypassReason::Method);
+    }
+    if !cfg.rules.admits(&req.authority, &req.path) {
+        return RequestPolicy::Bypass(BypassReason::Excluded);
     }
     if req.has("upgrade") {
         return RequestPolicy::Bypass(BypassReason::Upgrade);
@@ -210,6 +215,32 @@ mod tests {
         assert_eq!(
             request_policy(&cfg, &get(&[("upgrade", "websocket")])),
             RequestPolicy::Bypass(BypassReason::Upgrade)
+        );
+    }
+
+    #[test]
+    fn requests_outside_the_rules_are_bypassed_before_anything_else() {
+        let cfg = Config::parse(
+            br#"{"rules":{"include":[{"path_prefix":"/api/"}],"exclude":[{"path":"/api/me"}]}}"#,
+        )
+        .unwrap();
+        let get = |path: &str| RequestHead::for_test("GET", path, &[]);
+        assert_eq!(
+            request_policy(&cfg, &get("/api/items")),
+            RequestPolicy::Lookup(Method::Get)
+        );
+        for path in ["/static/a.css", "/api/me", "/api/me?x=1"] {
+            assert_eq!(
+                request_policy(&cfg, &get(path)),
+                RequestPolicy::Bypass(BypassReason::Excluded),
+                "{path}"
+            );
+        }
+        // Other methods stay what they were (an unsafe request still invalidates).
+        let post = RequestHead::for_test("POST", "/static/a.css", &[]);
+        assert_eq!(
+            request_policy(&cfg, &post),
+            RequestPolicy::Bypass(BypassReason::Method)
         );
     }
 }
