@@ -239,11 +239,14 @@ fn followers_of_a_response_that_is_not_storable_go_at_once_and_later_requests_sk
         "nothing stored, every client fetched"
     );
     // Later requests skip the lookup on workers that know (each learned it at most once).
+    // Counters reach Envoy's stats within 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
     let lookups_before = s.counter("fleet_cache_lookups");
     for _ in 0..8 {
         assert_eq!(s.get_via(0, path, &[]).status, 200);
     }
     wait_counter(&s, "fleet_cache_hit_for_miss", 6);
+    std::thread::sleep(Duration::from_millis(300));
     assert!(
         s.counter("fleet_cache_lookups") <= lookups_before + 2,
         "lookups {} -> {}",
