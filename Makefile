@@ -97,3 +97,4 @@ test: manifests-check
 bench: build
 	@bench/setup.sh
 	.venv/bin/python bench/bench.py
+	.venv/bin/python bench/protect.py

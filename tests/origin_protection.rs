@@ -142,7 +142,8 @@ fn fleet(patch: Value) -> Stack {
 }
 
 /// `n` clients at once, alternating between the two proxies; each response with how long it
-/// took.
+/// took. They all ask for one Host, as clients of one service behind a fleet do (the key
+/// includes it; the proxies' own ports differ).
 fn herd(s: &Stack, n: usize, path: &str) -> Vec<(Resp, Duration)> {
     let barrier = Barrier::new(n);
     thread::scope(|scope| {
@@ -152,7 +153,7 @@ fn herd(s: &Stack, n: usize, path: &str) -> Vec<(Resp, Duration)> {
                 scope.spawn(move || {
                     barrier.wait();
                     let t = Instant::now();
-                    let r = s.get_via(i % 2, path, &[]);
+                    let r = s.get_via(i % 2, path, &[("host", "app.test")]);
                     (r, t.elapsed())
                 })
             })
@@ -180,12 +181,12 @@ fn a_herd_on_a_slow_stream_costs_the_origin_one_fetch_across_the_fleet() {
     assert_all_whole(&rs, &body);
     // The request above counts too.
     let fetches = s.origin().count("/herd") - 1;
-    assert!(fetches <= 2, "{fetches} origin fetches for 20 clients");
+    assert!((1..=2).contains(&fetches), "{fetches} origin fetches for 20 clients");
     let collapsed = rs
         .iter()
         .filter(|(r, _)| cache_status(r).ends_with("; collapsed"))
         .count();
-    assert!(collapsed >= 18 - 2 * (fetches - 1), "collapsed {collapsed}");
+    assert!(collapsed >= 20 - 2 * fetches, "collapsed {collapsed}");
     let waits = s.stat(0, "fleet_cache_collapse_waits").unwrap_or(0)
         + s.stat(1, "fleet_cache_collapse_waits").unwrap_or(0);
     assert!(waits >= collapsed as u64, "waits {waits}");
@@ -199,7 +200,7 @@ fn a_herd_on_a_fast_response_costs_the_origin_one_fetch_across_the_fleet() {
     let body = s.origin_request("GET", path, &[]).body;
     assert_all_whole(&rs, &body);
     let fetches = s.origin().count("/fast") - 1;
-    assert!(fetches <= 2, "{fetches} origin fetches for 20 clients");
+    assert!((1..=2).contains(&fetches), "{fetches} origin fetches for 20 clients");
 }
 
 #[test]
