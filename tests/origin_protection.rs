@@ -181,7 +181,10 @@ fn a_herd_on_a_slow_stream_costs_the_origin_one_fetch_across_the_fleet() {
     assert_all_whole(&rs, &body);
     // The request above counts too.
     let fetches = s.origin().count("/herd") - 1;
-    assert!((1..=2).contains(&fetches), "{fetches} origin fetches for 20 clients");
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} origin fetches for 20 clients"
+    );
     let collapsed = rs
         .iter()
         .filter(|(r, _)| cache_status(r).ends_with("; collapsed"))
@@ -200,7 +203,10 @@ fn a_herd_on_a_fast_response_costs_the_origin_one_fetch_across_the_fleet() {
     let body = s.origin_request("GET", path, &[]).body;
     assert_all_whole(&rs, &body);
     let fetches = s.origin().count("/fast") - 1;
-    assert!((1..=2).contains(&fetches), "{fetches} origin fetches for 20 clients");
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} origin fetches for 20 clients"
+    );
 }
 
 #[test]

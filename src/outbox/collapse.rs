@@ -92,7 +92,9 @@ impl Followers {
         let poll_ms = self.poll_ms;
         if let Some(f) = self.list.iter_mut().find(|f| f.key == key) {
             f.polls = f.polls.saturating_add(1);
-            let interval = FIRST_POLL_MS.saturating_mul(1 << f.polls.min(16)).min(poll_ms);
+            let interval = FIRST_POLL_MS
+                .saturating_mul(1 << f.polls.min(16))
+                .min(poll_ms);
             f.next_poll_ms = now_ms + interval;
         }
     }
