@@ -297,4 +297,23 @@ fn the_lock_of_a_missing_entry_round_trips_through_webdis_and_redis() {
     assert_eq!(lookup(0x39, &[true, false])[0], Slot::Missing);
     unlock(0x3a, &a, 0x39, Unlock::Uncacheable { ttl_ms: 1_000 });
     assert_eq!(st.redis_cli(&["TYPE", &format!("{a}:lock")]), "hash");
+    // Redis out of memory refuses the lock's SET: the lookup still answers (no lock, no wait).
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        assert_eq!(st.redis_cli(&["CONFIG", "SET", name, value]), "OK");
+    }
+    let oom = k("oom");
+    let cmd = |nonce| {
+        let cmd = Command::Lookup {
+            keys: vec![oom.as_str()],
+            inline_bytes: 1 << 20,
+            locking: Some(Locking {
+                keys: &[true],
+                ttl_ms: 5_000,
+            }),
+        };
+        run(&st, nonce, &cmd).0
+    };
+    assert_eq!(cmd(0x3b), Ok(Answer::Values(vec![Slot::Missing])));
+    assert_eq!(st.redis_cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    assert_eq!(cmd(0x3c), Ok(Answer::Values(vec![Slot::Locked])));
 }

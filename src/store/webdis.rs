@@ -44,12 +44,15 @@ const LOCK_PRELUDE: [&str; 3] = ["local LS='", LOCK_SUFFIX, "' "];
 /// value is never copied into the script or the answer. At a missing key whose flag in `L` is
 /// `1` (collapsed misses), its lock (`SET NX PX lm`, the nonce as owner): `L` taken by this
 /// lookup, `w` held by another's fetch, `h`/`x` a marker saying not to wait, `m` a lock key
-/// of another type (not ours: no waiting on it). The letters end up in `o[2]`.
+/// of another type (not ours: no waiting on it) or a `SET` Redis refused (out of memory: the
+/// lookup must still answer, and the request fetches without a lock). The letters end up in
+/// `o[2]`.
 const LOOKUP_LOOP: &str = "for i=f,#KEYS do local k=KEYS[i] local n=redis.pcall('STRLEN',k) \
 if type(n)~='number' then t[#t+1]='f' o[#o+1]='' \
 elseif n==0 then local c='m' \
 if string.sub(L,i-f+1,i-f+1)=='1' then local lk=k..LS \
-if redis.call('SET',lk,ARGV[1],'NX','PX',lm) then c='L' else \
+local got=redis.pcall('SET',lk,ARGV[1],'NX','PX',lm) \
+if type(got)=='table' and got['ok'] then c='L' elseif got==false then \
 local h=redis.pcall('GET',lk) \
 if h=='h' or h=='x' then c=h elseif type(h)=='string' then c='w' end end end \
 t[#t+1]=c o[#o+1]='' \
