@@ -225,10 +225,18 @@ fn uncacheable_responses_are_not_stored() {
         }
         assert_eq!(s.origin().count(base), 2, "{path} was served from cache");
     }
-    // A cacheable control proves publishing works here: only it reaches Redis.
+    // A cacheable control proves publishing works here: only it is an entry in Redis. The
+    // others left a hit-for-miss mark in their lock key (`h`), the 500 not even that (an
+    // error may not last).
     s.get("/control?cc=max-age%3D60", &[]);
     wait_published(&s, 0, 1);
-    assert_eq!(s.keys().len(), 1);
+    let keys = s.keys();
+    let (marks, entries): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.ends_with(":lock"));
+    assert_eq!(entries.len(), 1, "{keys:?}");
+    assert_eq!(marks.len(), cases.len() - 1, "{keys:?}");
+    for m in marks {
+        assert_eq!(s.redis_cli(&["GET", m]), "h");
+    }
     assert_eq!(
         s.stat(0, "fleet_cache_not_stored"),
         Some(2 * cases.len() as u64)
