@@ -27,8 +27,11 @@ const AFTER_LM: &str = "Wed, 15 Nov 2023 00:00:00 GMT";
 /// (these tests are about HTTP semantics, not the fail-open path).
 fn start(patch: Value) -> Stack {
     // The in-proxy tier is off: a refresh through one worker must be seen by the next request
-    // whichever worker takes it (the tier's own bound is tests/memory_tier.rs').
-    let mut cfg = json!({"store": {"timeout_ms": 2000}, "memory": {"max_bytes": 0}});
+    // whichever worker takes it (the tier's own bound is tests/memory_tier.rs'). Hit-for-miss
+    // is off: these tests repeat uncacheable URLs and compare Cache-Status exactly, which it
+    // would tag (`detail=hit-for-miss`); tests/origin_protection.rs is its own.
+    let mut cfg = json!({"store": {"timeout_ms": 2000}, "memory": {"max_bytes": 0},
+                         "hit_for_miss_s": 0});
     merge_patch(&mut cfg, &patch);
     Stack::start(StackOptions::with_config(cfg))
 }

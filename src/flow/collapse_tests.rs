@@ -400,3 +400,53 @@ fn while_the_store_fails_the_in_proxy_tier_serves_past_its_max_age_within_the_re
     // Past every window: gone.
     assert_eq!(run(T0 + 121_000, true), None);
 }
+
+#[test]
+fn only_a_miss_marks_a_resource_and_never_for_a_304_or_a_206() {
+    let w = worker(usize::MAX, 0);
+    let cfg = Rc::new(Config::default());
+    let looks_up = |now: u64| {
+        let mut f = Flow::new(cfg.clone(), w.clone());
+        matches!(
+            f.handle_request_headers(now, get("/m")),
+            RequestStep::Lookup(_)
+        )
+    };
+    // A client's refresh (no-cache) answered no-store: something may well be stored, which a
+    // mark would hide.
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    let refresh = RequestHead::for_test("GET", "/m", &[("cache-control", "no-cache")]);
+    assert_eq!(f.handle_request_headers(T0, refresh), RequestStep::Continue);
+    f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "no-store")]),
+        true,
+        Source::Origin,
+    );
+    assert_eq!(f.take_unlock(), None);
+    assert!(looks_up(T0 + 1));
+    // The client's own conditional request answered 304, or its range 206.
+    for (status, header) in [
+        (304, ("if-none-match", "\"x\"")),
+        (206, ("range", "bytes=0-1")),
+    ] {
+        let mut f = Flow::new(cfg.clone(), w.clone());
+        f.handle_request_headers(T0, RequestHead::for_test("GET", "/m", &[header]));
+        f.handle_store_reply(T0, Ok(Looked::Missing));
+        f.handle_response_headers(T0, &resp(status, &[]), true, Source::Origin);
+        assert_eq!(f.take_unlock(), None, "{status}");
+        assert!(looks_up(T0 + 1), "{status}");
+    }
+    // A store error: whether something is stored is unknown.
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    f.handle_request_headers(T0, get("/m"));
+    f.handle_store_reply(T0, Err(StoreError::Timeout));
+    f.handle_response_headers(
+        T0,
+        &resp(200, &[("cache-control", "private")]),
+        true,
+        Source::Origin,
+    );
+    assert_eq!(f.take_unlock(), None);
+    assert!(looks_up(T0 + 1));
+}

@@ -110,7 +110,7 @@ impl Flow {
         let step = self.forward(now_ms, lookup, miss, detail);
         if let State::Forwarded(f) = &mut self.state {
             f.lead = lead;
-            f.known_uncacheable = known_uncacheable;
+            f.marks_uncacheable &= !known_uncacheable;
         } else if let Some(lead) = lead {
             // Not forwarded after all (`only-if-cached`): no fetch will come.
             self.unlock = Some((lead.key, lead.owner, Unlock::Release));

@@ -200,9 +200,9 @@ struct Forward {
     stale: Option<Box<StaleCopy>>,
     /// Set when this request fetches a missing entry others wait for.
     lead: Option<Lead>,
-    /// The store said the resource's last response was not storable (or this worker knew):
-    /// no need to say it again.
-    known_uncacheable: bool,
+    /// A response that can never be stored marks the resource (hit-for-miss): only after a
+    /// miss (nothing stored that the mark would hide), and not when it is marked already.
+    marks_uncacheable: bool,
 }
 
 /// Where a stored entry was read from.
@@ -404,7 +404,7 @@ impl Flow {
                     self.events.push(Event::HitForMiss);
                     self.forward(now_ms, lookup, Fwd::UriMiss, Some("hit-for-miss"));
                     if let State::Forwarded(f) = &mut self.state {
-                        f.known_uncacheable = true;
+                        f.marks_uncacheable = false;
                     }
                     return RequestStep::Continue;
                 }
@@ -425,7 +425,7 @@ impl Flow {
                     request_ms: now_ms,
                     stale: None,
                     lead: None,
-                    known_uncacheable: false,
+                    marks_uncacheable: false,
                 });
                 RequestStep::Continue
             }
@@ -446,7 +446,7 @@ impl Flow {
                     request_ms: now_ms,
                     stale: None,
                     lead: None,
-                    known_uncacheable: false,
+                    marks_uncacheable: false,
                 });
                 RequestStep::Continue
             }
@@ -484,7 +484,7 @@ impl Flow {
             request_ms: now_ms,
             stale: None,
             lead: None,
-            known_uncacheable: false,
+            marks_uncacheable: matches!(fwd, Fwd::UriMiss | Fwd::VaryMiss),
         });
         LookupStep::Continue
     }

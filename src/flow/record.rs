@@ -17,6 +17,8 @@ pub(super) struct Recording {
     tags: Vec<String>,
     /// Set when others wait for this recording's entry (its write frees the lock).
     lead: Option<Lead>,
+    /// Dropped as never storable, it marks the resource (see `Forward::marks_uncacheable`).
+    marks_uncacheable: bool,
 }
 
 impl Flow {
@@ -68,6 +70,7 @@ impl Flow {
                 Ok(s) => {
                     let mut rec = self.start_recording(now_ms, primary, &fwd.req, resp, s);
                     rec.lead = lead;
+                    rec.marks_uncacheable = fwd.marks_uncacheable;
                     if rec.lead.is_some() && self.cfg.collapse.exempts(resp.header("content-type"))
                     {
                         // Its followers go to the origin now rather than wait for the whole
@@ -84,7 +87,7 @@ impl Flow {
                         lead,
                         why,
                         resp.status,
-                        fwd.known_uncacheable,
+                        fwd.marks_uncacheable,
                         now_ms,
                     );
                 }
@@ -117,19 +120,21 @@ impl Flow {
     }
 
     /// A response that will not be stored. Its waiting followers go to the origin; if it can
-    /// never be (a policy of the response, not a failure of this fetch), the resource is
-    /// remembered as such (hit-for-miss) on this worker and, through its lock key, fleet-wide.
+    /// never be (a policy of the response, not a failure of this fetch) and `marks`, the
+    /// resource is remembered as such (hit-for-miss) on this worker and, through its lock key,
+    /// fleet-wide.
     fn not_storable(
         &mut self,
         primary: &CacheKey,
         lead: Option<Lead>,
         why: NotStored,
         status: u16,
-        known: bool,
+        marks: bool,
         now_ms: u64,
     ) {
         let never = match why {
-            NotStored::Status => status < 500,
+            // A 304 or 206 answers the client's own conditions or range, not the resource.
+            NotStored::Status => status < 500 && status != 304 && status != 206,
             NotStored::NoStore
             | NotStored::Private
             | NotStored::NoCache
@@ -142,7 +147,7 @@ impl Flow {
             NotStored::Authorization | NotStored::NotFromOrigin => false,
         };
         let ttl_s = self.cfg.hit_for_miss_s;
-        if !never || ttl_s == 0 {
+        if !never || !marks || ttl_s == 0 {
             self.end_lead(lead, Unlock::Release);
             return;
         }
@@ -156,9 +161,8 @@ impl Flow {
         };
         match lead {
             Some(lead) => self.end_lead(Some(lead), unlock),
-            // Not a leader: the fleet learns it once, from whoever saw it first.
-            None if !known => self.unlock = Some((primary.redis_key.clone(), 0, unlock)),
-            None => {}
+            // Not a leader: the fleet learns it from whoever saw it first.
+            None => self.unlock = Some((primary.redis_key.clone(), 0, unlock)),
         }
     }
 
@@ -334,6 +338,7 @@ impl Flow {
             reservation: Reservation::new(self.worker.budget.clone()),
             tags,
             lead: None,
+            marks_uncacheable: false,
         }
     }
 
@@ -410,7 +415,8 @@ impl Flow {
             Some(why) => {
                 // The response's headers came at `stored_at_ms`: near enough to now.
                 let (status, at) = (rec.meta.status, rec.meta.stored_at_ms);
-                self.not_storable(&rec.primary, rec.lead, why, status, false, at);
+                let marks = rec.marks_uncacheable;
+                self.not_storable(&rec.primary, rec.lead, why, status, marks, at);
             }
             None => self.end_lead(rec.lead, Unlock::Release),
         }
