@@ -14,7 +14,7 @@ const MARKERS: [&str; 3] = ["SECRETcookie7f3a", "SECRETtoken91bd", "SECRETtenant
 /// member by member).
 fn everything_stored(st: &Stack) -> Vec<u8> {
     let mut all = Vec::new();
-    for key in st.keys() {
+    for key in st.all_keys() {
         all.extend_from_slice(key.as_bytes());
         match st.redis_cli(&["TYPE", &key]).as_str() {
             "string" => all.extend(st.redis_cli_bytes(&["GET", &key])),

@@ -367,7 +367,12 @@ fn origin_reset_publishes_nothing() {
 #[test]
 fn concurrent_misses_leave_one_whole_entry() {
     const N: usize = 20;
-    let st = Stack::start(store_only());
+    // Collapsing off: this is about concurrent writes of one key racing, which collapsing
+    // otherwise prevents (tests/origin_protection.rs).
+    let st = Stack::start(StackOptions::with_config(json!({
+        "memory": {"max_bytes": 0},
+        "collapse": {"max_wait_ms": 0},
+    })));
     // The delay keeps every request's lookup ahead of the first publish.
     let target = "/race?unique=1&cc=max-age%3D60&delay_ms=300";
     let base = text_body(target);

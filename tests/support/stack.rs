@@ -1014,7 +1014,16 @@ impl Stack {
     }
 
     /// The Redis keys under the namespace (`<namespace>:*`), sorted.
+    /// The namespace's keys, but the entries' locks (`<key>:lock`: collapsed misses and
+    /// hit-for-miss marks, bookkeeping rather than entries).
     pub fn keys(&self) -> Vec<String> {
+        let mut keys = self.all_keys();
+        keys.retain(|k| !k.ends_with(fleet_cache::store::layout::LOCK_SUFFIX));
+        keys
+    }
+
+    /// Every key of the namespace, locks included.
+    pub fn all_keys(&self) -> Vec<String> {
         let pattern = format!("{}:*", self.namespace);
         let mut keys: Vec<String> = self
             .redis_cli(&["--scan", "--pattern", &pattern])
