@@ -250,6 +250,8 @@ pub struct Flow {
     unlock: Option<(String, u64, Unlock)>,
     /// The in-proxy tier answered past its max age, the store failing (grace).
     in_grace: bool,
+    /// See [`Flow::take_write_lock`].
+    write_lock: Option<(String, u64)>,
 }
 
 /// What the flows of one worker VM share: the recording budget and the in-proxy tier.
@@ -294,11 +296,18 @@ impl Flow {
             events: Vec::new(),
             unlock: None,
             in_grace: false,
+            write_lock: None,
         }
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The lock of the fetch whose entry the last step's write is, when others wait for it:
+    /// the write removes it, and whoever sends the write frees it if the write fails.
+    pub fn take_write_lock(&mut self) -> Option<(String, u64)> {
+        self.write_lock.take()
     }
 
     /// A lock to free or mark in the store: `(entry key, owner, what it becomes)`.

@@ -442,6 +442,7 @@ impl Flow {
             .borrow_mut()
             .remove(&rec.primary.redis_key);
         let entry = rec.writer.finish_response(rec.meta);
+        self.write_lock = rec.lead.map(|l| (l.key, l.owner));
         // This worker won't serve an older copy from memory once the new one is written.
         self.forget(std::slice::from_ref(&rec.primary.redis_key));
         if let Some((v, _)) = &rec.variant {

@@ -107,8 +107,16 @@ impl CacheStream {
     /// waits: every byte before it has gone to the client already. True while held.
     fn hold_for_write(&self, write: crate::store::Write, now: u64) -> bool {
         let shared = &self.shared;
+        let lock = self.flow.borrow_mut().take_write_lock();
         let immediate = match shared.outbox.try_borrow_mut() {
-            Ok(mut o) => o.write_held(now, self.id, StoreWrite::Entry(write)),
+            Ok(mut o) => {
+                let r = o.write_held(now, self.id, StoreWrite::Entry(write), lock.clone());
+                if let (Some(_), Some((key, owner))) = (&r, lock) {
+                    // Not queued: the fetch's lock must not outlive it.
+                    o.unlock(key, owner, crate::store::Unlock::Release);
+                }
+                r
+            }
             Err(_) => Some(Reply::Written(Err(StoreError::Busy))),
         };
         if immediate.is_some() {

@@ -367,3 +367,71 @@ fn without_collapsing_a_missing_key_takes_no_lock() {
     assert_eq!(s.value(2), Some(b"<missing>".to_vec()));
     assert!(s.redis.locks.is_empty());
 }
+
+#[test]
+fn a_lock_taken_by_a_lookup_whose_answer_is_lost_is_freed() {
+    let mut s = collapsing();
+    s.want_collapsing(1, "k");
+    // Redis ran the lookup (the lock is taken), but its answer never made it back whole.
+    let call = s.out.remove(0);
+    let _ = s.redis.run(&call.request);
+    assert!(s.redis.locks.contains_key("k:lock"));
+    s.outbox
+        .answered(s.now, call.token, Some(200), Some(b"garbage".to_vec()));
+    s.pump();
+    assert_eq!(s.error(1), Some(StoreError::Garbage));
+    s.answer_all();
+    assert!(
+        !s.redis.locks.contains_key("k:lock"),
+        "freed: no one fetches for it"
+    );
+    // The next miss takes it and fetches.
+    s.want_collapsing(2, "k");
+    s.answer_all();
+    lead_owner(s.looked(2));
+}
+
+#[test]
+fn the_lock_of_a_fetch_whose_entry_fails_to_land_is_freed() {
+    let mut s = collapsing();
+    s.want_collapsing(1, "k");
+    s.answer_all();
+    let owner = lead_owner(s.looked(1));
+    assert!(
+        s.outbox
+            .write_held(s.now, 9, entry_write("k", b"v"), Some(("k".into(), owner)))
+            .is_none()
+    );
+    s.pump();
+    // The write fails, and its retry too.
+    while !s.out.is_empty() && s.redis.locks.contains_key("k:lock") {
+        let call = s.out.remove(0);
+        let Request::Http { method, .. } = &call.request;
+        if *method == "PUT" {
+            s.outbox
+                .answered(s.now, call.token, Some(500), Some(Vec::new()));
+        } else {
+            let body = s.redis.run(&call.request);
+            s.outbox.answered(s.now, call.token, Some(200), Some(body));
+        }
+        s.advance(20);
+    }
+    assert!(
+        !s.redis.locks.contains_key("k:lock"),
+        "freed after the write failed"
+    );
+}
+
+#[test]
+fn failing_to_free_locks_never_opens_the_breaker() {
+    let mut s = collapsing();
+    for i in 0..20 {
+        s.outbox.unlock(format!("k{i}"), 7, Unlock::Release);
+        s.pump();
+        while !s.out.is_empty() {
+            s.answer_with(Some(503), Some(Vec::new()));
+        }
+    }
+    assert!(!s.outbox.breaker_open());
+    assert!(!s.notes.contains(&Note::BreakerOpened));
+}

@@ -561,17 +561,20 @@ impl Outbox {
     /// Queues the entry of stream `stream`'s recording; the end of its response waits until it
     /// landed, at most `store.timeout_ms` plus its transfer allowance from now. Returns the
     /// reply at once when the write is not queued (the breaker is open, the queue is full).
+    /// `lock`: the entry's fetch lock when others wait for it (freed if the write fails; the
+    /// write itself removes it).
     pub fn write_held(
         &mut self,
         now_ms: u64,
         stream: StreamId,
         write: StoreWrite,
+        lock: Option<(String, u64)>,
     ) -> Option<Reply> {
         let size = write.size() as u64;
         if self.breaker.is_open() {
             return Some(Reply::Written(Err(StoreError::BreakerOpen)));
         }
-        if !self.writes.push_for(write, Some(stream)) {
+        if !self.writes.push_job(write, Some(stream), lock) {
             return Some(Reply::Written(Err(StoreError::Busy)));
         }
         // Whole MiB only: a small entry waits no longer than a lookup does.
@@ -611,7 +614,7 @@ impl Outbox {
         };
         match answer {
             Ok((answer, body)) => self.settle(now_ms, nonce, flight, answer, body),
-            Err(e) => self.fail(now_ms, flight, e),
+            Err(e) => self.fail(now_ms, nonce, flight, e),
         }
     }
 
@@ -656,7 +659,7 @@ impl Outbox {
             .collect();
         for nonce in lost {
             if let Some(flight) = self.flights.remove(nonce) {
-                self.fail(now_ms, flight, StoreError::Timeout);
+                self.fail(now_ms, nonce, flight, StoreError::Timeout);
             }
         }
     }
@@ -704,7 +707,7 @@ impl Outbox {
                         // Retry later rather than spin on a host that refuses now.
                         self.write_retry_at_ms = now_ms + RETRY_DELAY_MS;
                     }
-                    self.fail(now_ms, flight, StoreError::Dispatch);
+                    self.fail(now_ms, nonce, flight, StoreError::Dispatch);
                 }
             }
         }
@@ -950,13 +953,14 @@ impl Outbox {
                     token: None,
                     give_up_ms: 0,
                 };
-                self.fail(now_ms, flight, StoreError::Garbage);
+                self.fail(now_ms, nonce, flight, StoreError::Garbage);
             }
         }
     }
 
-    /// A callout failed: everything it carried fails with `e`.
-    fn fail(&mut self, now_ms: u64, flight: Flight, e: StoreError) {
+    /// A callout failed: everything it carried fails with `e`. Locks its lookup may have
+    /// taken (its answer lost) are freed: no one fetches for them.
+    fn fail(&mut self, now_ms: u64, nonce: u64, flight: Flight, e: StoreError) {
         if e == StoreError::Mismatch {
             self.notes.push_back(Note::Mismatch);
         }
@@ -965,7 +969,11 @@ impl Outbox {
         // large read that runs late says nothing that should skip the store for small ones.
         let late_piece =
             matches!(flight.carries, Carries::Piece { .. }) && e == StoreError::Timeout;
-        if late_piece {
+        // Freeing a lock is bookkeeping a failing store makes moot (the lock expires): it must
+        // not add to the failures that open the breaker, on top of the lookup that failed.
+        let unlock = matches!(&flight.carries, Carries::Writes(jobs)
+            if jobs.iter().all(|j| matches!(j.write, StoreWrite::Unlock { .. })));
+        if late_piece || unlock {
             // Neither a failure nor a success of the store.
         } else if e == StoreError::Refused {
             // Redis answered: it is up, it just refused (out of memory, read-only).
@@ -987,8 +995,20 @@ impl Outbox {
             }
         }
         match flight.carries {
-            Carries::Lookup { wants, riders, .. } => {
+            Carries::Lookup {
+                wants,
+                riders,
+                locks,
+                ..
+            } => {
                 self.settle_writes(now_ms, riders, Err(e), true);
+                for (w, _) in wants.iter().zip(locks).filter(|(_, locked)| *locked) {
+                    self.writes.push(StoreWrite::Unlock {
+                        key: w.key.clone(),
+                        owner: nonce,
+                        unlock: Unlock::Release,
+                    });
+                }
                 for w in wants {
                     self.reply_all(&w.streams, Err(e));
                     // Followers keep waiting: the next poll may do better.
@@ -1054,6 +1074,7 @@ impl Outbox {
         let waiters: Vec<Option<StreamId>> = jobs.iter().map(|j| j.waiter).collect();
         let handoffs: Vec<Vec<(String, Bytes)>> =
             jobs.iter().map(|j| self.handoffs(&j.write)).collect();
+        let locks: Vec<Option<(String, u64)>> = jobs.iter().map(|j| j.lock.clone()).collect();
         let unlocks: Vec<Option<&str>> = jobs
             .iter()
             .map(|j| match &j.write {
@@ -1099,6 +1120,17 @@ impl Outbox {
         }
         for key in released {
             self.followers.poll_now(&key, now_ms);
+        }
+        // An entry that will not land: its fetch's lock goes, or every miss of it waits for
+        // the lock's lifetime.
+        for (lock, outcome) in locks.into_iter().zip(&outcomes) {
+            if let (Some((key, owner)), Outcome::Failed) = (lock, outcome) {
+                self.writes.push(StoreWrite::Unlock {
+                    key,
+                    owner,
+                    unlock: Unlock::Release,
+                });
+            }
         }
         for (outcome, unlock) in outcomes.into_iter().zip(unlocks) {
             if unlock {

@@ -31,6 +31,9 @@ pub struct Job {
     pub attempt: u8,
     /// The stream whose response's end waits for this write to land (read your writes).
     pub waiter: Option<u32>,
+    /// The lock of the fetch this entry is from, when others wait for it (collapsed misses):
+    /// the entry's write removes it; if the write fails, it must be freed (`key`, owner).
+    pub lock: Option<(String, u64)>,
 }
 
 /// What an answer means for its job.
@@ -101,6 +104,16 @@ impl WriteQueue {
 
     /// Queues a write that `waiter` waits for.
     pub fn push_for(&mut self, write: StoreWrite, waiter: Option<u32>) -> bool {
+        self.push_job(write, waiter, None)
+    }
+
+    /// Queues a write that `waiter` waits for, the entry of the fetch holding `lock`.
+    pub fn push_job(
+        &mut self,
+        write: StoreWrite,
+        waiter: Option<u32>,
+        lock: Option<(String, u64)>,
+    ) -> bool {
         let size = write.size();
         if self.held_bytes + size > self.max_bytes {
             return false;
@@ -111,6 +124,7 @@ impl WriteQueue {
             write,
             attempt: 0,
             waiter,
+            lock,
         });
         true
     }

@@ -142,14 +142,20 @@ if p>=0 and p<tonumber(ARGV[2]) then redis.call('PEXPIRE',KEYS[1],ARGV[2]) end e
 return ARGV[1]"];
 
 /// Removes resources, each given as its key and its variants set: every variant in the set,
-/// the set, and the key (an entry or a variants record). Answers `[nonce, how many resource
-/// keys existed]`.
-const INVALIDATE: [&str; 1] = ["local n=0 \
+/// the set, the key (an entry or a variants record), and its lock (a fetch of the old
+/// resource, whose write may be dropped, must not keep misses waiting). Answers `[nonce, how
+/// many resource keys existed]`.
+const INVALIDATE: [&str; 4] = [
+    LOCK_PRELUDE[0],
+    LOCK_PRELUDE[1],
+    LOCK_PRELUDE[2],
+    "local n=0 \
 for i=1,#KEYS,2 do \
 local m=redis.pcall('SMEMBERS',KEYS[i+1]) \
 if m['err']==nil then for _,k in ipairs(m) do redis.call('DEL',k) end end \
-n=n+redis.call('DEL',KEYS[i]) redis.call('DEL',KEYS[i+1]) end \
-return {ARGV[1],n}"];
+n=n+redis.call('DEL',KEYS[i]) redis.call('DEL',KEYS[i+1]) redis.call('DEL',KEYS[i]..LS) end \
+return {ARGV[1],n}",
+];
 
 /// Removes every resource listed in the tag sets (KEYS), with their variants, and the tag
 /// sets. Answers `[nonce, how many resource keys existed]`.
