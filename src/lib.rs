@@ -13,6 +13,7 @@ pub mod flow;
 pub mod header_map;
 pub mod http;
 pub mod key;
+pub mod marks;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;
@@ -23,7 +24,6 @@ pub mod reply;
 pub mod revalidate;
 pub mod siblings;
 pub mod store;
-pub mod uncacheable;
 
 // The adapter imports host functions that only exist inside a proxy-wasm host.
 #[cfg(target_arch = "wasm32")]

@@ -53,10 +53,14 @@ pub enum Counter {
     /// Requests that skipped the store lookup: their resource's last response was not
     /// storable (hit-for-miss).
     HitForMiss,
+    /// Stale entries answered at once under `stale-while-revalidate`.
+    StaleWhileRevalidate,
+    /// Revalidations sent to the origin in the background (one per key across the fleet).
+    BackgroundRevalidations,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 36] = [
         Counter::Lookups,
         Counter::Hits,
         Counter::MemoryHits,
@@ -91,6 +95,8 @@ impl Counter {
         Counter::CollapseTimeouts,
         Counter::CollapseWaitMs,
         Counter::HitForMiss,
+        Counter::StaleWhileRevalidate,
+        Counter::BackgroundRevalidations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +135,8 @@ impl Counter {
             Counter::CollapseTimeouts => "fleet_cache_collapse_timeouts",
             Counter::CollapseWaitMs => "fleet_cache_collapse_wait_ms",
             Counter::HitForMiss => "fleet_cache_hit_for_miss",
+            Counter::StaleWhileRevalidate => "fleet_cache_stale_while_revalidate",
+            Counter::BackgroundRevalidations => "fleet_cache_background_revalidations",
         }
     }
 
@@ -167,6 +175,7 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::CollapseTimeout => &[Counter::CollapseTimeouts],
         Event::CollapseWaitMs(_) => &[Counter::CollapseWaitMs],
         Event::HitForMiss => &[Counter::HitForMiss],
+        Event::StaleWhileRevalidate => &[Counter::StaleWhileRevalidate],
     }
 }
 

@@ -20,6 +20,49 @@ pub fn conditional_headers(stored: &[(String, String)]) -> Vec<(String, String)>
     out
 }
 
+/// The headers of a background revalidation's callout: the request's pseudo-headers and its
+/// own headers (the origin sees what the client asked for, `Vary`'s headers included), but
+/// not those of its connection or its own conditions, plus the entry's validators.
+pub fn background_request(
+    req: &crate::http::RequestHead,
+    conditions: &[(String, String)],
+) -> Vec<(String, String)> {
+    let scheme = if req.scheme.is_empty() {
+        "http"
+    } else {
+        &req.scheme
+    };
+    let mut out = vec![
+        (":method".to_string(), req.method.clone()),
+        (":path".to_string(), req.path.clone()),
+        (":authority".to_string(), req.authority.clone()),
+        (":scheme".to_string(), scheme.to_string()),
+    ];
+    let own = |n: &str| {
+        !(n.starts_with("if-")
+            || n.starts_with("x-envoy-")
+            || n.starts_with("proxy-")
+            || matches!(
+                n,
+                "connection"
+                    | "keep-alive"
+                    | "te"
+                    | "trailer"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "content-length"
+                    | "expect"
+                    | "range"
+                    | "cache-control"
+                    | "pragma"
+                    | "x-request-id"
+            ))
+    };
+    out.extend(req.headers.iter().filter(|(n, _)| own(n)).cloned());
+    out.extend(conditions.iter().cloned());
+    out
+}
+
 /// The stored headers updated with those of a 304 (§4.3.4): each header field the 304 carries
 /// replaces every stored line of that name, except those never stored (hop-by-hop, per-fetch,
 /// `Set-Cookie`, the targeted field).

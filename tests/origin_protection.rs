@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use support::origin::Origin;
 use support::stack::merge_patch;
-use support::{Resp, Stack, StackOptions};
+use support::{Resp, Stack, StackOptions, poll};
 
 /// A stack whose plugin config is the defaults plus `patch`; the in-proxy tier is off and the
 /// lookup deadline generous (these tests are about what is served, not about store speed).
@@ -370,4 +370,85 @@ fn requests_outside_the_rules_cost_no_lookup_and_are_never_stored() {
     );
     assert_eq!(s.origin().count("/static/a.css"), 2);
     assert_eq!(s.origin().count("/api/me"), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stale while revalidate
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_revalidates_once_across_the_fleet() {
+    // One resource whatever its `cc` and `delay_ms`: the origin's answers change under it.
+    let s = fleet(json!({"key": {"query_ignore": ["status", "cc", "delay_ms"]}}));
+    let host = [("host", "app.test")];
+    let base = "/swr?etag=%22v1%22";
+    // Stale at once (max-age=0), inside its stale-while-revalidate window: stored.
+    let first = s.get_via(
+        0,
+        &format!("{base}&cc=max-age%3D0%2C%20stale-while-revalidate%3D60"),
+        &host,
+    );
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    wait_counter(&s, "fleet_cache_published", 1);
+    // The origin is now slow (1.5 s), and would make it fresh for a minute.
+    let slow = format!("{base}&cc=max-age%3D60&delay_ms=1500");
+    let barrier = Barrier::new(10);
+    let rs: Vec<(Resp, Duration)> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let (s, barrier, slow) = (&s, &barrier, &slow);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let t = Instant::now();
+                    let r = s.get_via(i % 2, slow, &host);
+                    (r, t.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (r, took) in &rs {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, first.body, "the stale entry");
+        let cs = cache_status(r);
+        assert!(
+            cs.starts_with("fleet-cache; hit; ttl=")
+                && cs.ends_with("detail=stale-while-revalidate"),
+            "{cs}"
+        );
+        assert!(
+            *took < Duration::from_millis(500),
+            "not waiting for the origin: {took:?}"
+        );
+    }
+    // One revalidation for the fleet, conditional, in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.origin().count("/swr") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no background revalidation\n{}",
+            s.diag()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let revalidation = s.origin().last_request("/swr").unwrap();
+    assert_eq!(revalidation.header("if-none-match"), Some("\"v1\""));
+    assert_eq!(revalidation.header("host"), Some("app.test"));
+    // Once its 304 refreshed the entry: fresh, through either proxy.
+    let fresh = poll(Duration::from_secs(5), || {
+        let r = s.get_via(1, &slow, &host);
+        cache_status(&r).starts_with("fleet-cache; hit; ttl=5")
+    });
+    assert!(fresh, "{}", s.diag());
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        s.origin().count("/swr"),
+        2,
+        "one revalidation, not one per stale hit"
+    );
+    let started = s
+        .stat(0, "fleet_cache_background_revalidations")
+        .unwrap_or(0)
+        + s.stat(1, "fleet_cache_background_revalidations")
+            .unwrap_or(0);
+    assert_eq!(started, 1);
 }

@@ -450,3 +450,104 @@ fn only_a_miss_marks_a_resource_and_never_for_a_304_or_a_206() {
     assert_eq!(f.take_unlock(), None);
     assert!(looks_up(T0 + 1));
 }
+
+/// A stored entry of `/s`: fresh for 10 s, then 60 s of stale-while-revalidate, with an ETag.
+fn swr_entry() -> Vec<u8> {
+    let mut h = super::tests::Harness::new(Config::default());
+    let cc = [
+        ("cache-control", "max-age=10, stale-while-revalidate=60"),
+        ("etag", "\"v1\""),
+    ];
+    h.run(get("/s"), &super::tests::ok(&cc, &[b"old"]));
+    h.store.get(&key_of("/s"), T0).unwrap().to_vec()
+}
+
+#[test]
+fn rfc5861_3_a_stale_entry_in_its_window_is_served_at_once_and_revalidated_in_the_background() {
+    let value = swr_entry();
+    let w = worker(usize::MAX, 0);
+    let cfg = Rc::new(Config::default());
+    let stale_hit = |now: u64| {
+        let mut f = Flow::new(cfg.clone(), w.clone());
+        f.handle_request_headers(now, get("/s"));
+        let LookupStep::Respond(r) = f.handle_store_reply(now, Ok(Looked::Value(&value))) else {
+            panic!("not served")
+        };
+        let cs = r
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "cache-status")
+            .unwrap()
+            .1
+            .to_string();
+        assert_eq!(r.body.bytes(), b"old");
+        (cs, f.take_background(), f.take_events())
+    };
+    let (cs, bg, events) = stale_hit(T0 + 20_000);
+    assert_eq!(
+        cs,
+        "fleet-cache; hit; ttl=-10; detail=stale-while-revalidate"
+    );
+    assert!(events.contains(&Event::StaleWhileRevalidate) && events.contains(&Event::Hit));
+    let bg = bg.expect("a background revalidation");
+    assert_eq!(bg.key, key_of("/s"));
+    let h = |n: &str| {
+        bg.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(h(":method"), Some("GET"));
+    assert_eq!(h(":path"), Some("/s"));
+    assert_eq!(h("if-none-match"), Some("\"v1\""));
+    // The worker revalidates it already: the next stale hit starts nothing.
+    let (_, again, _) = stale_hit(T0 + 21_000);
+    assert!(again.is_none());
+    // Its 304 refreshes the entry's metadata (the body stays in the store).
+    let mut flow = bg.flow;
+    let s = flow.handle_response_headers(
+        T0 + 22_000,
+        &resp(304, &[("etag", "\"v1\""), ("cache-control", "max-age=30")]),
+        true,
+        Source::Origin,
+    );
+    let w304 = s.publish.expect("a refresh");
+    assert!(w304.refresh.is_some());
+    assert!(flow.take_events().contains(&Event::Revalidated));
+    flow.revalidation_over(&key_of("/s"));
+    // Past the window, a stale entry is revalidated while the client waits, as without it.
+    let mut f = Flow::new(cfg.clone(), w.clone());
+    f.handle_request_headers(T0 + 71_000, get("/s"));
+    assert!(matches!(
+        f.handle_store_reply(T0 + 71_000, Ok(Looked::Value(&value))),
+        LookupStep::Revalidate(_)
+    ));
+}
+
+#[test]
+fn a_background_revalidations_new_response_replaces_the_entry_and_an_error_keeps_it() {
+    let value = swr_entry();
+    let w = worker(usize::MAX, 0);
+    let cfg = Rc::new(Config::default());
+    let background = || {
+        let mut f = Flow::new(cfg.clone(), w.clone());
+        f.handle_request_headers(T0 + 20_000, get("/s"));
+        f.handle_store_reply(T0 + 20_000, Ok(Looked::Value(&value)));
+        let bg = f.take_background().expect("background");
+        bg.flow.revalidation_over(&bg.key);
+        bg.flow
+    };
+    let mut flow = background();
+    let h = [("etag", "\"v2\""), ("cache-control", "max-age=60")];
+    flow.handle_response_headers(T0 + 21_000, &resp(200, &h), false, Source::Origin);
+    let write = flow
+        .handle_response_body(b"new", true)
+        .expect("the new entry");
+    assert!(write.refresh.is_none());
+    let mut flow = background();
+    let s = flow.handle_response_headers(T0 + 21_000, &resp(503, &[]), false, Source::Origin);
+    assert!(s.publish.is_none());
+    assert!(flow.handle_response_body(b"down", true).is_none());
+    flow.handle_stream_end();
+    assert_eq!(flow.take_unlock(), None, "an error marks nothing");
+}

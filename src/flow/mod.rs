@@ -25,8 +25,8 @@ mod lookup;
 mod record;
 mod serve;
 
+use crate::marks::Marks;
 use crate::store::{Looked, Marker, Refresh, StoreError, Unlock, VariantWrite, Write};
-use crate::uncacheable::Uncacheable;
 use record::Recording;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -67,6 +67,8 @@ pub enum Event {
     /// The origin failed (or could not be reached) and a stale entry answered instead
     /// (RFC 5861 §4).
     StaleIfError,
+    /// A stale entry answered at once under `stale-while-revalidate` (RFC 5861 §3).
+    StaleWhileRevalidate,
     /// A request waited for another's fetch of the same missing entry (collapsed misses).
     CollapseWait,
     /// ... and was answered from the entry that fetch stored.
@@ -231,7 +233,10 @@ struct FoundAt {
 struct StaleCopy {
     stored_at: StoredAt,
     meta: ResponseMeta,
+    /// The stored body (empty for a background revalidation, which answers no one).
     body: Vec<u8>,
+    /// The stored body's length.
+    body_len: usize,
     /// The request went out with the entry's validators: a 304 confirms this copy.
     revalidating: bool,
     /// Inside its `stale-if-error` window (RFC 5861 §4): an error answers with this copy.
@@ -252,6 +257,27 @@ pub struct Flow {
     in_grace: bool,
     /// See [`Flow::take_write_lock`].
     write_lock: Option<(String, u64)>,
+    /// A revalidation to run in the background (a stale entry was served under
+    /// `stale-while-revalidate`).
+    background: Option<Box<Background>>,
+}
+
+/// How long a background revalidation may take, its callout and its lock: a slow origin is
+/// the reason it runs in the background.
+pub const BACKGROUND_TIMEOUT_MS: u64 = 30_000;
+
+/// A stale entry served under `stale-while-revalidate` (RFC 5861 §3): its revalidation, for
+/// the adapter to run in the background (a callout from the root to the request's upstream),
+/// once per key across the fleet (the entry's lock).
+pub struct Background {
+    /// The entry's key: its lock.
+    pub key: String,
+    /// The callout's headers: the request's own (pseudo-headers first), with the entry's
+    /// validators.
+    pub headers: Vec<(String, String)>,
+    /// Takes the origin's answer as a forwarded request's: a 304 refreshes the entry, a
+    /// storable response replaces it, anything else leaves it as it is.
+    pub flow: Flow,
 }
 
 /// What the flows of one worker VM share: the recording budget and the in-proxy tier.
@@ -260,7 +286,9 @@ pub struct Worker {
     pub budget: Rc<MemoryBudget>,
     pub memory: RefCell<MemoryTier>,
     /// Resources whose last response was not storable (hit-for-miss).
-    pub uncacheable: RefCell<Uncacheable>,
+    pub uncacheable: RefCell<Marks>,
+    /// Entries this worker revalidates in the background (stale-while-revalidate).
+    pub revalidating: RefCell<Marks>,
     /// The store is failing (its circuit breaker is open): the in-proxy tier serves in grace.
     pub store_failing: std::cell::Cell<bool>,
 }
@@ -274,6 +302,7 @@ impl Worker {
                     .with_tombstones(longest_lookup_ms(cfg)),
             ),
             uncacheable: RefCell::default(),
+            revalidating: RefCell::default(),
             store_failing: Default::default(),
         })
     }
@@ -297,6 +326,7 @@ impl Flow {
             unlock: None,
             in_grace: false,
             write_lock: None,
+            background: None,
         }
     }
 
@@ -308,6 +338,18 @@ impl Flow {
     /// the write removes it, and whoever sends the write frees it if the write fails.
     pub fn take_write_lock(&mut self) -> Option<(String, u64)> {
         self.write_lock.take()
+    }
+
+    /// A revalidation to run in the background, if the last step served a stale entry under
+    /// `stale-while-revalidate`.
+    pub fn take_background(&mut self) -> Option<Box<Background>> {
+        self.background.take()
+    }
+
+    /// The background revalidation's answer did not come (no callout, no lock, a failed
+    /// callout): the entry is no longer being revalidated by this worker.
+    pub fn revalidation_over(&self, key: &str) {
+        self.worker.revalidating.borrow_mut().remove(key);
     }
 
     /// A lock to free or mark in the store: `(entry key, owner, what it becomes)`.

@@ -225,7 +225,7 @@ impl Flow {
                     ttl_ms: s.freshness.store_ttl_ms(self.cfg.keep_stale_s),
                     entry: entry::encode_tail(&entry::Meta::Response(meta.clone())),
                     refresh: Some(Refresh {
-                        keep: entry::prefix_len(reval.body.len()) as u64,
+                        keep: entry::prefix_len(reval.body_len) as u64,
                         expected_len: at.value_len,
                     }),
                     tags: Vec::new(),

@@ -1,4 +1,5 @@
-//! Answering from a stored entry: fresh, or stale and revalidated with the origin.
+//! Answering from a stored entry: fresh; stale and served while it is revalidated in the
+//! background (stale-while-revalidate); or stale and revalidated with the origin first.
 
 use super::*;
 
@@ -14,7 +15,7 @@ impl Flow {
         let from_memory = found.from_memory;
         let age_s = meta.freshness.age_s(meta.stored_at_ms, now_ms);
         let reuse = policy::reuse(&meta.freshness, age_s, &lookup.req_cc);
-        if matches!(reuse, Reuse::Validate | Reuse::StaleWhileRevalidate) {
+        if reuse == Reuse::Validate {
             self.events.push(Event::Miss);
             let meta = Rc::unwrap_or_clone(meta);
             let stored_at = StoredAt {
@@ -47,10 +48,17 @@ impl Flow {
         if from_memory {
             self.events.push(Event::MemoryHit);
         }
+        let revalidating = reuse == Reuse::StaleWhileRevalidate;
+        if revalidating {
+            self.events.push(Event::StaleWhileRevalidate);
+            self.background =
+                self.background_revalidation(now_ms, &lookup, &found, &meta, body.len());
+        }
         let stored = &meta.headers;
-        let detail = match (from_memory, self.in_grace) {
-            (true, true) => Some("memory-grace"),
-            (true, false) => Some("memory"),
+        let detail = match (revalidating, from_memory, self.in_grace) {
+            (true, ..) => Some("stale-while-revalidate"),
+            (_, true, true) => Some("memory-grace"),
+            (_, true, false) => Some("memory"),
             _ => None,
         };
         let mut hit = cache_status::hit(&self.cfg.cache_name, meta.freshness.ttl_s(age_s), detail);
@@ -149,6 +157,7 @@ impl Flow {
                 stored_at,
                 meta,
                 body: body.to_vec(),
+                body_len: body.len(),
                 revalidating,
                 if_error,
                 _reservation: reservation,
@@ -158,6 +167,68 @@ impl Flow {
             }
         }
         step
+    }
+
+    /// The revalidation of a stale entry served under `stale-while-revalidate`, unless this
+    /// worker revalidates it already: a flow as if the request had gone forward with the
+    /// entry's validators, and the callout's headers.
+    fn background_revalidation(
+        &self,
+        now_ms: u64,
+        lookup: &Lookup,
+        found: &FoundAt,
+        meta: &ResponseMeta,
+        body_len: usize,
+    ) -> Option<Box<Background>> {
+        let entry = found.variant.as_ref().unwrap_or(&lookup.primary);
+        let until = now_ms + BACKGROUND_TIMEOUT_MS;
+        if !self
+            .worker
+            .revalidating
+            .borrow_mut()
+            .claim(&entry.redis_key, now_ms, until)
+        {
+            return None;
+        }
+        let conditions = revalidate::conditional_headers(&meta.headers);
+        // Whatever asked (a HEAD too), the revalidation is a GET: it may replace the entry.
+        let mut req = lookup.req.clone();
+        req.method = "GET".into();
+        let headers = revalidate::background_request(&req, &conditions);
+        let stale = (!conditions.is_empty()).then(|| {
+            Box::new(StaleCopy {
+                stored_at: StoredAt {
+                    entry_key: entry.redis_key.clone(),
+                    record_key: found
+                        .variant
+                        .is_some()
+                        .then(|| lookup.primary.redis_key.clone()),
+                    value_len: found.value_len,
+                },
+                meta: meta.clone(),
+                body: Vec::new(),
+                body_len,
+                revalidating: true,
+                if_error: false,
+                _reservation: Reservation::new(self.worker.budget.clone()),
+            })
+        });
+        let mut flow = Flow::new(self.cfg.clone(), self.worker.clone());
+        flow.state = State::Forwarded(Forward {
+            req,
+            primary: Some(lookup.primary.clone()),
+            fwd: Fwd::Stale,
+            detail: None,
+            request_ms: now_ms,
+            stale,
+            lead: None,
+            marks_uncacheable: false,
+        });
+        Some(Box::new(Background {
+            key: entry.redis_key.clone(),
+            headers,
+            flow,
+        }))
     }
 
     /// The origin failed (RFC 5861 §4: a 500, 502, 503 or 504, its own or Envoy's when the

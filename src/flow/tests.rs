@@ -94,6 +94,7 @@ pub(super) fn worker(budget: usize, memory_bytes: usize) -> Rc<Worker> {
         budget: MemoryBudget::new(budget),
         memory: RefCell::new(MemoryTier::new(memory_bytes, 1_000)),
         uncacheable: RefCell::default(),
+        revalidating: RefCell::default(),
         store_failing: Default::default(),
     })
 }

@@ -6,6 +6,7 @@
 //! and no `RefCell` borrow is held across a host call that can call back into the VM.
 
 pub mod abi;
+pub mod background;
 pub mod peers;
 pub mod root;
 pub mod serve;
@@ -43,6 +44,8 @@ pub struct Shared {
     /// The streams waiting for the store, by context id: the root hands them their reply. A
     /// stream that ends removes itself.
     pub waiting: RefCell<StreamMap<Waiter>>,
+    /// Background revalidations (stale-while-revalidate) under way.
+    pub jobs: background::Jobs,
     /// Wakes the root to send now; siblings' messages arrive on it too.
     pub wake: Wake,
     /// The other worker VMs, and the responses held until they dropped invalidated keys.
@@ -87,6 +90,7 @@ impl Shared {
             outbox: RefCell::new(Outbox::new(settings, seed)),
             worker: Worker::new(&config),
             waiting: RefCell::default(),
+            jobs: background::Jobs::default(),
             peers: Peers::new(&wake),
             held: RefCell::default(),
             wake,

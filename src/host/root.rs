@@ -27,6 +27,10 @@ impl Context for CacheRoot {
             return;
         };
         let now = abi::now_ms();
+        if super::background::answered(&shared, token, headers, body_size, now) {
+            serve::root_turn(&shared, now);
+            return;
+        }
         // A failed read (the answer broke after it started arriving) is `None`: a store
         // error (`Broken`) for what the callout carried, never a trap.
         let status = abi::header(abi::Map::CallResponse, ":status")

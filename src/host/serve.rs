@@ -7,7 +7,7 @@
 //! SDK would credit a new callout to that stream. Replies are served on each stream's behalf
 //! (`set_effective_context`); a stream that ended meanwhile is skipped.
 
-use super::{Shared, Waiter, abi, dispatch, peers, stream};
+use super::{Shared, Waiter, abi, background, dispatch, peers, stream};
 use crate::flow::LookupStep;
 use crate::metrics::Counter;
 use crate::outbox::{Bytes, Note, Reply};
@@ -23,6 +23,7 @@ thread_local! {
 
 /// One turn of the root: send what may go, serve the replies, count, re-arm the timer.
 pub fn root_turn(shared: &Shared, now_ms: u64) {
+    background::send_ready(shared);
     send_all(shared, now_ms);
     serve_replies(shared, now_ms);
     peers::resume_done(shared);
@@ -58,6 +59,11 @@ fn serve_replies(shared: &Shared, now_ms: u64) {
         let Some((id, reply)) = next else {
             break;
         };
+        if let Reply::Locked(owner) = reply {
+            // A background job's, not a stream's.
+            background::locked(shared, id, owner, now_ms);
+            continue;
+        }
         let Some(waiter) = shared.waiting.borrow_mut().remove(&id) else {
             continue;
         };
@@ -95,6 +101,7 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
                 },
             );
         }
+        Reply::Locked(_) => {}
         Reply::Purge(result) => {
             let reply = waiter.flow.borrow_mut().handle_purge_reply(result);
             stream::send_owned(&reply);
@@ -191,6 +198,8 @@ pub fn pursue(
         LookupStep::Respond(reply) => {
             let headers: Vec<(&str, &str)> = reply.headers.iter().collect();
             let _ = abi::send_reply(reply.status, &headers, reply.body.bytes());
+            // A stale entry served under stale-while-revalidate: its revalidation starts.
+            background::start(shared, &waiter.flow, now_ms);
             true
         }
         LookupStep::Revalidate(conditions) => {

@@ -435,3 +435,38 @@ fn failing_to_free_locks_never_opens_the_breaker() {
     assert!(!s.outbox.breaker_open());
     assert!(!s.notes.contains(&Note::BreakerOpened));
 }
+
+#[test]
+fn a_background_job_takes_a_free_lock_once_and_a_held_one_never() {
+    let mut a = collapsing();
+    let mut b = Sim::with(Settings {
+        lock_ms: LOCK_MS,
+        poll_ms: POLL_MS,
+        ..settings()
+    });
+    const JOB: StreamId = 0x8000_0001;
+    assert!(a.outbox.lock(JOB, "k".into(), 30_000).is_none());
+    a.pump();
+    a.answer_all();
+    let owner = match &a.replies[&JOB].1 {
+        Reply::Locked(Some(owner)) => *owner,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        a.redis.locks["k:lock"].0,
+        format!("{owner:016x}").into_bytes()
+    );
+    assert_eq!(a.redis.locks["k:lock"].1, T0 + 30_000);
+    // Another worker's job for the same key does not get it.
+    b.outbox.lock(JOB, "k".into(), 30_000);
+    b.pump();
+    b.answer_all_on(&mut a.redis);
+    assert!(matches!(b.replies[&JOB].1, Reply::Locked(None)));
+    // A store that fails: no lock (the job is dropped, the stale entry stays served).
+    let mut c = collapsing();
+    c.outbox.lock(JOB, "k".into(), 30_000);
+    c.pump();
+    c.answer_with(Some(503), Some(Vec::new()));
+    assert!(matches!(c.replies[&JOB].1, Reply::Locked(None)));
+    assert!(c.outbox.is_idle());
+}

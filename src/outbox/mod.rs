@@ -147,6 +147,9 @@ pub enum Reply {
     Invalidated(Result<(), StoreError>, Vec<String>),
     /// Whether the store confirmed the stream's entry in time.
     Written(Result<(), StoreError>),
+    /// For a background job: the lock it asked for, owned by this nonce, or `None` (held by
+    /// someone else, or the store failed).
+    Locked(Option<u64>),
 }
 
 /// What a held response waits for.
@@ -231,6 +234,12 @@ enum Carries {
     },
     /// An invalidation a stream's response is held for.
     Invalidation { stream: StreamId, keys: Vec<String> },
+    /// A lock a background job asked for.
+    Lock {
+        job: StreamId,
+        key: String,
+        ttl_ms: u64,
+    },
     /// Bytes `start..end` of a large value being assembled (by assembly `id`: a piece of a
     /// read that was abandoned is no one's, even if the key is read again).
     Piece {
@@ -298,6 +307,10 @@ impl Carries {
                 purge: PurgeCommand::Tags(keys),
                 ..
             } => Command::PurgeTags(keys),
+            Carries::Lock { key, ttl_ms, .. } => Command::Lock {
+                key,
+                ttl_ms: *ttl_ms,
+            },
             Carries::Piece {
                 key,
                 total,
@@ -398,6 +411,8 @@ pub struct Outbox {
     /// No write is sent before this (after the host refused one).
     write_retry_at_ms: u64,
     purges: VecDeque<(StreamId, PurgeCommand)>,
+    /// Locks background jobs asked for: job, key, lifetime.
+    locks: VecDeque<(StreamId, String, u64)>,
     /// Invalidations to send, each for a held response.
     invalidations: VecDeque<(StreamId, Vec<String>)>,
     /// Held responses, what for, and when they go on whatever the store says (unix ms).
@@ -426,6 +441,7 @@ impl Outbox {
             writes: WriteQueue::new(settings.max_queue_bytes),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
+            locks: VecDeque::new(),
             invalidations: VecDeque::new(),
             holds: Vec::new(),
             flights: Flights::default(),
@@ -528,6 +544,17 @@ impl Outbox {
             return false;
         }
         self.writes.push(write)
+    }
+
+    /// Background job `job` takes the lock of the entry at `key` for `ttl_ms`, if it is free
+    /// (one revalidation per key across the fleet); its [`Reply::Locked`] comes with the job's
+    /// id (never a stream's). At once, `None`, when the store is being skipped.
+    pub fn lock(&mut self, job: StreamId, key: String, ttl_ms: u64) -> Option<Reply> {
+        if !self.breaker.admits_writes() {
+            return Some(Reply::Locked(None));
+        }
+        self.locks.push_back((job, key, ttl_ms));
+        None
     }
 
     /// Stream `stream` waits for a purge. Returns the reply at once if the breaker is open.
@@ -751,6 +778,7 @@ impl Outbox {
             && self.flights.is_empty()
             && self.writes.is_idle()
             && self.purges.is_empty()
+            && self.locks.is_empty()
             && self.invalidations.is_empty()
             && self.holds.is_empty()
             && self.followers.is_empty()
@@ -775,6 +803,15 @@ impl Outbox {
             }
             self.replies
                 .push_back((stream, Reply::Purge(Err(StoreError::BreakerOpen))));
+        }
+        while let Some((job, key, ttl_ms)) = self.locks.pop_front() {
+            if self.breaker.admits_writes() {
+                return Some((
+                    Carries::Lock { job, key, ttl_ms },
+                    self.settings.write_timeout_ms,
+                ));
+            }
+            self.replies.push_back((job, Reply::Locked(None)));
         }
         // An invalidation leaves ahead of queued writes (their entries of its resources are
         // dropped), but after the writes out that carry one: two callouts out at once reach
@@ -942,6 +979,10 @@ impl Outbox {
             (Carries::Invalidation { stream, keys }, Answer::Count(_)) => {
                 self.release(stream, Ok(()), keys);
             }
+            (Carries::Lock { job, .. }, Answer::Count(n)) => {
+                self.replies
+                    .push_back((job, Reply::Locked((n == 1).then_some(nonce))));
+            }
             (Carries::Piece { id, start, end, .. }, Answer::Piece(range)) => {
                 self.piece_arrived(id, start, end, range.map(|r| &body[r]))
             }
@@ -1020,6 +1061,7 @@ impl Outbox {
                 self.replies.push_back((stream, Reply::Purge(Err(e))));
             }
             Carries::Invalidation { stream, keys } => self.invalidation_failed(stream, keys, e),
+            Carries::Lock { job, .. } => self.replies.push_back((job, Reply::Locked(None))),
             Carries::Piece { id, .. } => {
                 if let Some(i) = self.assemblies.iter().position(|a| a.id == id) {
                     let a = self.assemblies.remove(i);

@@ -102,6 +102,15 @@ impl Redis {
             let locking = (&argv[2], num(&argv[3]) as u64);
             self.lookup(&mut out, &keys[used..], num(&argv[1]), &nonce, locking);
             bulk(&mut out, b"1");
+        } else if script.starts_with("local got=redis.pcall('SET',KEYS[1]") {
+            let taken = !self.locks.contains_key(&keys[0]);
+            if taken {
+                let exp = self.now + num(&argv[1]) as u64;
+                self.locks.insert(keys[0].clone(), (nonce.clone(), exp));
+            }
+            out.extend_from_slice(b"*2\r\n");
+            bulk(&mut out, &nonce);
+            bulk(&mut out, if taken { b"1" } else { b"0" });
         } else if script.starts_with("local v=redis.pcall('GET',KEYS[1])") {
             let held = self.locks.get(&keys[0]).map(|(v, _)| v.clone());
             if argv[2] == b"r" {

@@ -173,6 +173,9 @@ pub enum Command<'a> {
         inline_bytes: usize,
         locking: Option<Locking<'a>>,
     },
+    /// Takes the lock of the entry at `key` if it is free, owned by this command's nonce, for
+    /// `ttl_ms` (a background revalidation: one per key across the fleet).
+    Lock { key: &'a str, ttl_ms: u64 },
     /// The lock of the entry at `key`, taken by the lookup whose nonce is `owner`, as
     /// `unlock` says.
     Unlock {
@@ -204,7 +207,7 @@ impl Command<'_> {
                 Expect::ValuesAndWrites(then_lookup.len())
             }
             Command::Write { .. } | Command::Refresh(_) | Command::Unlock { .. } => Expect::Done,
-            Command::Invalidate(_) | Command::PurgeTags(_) => Expect::Count,
+            Command::Invalidate(_) | Command::PurgeTags(_) | Command::Lock { .. } => Expect::Count,
             Command::Piece { .. } => Expect::Piece,
         }
     }

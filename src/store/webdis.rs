@@ -183,6 +183,14 @@ if ARGV[3]=='r' then if v==ARGV[2] then redis.call('DEL',KEYS[1]) end \
 else redis.call('SET',KEYS[1],ARGV[3],'PX',ARGV[4]) end end \
 return ARGV[1]"];
 
+/// Takes the lock at KEYS[1] if it is free, for ARGV[2] ms, the nonce as owner. Answers
+/// `[nonce, 1]` if taken, `[nonce, 0]` if not (held, a marker, another type, or Redis out of
+/// memory refused the SET).
+const LOCK: [&str; 1] = [
+    "local got=redis.pcall('SET',KEYS[1],ARGV[1],'NX','PX',ARGV[2]) \
+if type(got)=='table' and got['ok'] then return {ARGV[1],1} end return {ARGV[1],0}",
+];
+
 /// Bytes ARGV[3]..=ARGV[4] of KEYS[1] if it still holds ARGV[2] bytes. Answers
 /// `[nonce, bytes]`, or `[nonce, ""]` when the value changed or is gone.
 const PIECE: [&str; 1] = ["local l=redis.pcall('STRLEN',KEYS[1]) \
@@ -344,6 +352,12 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
         Command::PurgeTags(tag_set_keys) => {
             let keys: Vec<&str> = tag_set_keys.iter().map(String::as_str).collect();
             get(eval_path(script!(PURGE_TAGS), &keys, nonce, 0))
+        }
+        Command::Lock { key, ttl_ms } => {
+            let lock = super::layout::lock_key(key);
+            let mut path = eval_path(script!(LOCK), &[&lock], nonce, 24);
+            push_num(&mut path, (*ttl_ms).max(1));
+            get(path)
         }
         Command::Unlock { key, owner, unlock } => {
             let lock = super::layout::lock_key(key);

@@ -150,6 +150,17 @@ fn refresh_invalidate_purge_piece_paths() {
     assert!(p.ends_with("/0000000000000abc/h/60000.raw"), "{p}");
     let (p, _) = path(encode(N, &unlock(Unlock::Exempt { ttl_ms: 5_000 })));
     assert!(p.ends_with("/0000000000000abc/x/5000.raw"), "{p}");
+    let (p, _) = path(encode(
+        N,
+        &Command::Lock {
+            key: "ns:k",
+            ttl_ms: 30_000,
+        },
+    ));
+    assert!(
+        p.ends_with(&format!("/1/ns%3Ak%3Alock/{NONCE}/30000.raw")),
+        "{p}"
+    );
     let tags = vec!["ns:tag:x".to_string()];
     let (p, _) = path(encode(N, &Command::PurgeTags(&tags)));
     assert!(p.ends_with(&format!("/1/ns%3Atag%3Ax/{NONCE}.raw")), "{p}");
