@@ -328,10 +328,17 @@ impl Config {
     }
 }
 
+// Not inlined: dozens of call sites, run once per configuration (~KB of .wasm otherwise).
+#[inline(never)]
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
+    error(field, reason.into())
+}
+
+#[inline(never)]
+fn error(field: &str, reason: String) -> ConfigError {
     ConfigError {
         field: field.to_string(),
-        reason: reason.into(),
+        reason,
     }
 }
 

@@ -194,10 +194,15 @@ fn push_query(out: &mut Vec<u8>, query: Option<&str>, cfg: &KeyConfig) {
         }
     };
     if cfg.query_sort {
-        // Each name split off once, not on every comparison.
-        let mut params: Vec<(&str, &str)> = kept.map(|p| (param_name(p), p)).collect();
-        params.sort_by(|a, b| a.0.cmp(b.0));
-        join(out, &mut params.into_iter().map(|(_, p)| p));
+        // Each name split off once, not on every comparison. Parameters of one name keep
+        // their order (`a=2&a=1` is not `a=1&a=2`): the position breaks ties, so the unstable
+        // sort (less .wasm than the stable one's buffers and merges) orders as a stable one.
+        let mut params: Vec<(&str, usize, &str)> = kept
+            .enumerate()
+            .map(|(i, p)| (param_name(p), i, p))
+            .collect();
+        params.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        join(out, &mut params.into_iter().map(|(_, _, p)| p));
     } else {
         join(out, &mut { kept });
     }

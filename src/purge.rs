@@ -160,7 +160,9 @@ fn same_origin_path(req: &RequestHead, uri: &str) -> Option<String> {
     if uri.starts_with('/') && !uri.starts_with("//") {
         return Some(uri.to_string());
     }
-    let (scheme, rest) = uri.split_once("://")?;
+    // The scheme ends at the first colon (RFC 3986 §3.1); an authority follows `//`.
+    let (scheme, rest) = uri.split_once(':')?;
+    let rest = rest.strip_prefix("//")?;
     let scheme = scheme.to_ascii_lowercase();
     let req_scheme = if req.scheme.is_empty() {
         "http".to_string()

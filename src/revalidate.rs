@@ -38,26 +38,23 @@ pub fn background_request(
         (":authority".to_string(), req.authority.clone()),
         (":scheme".to_string(), scheme.to_string()),
     ];
-    let own = |n: &str| {
-        !(n.starts_with("if-")
-            || n.starts_with("x-envoy-")
-            || n.starts_with("proxy-")
-            || matches!(
-                n,
-                "connection"
-                    | "keep-alive"
-                    | "te"
-                    | "trailer"
-                    | "transfer-encoding"
-                    | "upgrade"
-                    | "content-length"
-                    | "expect"
-                    | "range"
-                    | "cache-control"
-                    | "pragma"
-                    | "x-request-id"
-            ))
-    };
+    // Its connection's, its own conditions and range, and Envoy's own.
+    const NOT_FORWARDED: [&str; 12] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "expect",
+        "range",
+        "cache-control",
+        "pragma",
+        "x-request-id",
+    ];
+    let prefixes = ["if-", "x-envoy-", "proxy-"];
+    let own = |n: &str| !NOT_FORWARDED.contains(&n) && !prefixes.iter().any(|p| n.starts_with(p));
     out.extend(req.headers.iter().filter(|(n, _)| own(n)).cloned());
     out.extend(conditions.iter().cloned());
     out

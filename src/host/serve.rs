@@ -265,9 +265,10 @@ pub fn count_notes(shared: &Shared) {
             }
             Note::LargeRead => m.add(Counter::LargeEntryReads, 1),
             Note::TooLarge => debug!("fleet-cache: a stored value larger than any entry"),
-            Note::RidersSettled(result) => {
-                debug!("fleet-cache: writes rode with a lookup: {result:?}")
-            }
+            Note::RidersSettled(result) => debug!(
+                "fleet-cache: writes rode with a lookup: {}",
+                result.map_or_else(|e| e.as_str(), |()| "landed")
+            ),
         }
     }
 }
