@@ -152,10 +152,24 @@ def herd_case(run):
     return rows
 
 
+def counters(names, which):
+    """The sum over the setup's proxies of each fleet-cache counter in `which`."""
+    out = dict.fromkeys(which, 0)
+    for name in names:
+        stats = B.envoy_stats(name)
+        for c in which:
+            out[c] += stats.get(c, 0)
+    return out
+
+
+MIXED_COUNTERS = ("fleet_cache_lookups", "fleet_cache_hit_for_miss", "fleet_cache_collapsed")
+
+
 def mixed_case(run):
     rows = []
     for slabel, names in SETUPS:
         prefix = f"/slow/m-{run}-{names[0]}"
+        before = counters(names, MIXED_COUNTERS)
         procs = []
         for i, name in enumerate(names):
             url = f"http://127.0.0.1:{B.ENVOY_PORTS[name][0]}"
@@ -170,7 +184,9 @@ def mixed_case(run):
         errors = sum(p.get("non2xx", 0) + p.get("sock_errors", 0) for p in parsed)
         time.sleep(0.5)
         fetched = origin_requests(f"/m-{run}-{names[0]}/")
-        rows.append((slabel, rps, requests, fetched, errors))
+        after = counters(names, MIXED_COUNTERS)
+        delta = {c: after[c] - before[c] for c in MIXED_COUNTERS}
+        rows.append((slabel, rps, requests, fetched, errors, delta))
         B.log(f"mixed {slabel}: {rps:.0f} req/s, {requests} requests, {fetched} reached the origin")
     return rows
 
@@ -193,11 +209,14 @@ def report(herd_rows, mixed_rows, info, load):
     out.append(f"## Mixed: wrk on every proxy of the setup for {MIXED_S} s, {B.CONNS} connections in "
                f"all, 200 keys of Zipf-like popularity, one in ten `private`, the others `max-age=5`")
     out.append("")
-    out.append("| setup | req/s | requests | reached the origin | share of requests | non-2xx / errors |")
-    out.append("|---|---:|---:|---:|---:|---:|")
-    for s, rps, n, fetched, errors in mixed_rows:
+    out.append("| setup | req/s | requests | reached the origin | share of requests | store lookups / request | lookups skipped (hit-for-miss) | non-2xx / errors |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for s, rps, n, fetched, errors, d in mixed_rows:
         share = f"{fetched / n:.1%}" if n else "n/a"
-        out.append(f"| {s} | {rps:,.0f} | {n:,} | {fetched:,} | {share} | {errors} |")
+        lookups = d["fleet_cache_lookups"]
+        per = f"{lookups / n:.2f}" if n and lookups else "n/a"
+        skipped = f"{d['fleet_cache_hit_for_miss']:,}" if lookups else "n/a"
+        out.append(f"| {s} | {rps:,.0f} | {n:,} | {fetched:,} | {share} | {per} | {skipped} | {errors} |")
     out.append("")
     return "\n".join(out)
 
