@@ -158,6 +158,8 @@ pub fn counters_for(event: Event) -> &'static [Counter] {
         Event::StoreError(StoreError::Timeout) => &[Counter::StoreErrors, Counter::StoreTimeouts],
         // Not an error of this request's lookup: the store was not asked.
         Event::StoreError(StoreError::BreakerOpen) => &[Counter::StoreSkipped],
+        // Not an error: a newer entry landed while this one was read.
+        Event::StoreError(StoreError::Changed) => &[],
         Event::StoreError(_) => &[Counter::StoreErrors],
         Event::CorruptEntry(_) | Event::KeyMismatch => &[Counter::CorruptEntries],
         Event::NotStored(_) => &[Counter::NotStored],

@@ -238,7 +238,7 @@ fn entries_ride_with_lookups_under_load() {
     );
     assert!(ridden <= s.stat(0, "fleet_cache_published").unwrap_or(0));
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !s.envoy_log(0).contains("writes rode with a lookup: Ok") {
+    while !s.envoy_log(0).contains("writes rode with a lookup: landed") {
         assert!(Instant::now() < deadline, "{ridden} rode, none logged");
         thread::sleep(Duration::from_millis(200));
     }
@@ -302,7 +302,7 @@ fn refused_riders_do_not_fail_the_lookups_they_ride_with() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !s
         .envoy_log(0)
-        .contains("writes rode with a lookup: Err(Refused)")
+        .contains("writes rode with a lookup: store-refused")
     {
         assert!(
             Instant::now() < deadline,

@@ -1377,9 +1377,9 @@ impl Outbox {
                 }
                 Ok(())
             }
-            // The value changed or went away while being read: as if missing.
-            (None, _) => Err(None),
-            _ => Err(Some(StoreError::Garbage)),
+            // The value changed or went away while being read: another writer's entry.
+            (None, _) => Err(StoreError::Changed),
+            _ => Err(StoreError::Garbage),
         };
         let a = self.assemblies.remove(i);
         match result {
@@ -1391,8 +1391,7 @@ impl Outbox {
                 };
                 self.reply_all(&a.streams, Ok(Looked::Value(bytes)));
             }
-            Err(None) => self.reply_all(&a.streams, Ok(Looked::Missing)),
-            Err(Some(e)) => self.reply_all(&a.streams, Err(e)),
+            Err(e) => self.reply_all(&a.streams, Err(e)),
         }
     }
 

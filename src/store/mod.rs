@@ -37,6 +37,9 @@ pub enum StoreError {
     BreakerOpen,
     /// Not read: the worker is already reading as many large values as its memory bound allows.
     Busy,
+    /// A large value was replaced while it was read in pieces: a newer entry landed, so it is
+    /// neither served half-old nor fetched and written again. Not a store failure.
+    Changed,
 }
 
 impl StoreError {
@@ -59,6 +62,7 @@ impl StoreError {
             StoreError::Mismatch => "store-mismatch",
             StoreError::BreakerOpen => "store-breaker-open",
             StoreError::Busy => "store-busy",
+            StoreError::Changed => "store-value-changed",
         }
     }
 }
