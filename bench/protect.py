@@ -156,9 +156,11 @@ def counters(names, which):
     """The sum over the setup's proxies of each fleet-cache counter in `which`."""
     out = dict.fromkeys(which, 0)
     for name in names:
-        stats = B.envoy_stats(name)
-        for c in which:
-            out[c] += stats.get(c, 0)
+        for stat, v in B.envoy_stats(name).items():
+            # Envoy prefixes a Wasm metric's name (`wasmcustom.fleet_cache_lookups`).
+            c = stat.rsplit(".", 1)[-1]
+            if c in out:
+                out[c] += v
     return out
 
 
