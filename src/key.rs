@@ -21,18 +21,17 @@ pub struct CacheKey {
     /// SHA-256 of the material: the Redis key's name, and what a stored value carries to prove
     /// it was written for this key (no request byte in the clear).
     pub digest: [u8; 32],
-    /// `<namespace>:<hex sha256 of material>`: the Redis key.
+    /// The Redis key (`store::layout`): the resource's, or a variant's within it.
     pub redis_key: String,
 }
 
 impl CacheKey {
-    fn from_material(namespace: &str, material: Vec<u8>) -> CacheKey {
+    fn from_material(material: Vec<u8>, redis_key: impl FnOnce(&[u8]) -> String) -> CacheKey {
         let digest: [u8; 32] = Sha256::digest(&material).into();
-        let redis_key = layout::entry_key(namespace, &digest);
         CacheKey {
+            redis_key: redis_key(&digest),
             digest,
             material,
-            redis_key,
         }
     }
 
@@ -65,19 +64,19 @@ impl CacheKey {
             m.field(name.as_bytes());
             m.header(name, req);
         }
-        CacheKey::from_material(&cfg.namespace, m.0)
+        CacheKey::from_material(m.0, |d| layout::resource_key(&cfg.namespace, d))
     }
 
     /// The key of one variant: the primary key plus the normalised values of the request
     /// headers the response varies on. `names` are lower-cased and sorted.
-    pub fn variant(&self, namespace: &str, names: &[String], req: &RequestHead) -> CacheKey {
+    pub fn variant(&self, names: &[String], req: &RequestHead) -> CacheKey {
         let mut m = Material(self.material.clone());
         m.field(b"vary");
         for name in names {
             m.field(name.as_bytes());
             m.header(name, req);
         }
-        CacheKey::from_material(namespace, m.0)
+        CacheKey::from_material(m.0, |d| layout::variant_key(&self.redis_key, d))
     }
 }
 
@@ -324,16 +323,21 @@ mod tests {
     }
 
     #[test]
-    fn key_is_namespace_plus_sha256() {
+    fn key_is_namespace_plus_sha256_as_the_hash_tag() {
         let k = key(&Config::default(), &req("/a", &[]));
-        assert!(k.starts_with("default:"));
-        assert_eq!(k.len(), "default:".len() + 64);
-        assert!(k["default:".len()..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(k.starts_with("default:{") && k.ends_with('}'));
+        assert_eq!(k.len(), "default:{}".len() + 64);
+        assert!(
+            k["default:{".len()..k.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
     }
 
     /// Keys are what the whole fleet's stored entries are found by: a change in how they are
     /// derived orphans every entry (and mixes versions during a rollout). Pinned here. Changed
-    /// with entry format 3 (the query's `?` joins the key), a release that needs a new
+    /// with entry format 3 (the query's `?` joins the key), and for Redis Cluster (the digest
+    /// became the hash tag: same digests, braces around them), releases that need a new
     /// `namespace` anyway (README, "Entry format changes").
     #[test]
     fn keys_are_stable_across_versions() {
@@ -347,11 +351,11 @@ mod tests {
         let plain = key(&Config::default(), &req("/f/1k", &[]));
         assert_eq!(
             key(&cfg, &r),
-            "default:721d1fce97bebfd4bc14dfb18a1b13e981d1e961d0b1f6358dfe9a17ad547e0d"
+            "default:{721d1fce97bebfd4bc14dfb18a1b13e981d1e961d0b1f6358dfe9a17ad547e0d}"
         );
         assert_eq!(
             plain,
-            "default:85f7a3e65e729d6c66bc5553ac2df08cddc38eb781e5180710d95e75b963f3f9"
+            "default:{85f7a3e65e729d6c66bc5553ac2df08cddc38eb781e5180710d95e75b963f3f9}"
         );
     }
 
@@ -440,11 +444,13 @@ mod tests {
         let names = vec!["accept".to_string()];
         let variant = |h: &[(&str, &str)]| {
             let r = req("/a", h);
-            CacheKey::primary(&cfg, &r)
-                .variant("default", &names, &r)
-                .redis_key
+            CacheKey::primary(&cfg, &r).variant(&names, &r).redis_key
         };
         let a = variant(&[("accept", "a")]);
+        // In the resource's slot: its key, with the resource's hash tag, is the prefix.
+        let primary = CacheKey::primary(&cfg, &req("/a", &[])).redis_key;
+        assert!(a.starts_with(&format!("{primary}:")), "{a}");
+        assert_eq!(a.matches('{').count(), 1, "{a}: one hash tag");
         assert_ne!(a, variant(&[("accept", "b")]));
         assert_ne!(a, variant(&[]));
         assert_ne!(variant(&[("accept", "")]), variant(&[]));

@@ -563,9 +563,7 @@ fn a_string_at_a_variants_set_key_does_not_block_the_write() {
             path: target.clone(),
             headers: vec![("accept".into(), "application/x-test".into())],
         };
-        primary
-            .variant(st.namespace(), &["accept".to_string()], &req)
-            .redis_key
+        primary.variant(&["accept".to_string()], &req).redis_key
     };
     string_at_a_set_key(&st, path, &target, &headers, &set_key, || {
         variant_key.clone()

@@ -169,9 +169,7 @@ impl Flow {
                     self.events.push(Event::Miss);
                     return self.forward(now_ms, lookup, miss, Some("invalid-entry"));
                 }
-                let vkey = lookup
-                    .primary
-                    .variant(&self.cfg.namespace, &v.headers, &lookup.req);
+                let vkey = lookup.primary.variant(&v.headers, &lookup.req);
                 self.remember(
                     &lookup.primary.redis_key,
                     Remembered::Variants(v),

@@ -296,10 +296,7 @@ impl Flow {
         s: Storable,
     ) -> Recording {
         let variant = match &s.vary {
-            Vary::Headers(names) => Some((
-                primary.variant(&self.cfg.namespace, names, req),
-                names.clone(),
-            )),
+            Vary::Headers(names) => Some((primary.variant(names, req), names.clone())),
             Vary::None | Vary::Any => None,
         };
         let key_digest = match &variant {

@@ -3,16 +3,22 @@
 //! [`VARIANTS_SUFFIX`] from here too.
 //!
 //! ```text
-//! <namespace>:<sha256 hex>        a resource: its entry, or for a varying response its
-//!                                 variants record; also each variant's own entry
+//! <namespace>:{<sha256 hex>}      a resource: its entry, or for a varying response its
+//!                                 variants record
+//! <resource key>:<sha256 hex>     one variant's entry
 //! <resource key>:v                the set of a resource's variant keys (invalidation)
-//! <namespace>:tag:<sha256 hex>    the set of resource keys whose response carried a tag
 //! <entry key>:lock                while the entry is missing: who fetches it (a lookup's
 //!                                 nonce), or a marker that says not to wait for a fetch
 //!                                 (`h` the resource's last response was not storable, `x`
 //!                                 its content type is exempt from collapsing)
+//! <namespace>:tag:<sha256 hex>    the set of resource keys whose response carried a tag
 //! ```
 //! Keys hold only a namespace and digests: no request byte reaches a key (or a command).
+//!
+//! Every key of one resource (entry, variants, set, locks) starts with the resource's key, whose
+//! digest is in braces: a Redis Cluster hashes only what is inside the first `{...}` (the hash
+//! tag), so they all live in one slot and one script may touch them all. A tag set is a slot of
+//! its own. The namespace can't hold a brace (config), so the first `{` is always the digest's.
 
 use crate::key::push_hex;
 
@@ -30,10 +36,22 @@ pub fn lock_key(entry_key: &str) -> String {
     key
 }
 
-/// The key of an entry (or variants record) whose key material hashes to `digest`.
-pub fn entry_key(namespace: &str, digest: &[u8]) -> String {
-    let mut key = String::with_capacity(namespace.len() + 1 + 2 * digest.len());
+/// The key of a resource (its entry, or its variants record) whose key material hashes to
+/// `digest`.
+pub fn resource_key(namespace: &str, digest: &[u8]) -> String {
+    let mut key = String::with_capacity(namespace.len() + 3 + 2 * digest.len());
     key.push_str(namespace);
+    key.push_str(":{");
+    push_hex(&mut key, digest);
+    key.push('}');
+    key
+}
+
+/// The key of a variant of the resource at `resource_key`, whose key material hashes to
+/// `digest`: in the resource's slot.
+pub fn variant_key(resource_key: &str, digest: &[u8]) -> String {
+    let mut key = String::with_capacity(resource_key.len() + 1 + 2 * digest.len());
+    key.push_str(resource_key);
     key.push(':');
     push_hex(&mut key, digest);
     key
@@ -62,9 +80,11 @@ mod tests {
 
     #[test]
     fn layout() {
-        assert_eq!(entry_key("ns", &[0xab, 0x01]), "ns:ab01");
-        assert_eq!(variants_set_key("ns:ab01"), "ns:ab01:v");
+        assert_eq!(resource_key("ns", &[0xab, 0x01]), "ns:{ab01}");
+        assert_eq!(variant_key("ns:{ab01}", &[0xcd]), "ns:{ab01}:cd");
+        assert_eq!(variants_set_key("ns:{ab01}"), "ns:{ab01}:v");
         assert_eq!(tag_set_key("ns", &[0xff]), "ns:tag:ff");
-        assert_eq!(lock_key("ns:ab01"), "ns:ab01:lock");
+        assert_eq!(lock_key("ns:{ab01}"), "ns:{ab01}:lock");
+        assert_eq!(lock_key("ns:{ab01}:cd"), "ns:{ab01}:cd:lock");
     }
 }
