@@ -5,6 +5,7 @@
 //! line of Envoy's log.
 
 mod collapse;
+mod credentials;
 mod fields;
 mod json;
 mod read;
@@ -115,6 +116,9 @@ pub struct StoreConfig {
     pub breaker_backoff_ms: u64,
     /// Longest period the breaker stays open, ms.
     pub breaker_max_backoff_ms: u64,
+    /// HTTP Basic credentials sent on every store callout (`store.credentials` or
+    /// `store.credentials_env`), for Webdis' ACL.
+    pub authorization: Option<credentials::Authorization>,
 }
 
 impl Default for StoreConfig {
@@ -128,6 +132,7 @@ impl Default for StoreConfig {
             breaker_failures: 5,
             breaker_backoff_ms: 250,
             breaker_max_backoff_ms: 1_000,
+            authorization: None,
         }
     }
 }
@@ -204,6 +209,10 @@ pub const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405,
 // from `Config` so validated types never hold unchecked values.
 struct RawConfig {
     store: StoreConfig,
+    /// `store.credentials` and `store.credentials_env`, as given (read into
+    /// `store.authorization` by validation).
+    store_credentials: String,
+    store_credentials_env: String,
     namespace: String,
     default_ttl_s: u64,
     max_ttl_s: u64,
@@ -261,6 +270,8 @@ impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             store: StoreConfig::default(),
+            store_credentials: String::new(),
+            store_credentials_env: String::new(),
             namespace: "default".into(),
             default_ttl_s: 0,
             max_ttl_s: 86_400,
@@ -302,6 +313,14 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 impl Config {
     /// Parses and validates the plugin configuration. Empty input means all defaults.
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(json, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`], reading the VM's environment (`store.credentials_env`) with `env`.
+    pub fn parse_with_env(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw = if json.iter().all(u8::is_ascii_whitespace) {
             RawConfig::default()
         } else {
@@ -324,7 +343,7 @@ impl Config {
             read::read_object(&mut raw, "", &top)?;
             raw
         };
-        raw.validate()
+        raw.validate(env)
     }
 }
 
@@ -349,7 +368,9 @@ fn is_header_name(s: &str) -> bool {
 }
 
 impl RawConfig {
-    fn validate(mut self) -> Result<Config, ConfigError> {
+    fn validate(mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        self.store.authorization =
+            credentials::authorization(&self.store_credentials, &self.store_credentials_env, env)?;
         self.stale.validate()?;
         self.collapse.validate()?;
         let s = &self.store;
@@ -591,7 +612,7 @@ impl RawConfig {
 impl Default for Config {
     fn default() -> Self {
         RawConfig::default()
-            .validate()
+            .validate(&|_| None)
             .expect("the defaults are valid")
     }
 }
@@ -655,6 +676,25 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().field, field, "{text}");
         }
+    }
+
+    #[test]
+    fn store_credentials_are_read_inline_or_from_the_vm_environment() {
+        let c = parse(r#"{"store":{"credentials":"fleet-cache:pw"}}"#).unwrap();
+        let basic = "Basic ZmxlZXQtY2FjaGU6cHc=";
+        assert_eq!(c.store.authorization.unwrap().header_value(), basic);
+        let env = |n: &str| (n == "FC_STORE").then(|| "fleet-cache:pw".to_string());
+        let c = Config::parse_with_env(br#"{"store":{"credentials_env":"FC_STORE"}}"#, &env);
+        assert_eq!(
+            c.unwrap().store.authorization.unwrap().header_value(),
+            basic
+        );
+        let e = Config::parse_with_env(br#"{"store":{"credentials_env":"OTHER"}}"#, &env);
+        assert_eq!(e.unwrap_err().field, "store.credentials_env");
+        assert_eq!(Config::default().store.authorization, None);
+        // The config's Debug (a log line could print it) never shows the credentials.
+        let c = parse(r#"{"store":{"credentials":"fleet-cache:pw-7781"}}"#).unwrap();
+        assert!(!format!("{c:?}").contains("pw-7781"));
     }
 
     #[test]
@@ -851,14 +891,14 @@ mod tests {
                 "store.timeout: unknown field `timeout`, expected one of `cluster`, \
                  `authority`, \
                  `timeout_ms`, `publish_timeout_ms`, `large_entry_ms_per_mib`, `breaker_failures`, \
-                 `breaker_backoff_ms`, `breaker_max_backoff_ms`",
+                 `breaker_backoff_ms`, `breaker_max_backoff_ms`, `credentials`, `credentials_env`",
             ),
             // Fields are taken in the object's (sorted) order: the first error is serde's.
             (
                 r#"{"store":{"timeout_ms":"x","bogus":1}}"#,
                 "store.bogus: unknown field `bogus`, expected one of `cluster`, `authority`, \
                  `timeout_ms`, `publish_timeout_ms`, `large_entry_ms_per_mib`, `breaker_failures`, \
-                 `breaker_backoff_ms`, `breaker_max_backoff_ms`",
+                 `breaker_backoff_ms`, `breaker_max_backoff_ms`, `credentials`, `credentials_env`",
             ),
             (
                 r#"{"max_ttl_s":"x","default_ttl_s":"y"}"#,

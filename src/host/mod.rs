@@ -205,13 +205,17 @@ impl Metrics {
 /// context); the host's token, or `None` if it refused.
 pub fn dispatch(cfg: &Config, request: &Request<'_>, timeout_ms: u64) -> Option<u32> {
     let Request::Http { method, path, body } = request;
+    let mut headers = vec![
+        (":method", *method),
+        (":path", path.as_str()),
+        (":authority", cfg.store.authority.as_str()),
+    ];
+    if let Some(a) = &cfg.store.authorization {
+        headers.push(("authorization", a.header_value()));
+    }
     hostcalls::dispatch_http_call(
         &cfg.store.cluster,
-        vec![
-            (":method", method),
-            (":path", path),
-            (":authority", &cfg.store.authority),
-        ],
+        headers,
         body.as_deref(),
         vec![],
         Duration::from_millis(timeout_ms),

@@ -248,14 +248,20 @@ pub fn count_notes(shared: &Shared) {
                 }
             }
             Note::Mismatch => m.add(Counter::StoreMismatches, 1),
-            Note::BreakerOpened => {
+            Note::BreakerOpened(e) => {
                 // The in-proxy tier serves in grace while the store is skipped.
                 shared.worker.store_failing.set(true);
                 m.add(Counter::BreakerOpenings, 1);
                 m.breaker(1);
+                let hint = if e == StoreError::Forbidden {
+                    " (refused: check store.credentials against Webdis' ACL)"
+                } else {
+                    ""
+                };
                 warn!(
-                    "fleet-cache: store failing; skipping it (requests go to the origin) until \
-                     a probe succeeds"
+                    "fleet-cache: store failing ({}{hint}); skipping it (requests go to the \
+                     origin) until a probe succeeds",
+                    e.as_str()
                 );
             }
             Note::BreakerClosed => {

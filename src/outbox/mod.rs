@@ -171,7 +171,8 @@ pub enum Note {
     WriteFailed(StoreError),
     /// An answer that echoed another command's nonce.
     Mismatch,
-    BreakerOpened,
+    /// The breaker opened; the failure that opened it.
+    BreakerOpened(StoreError),
     BreakerClosed,
     /// A value too large for one answer was read in pieces.
     LargeRead,
@@ -1022,7 +1023,7 @@ impl Outbox {
                 self.notes.push_back(Note::BreakerClosed);
             }
         } else if self.breaker.failure(now_ms, probe) == Some(Change::Opened) {
-            self.notes.push_back(Note::BreakerOpened);
+            self.notes.push_back(Note::BreakerOpened(e));
             // No added wait while open: what has not been read yet goes to the origin now.
             for want in std::mem::take(&mut self.pending) {
                 self.reply_all(&want.streams, Err(StoreError::BreakerOpen));

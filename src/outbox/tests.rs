@@ -626,7 +626,11 @@ fn the_breaker_opens_skips_probes_and_closes() {
         s.want(stream, "a");
         s.answer_with(Some(503), Some(Vec::new()));
     }
-    assert!(s.notes.contains(&Note::BreakerOpened));
+    // It says why: what the operator reads in the log.
+    assert!(
+        s.notes
+            .contains(&Note::BreakerOpened(StoreError::Unavailable))
+    );
     assert!(s.outbox.breaker_open());
     // Skipped at once, no callout.
     s.want(100, "a");

@@ -22,6 +22,9 @@ pub enum StoreError {
     Timeout,
     /// Store or Redis down (503 from Envoy or Webdis).
     Unavailable,
+    /// The store refused the command (Webdis' 403): credentials missing or wrong
+    /// (`store.credentials`), or a command its ACL does not enable.
+    Forbidden,
     /// Some other HTTP status.
     Status(u16),
     /// An answer that isn't the protocol.
@@ -55,6 +58,7 @@ impl StoreError {
             StoreError::Dispatch => "store-dispatch-failed",
             StoreError::Timeout => "store-timeout",
             StoreError::Unavailable => "store-unavailable",
+            StoreError::Forbidden => "store-forbidden",
             StoreError::Status(_) => "store-error",
             StoreError::Garbage => "store-garbage",
             StoreError::Refused => "store-refused",

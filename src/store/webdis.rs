@@ -423,12 +423,13 @@ fn entries_body<'w>(writes: &[&'w Write]) -> Cow<'w, [u8]> {
 
 /// Classifies the HTTP status of a store answer. Envoy itself answers 503 for a dead store,
 /// 504 for a callout past its deadline; Webdis answers 503 when Redis is down, 403 for a
-/// command its ACL refuses.
+/// command its ACL refuses, which is also its answer to missing or wrong credentials.
 fn check_status(status: Option<u16>) -> Result<(), StoreError> {
     match status {
         Some(200) => Ok(()),
         Some(504) => Err(StoreError::Timeout),
         Some(502) | Some(503) => Err(StoreError::Unavailable),
+        Some(401) | Some(403) => Err(StoreError::Forbidden),
         Some(s) => Err(StoreError::Status(s)),
         None => Err(StoreError::Garbage),
     }

@@ -320,9 +320,15 @@ fn statuses_and_errors() {
         decode(N, Expect::Done, Some(504), b""),
         Err(StoreError::Timeout)
     );
+    for status in [401, 403] {
+        assert_eq!(
+            decode(N, Expect::Done, Some(status), b""),
+            Err(StoreError::Forbidden)
+        );
+    }
     assert_eq!(
-        decode(N, Expect::Done, Some(403), b""),
-        Err(StoreError::Status(403))
+        decode(N, Expect::Done, Some(418), b""),
+        Err(StoreError::Status(418))
     );
     assert_eq!(decode(N, Expect::Done, None, b""), Err(StoreError::Garbage));
     assert_eq!(

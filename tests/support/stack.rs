@@ -74,6 +74,12 @@ pub struct StackOptions {
     /// Envoy's `--concurrency`: its worker threads, each with its own wasm VM (default 2). 1
     /// makes every request land on the same worker, hence the same VM.
     pub concurrency: usize,
+    /// An Envoy between Webdis and Redis (a `redis_proxy`): its config template, with
+    /// `{{PROXY_PORT}}` (where Webdis connects: Webdis' `{{REDIS_PORT}}` becomes it),
+    /// `{{ADMIN_PORT}}` and `{{REDIS_PORT}}` (the real Redis).
+    pub redis_proxy: Option<String>,
+    /// The redis_proxy Envoy's environment (envoy/redis-proxy.yaml reads its secrets there).
+    pub redis_proxy_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -89,6 +95,8 @@ impl Default for StackOptions {
             redis_conf: None,
             store_port: None,
             concurrency: 2,
+            redis_proxy: None,
+            redis_proxy_env: Vec::new(),
         }
     }
 }
@@ -131,6 +139,11 @@ pub struct Stack {
     redis_conf: Option<PathBuf>,
     store_port: Option<u16>,
     concurrency: usize,
+    redis_proxy_template: Option<String>,
+    redis_proxy_env: Vec<(String, String)>,
+    /// The redis_proxy Envoy and its listener port (0 without one).
+    redis_proxy: Mutex<Option<Child>>,
+    redis_proxy_port: u16,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -287,13 +300,15 @@ fn redis_ping(port: u16) -> bool {
     if s.write_all(b"PING\r\n").is_err() {
         return false;
     }
+    // Up: it answers. `-NOAUTH` when its default user is off (a test's ACL).
     let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
 
 fn webdis_ping(port: u16) -> bool {
+    // Up: PONG, or 403 when its ACL wants credentials (a test's `http_basic_auth`).
     matches!(client::request(port, "GET", "/PING", &[], &[]),
-        Ok(r) if r.status == 200 && r.text().contains("PONG"))
+        Ok(r) if (r.status == 200 && r.text().contains("PONG")) || r.status == 403)
 }
 
 fn envoy_ready(admin_port: u16) -> bool {
@@ -502,6 +517,10 @@ impl Stack {
             redis_conf: None,
             store_port: opts.store_port,
             concurrency: opts.concurrency,
+            redis_proxy_template: opts.redis_proxy.clone(),
+            redis_proxy_env: opts.redis_proxy_env.clone(),
+            redis_proxy: Mutex::new(None),
+            redis_proxy_port: 0,
         };
         if let Some(conf) = &opts.redis_conf {
             let p = st.path.join("redis.conf");
@@ -510,6 +529,7 @@ impl Stack {
         }
         // From here on a panic drops `st`, which stops whatever was started.
         st.boot_redis();
+        st.boot_redis_proxy();
         st.boot_webdis();
         st.boot_envoys(opts.envoys);
         st
@@ -577,7 +597,7 @@ impl Stack {
             self.webdis_port = free_port();
             let cfg = self.path.join("webdis.json");
             let text = template
-                .replace("{{REDIS_PORT}}", &self.redis_port.to_string())
+                .replace("{{REDIS_PORT}}", &self.webdis_redis_port().to_string())
                 .replace("{{WEBDIS_PORT}}", &self.webdis_port.to_string())
                 .replace("{{WEBDIS_LOG}}", log.to_str().expect("utf-8 temp path"));
             fs::write(&cfg, text).expect("write webdis.json");
@@ -600,6 +620,50 @@ impl Stack {
                 continue;
             }
             panic!("{why}\n{logs}");
+        }
+    }
+
+    /// Where Webdis connects: the redis_proxy if there is one, else Redis.
+    fn webdis_redis_port(&self) -> u16 {
+        if self.redis_proxy_port != 0 {
+            self.redis_proxy_port
+        } else {
+            self.redis_port
+        }
+    }
+
+    /// Starts the Envoy between Webdis and Redis, if the test asked for one.
+    fn boot_redis_proxy(&mut self) {
+        let Some(template) = self.redis_proxy_template.clone() else {
+            return;
+        };
+        let config = self.path.join("redis-proxy.yaml");
+        let log = self.path.join("redis-proxy.log");
+        let stderr = self.path.join("redis-proxy.stderr");
+        for attempt in 1..=PORT_ATTEMPTS {
+            let (port, admin) = (free_port(), free_port());
+            let text = template
+                .replace("{{PROXY_PORT}}", &port.to_string())
+                .replace("{{ADMIN_PORT}}", &admin.to_string())
+                .replace("{{REDIS_PORT}}", &self.redis_port.to_string());
+            fs::write(&config, text).expect("write redis-proxy.yaml");
+            let mut cmd = envoy_command(&config, &log, 1);
+            cmd.envs(self.redis_proxy_env.iter().map(|(k, v)| (k, v)));
+            let mut child = spawn(&mut cmd, &stderr);
+            let w = wait_until(&mut child, ENVOY_READY_TIMEOUT, || envoy_ready(admin));
+            *lock(&self.redis_proxy) = Some(child);
+            if matches!(w, Wait::Ready) {
+                self.redis_proxy_port = port;
+                return;
+            }
+            if let Some(mut c) = lock(&self.redis_proxy).take() {
+                stop_children(std::slice::from_mut(&mut c), Duration::ZERO);
+            }
+            let logs = tail(&[&log, &stderr], 40);
+            if attempt < PORT_ATTEMPTS && port_clash(&logs) {
+                continue;
+            }
+            panic!("the redis_proxy Envoy did not become ready:\n{logs}");
         }
     }
 
@@ -1068,6 +1132,7 @@ impl Drop for Stack {
         let mut children: Vec<Child> = Vec::new();
         children.extend(lock(&self.envoys).iter_mut().filter_map(Option::take));
         children.extend(lock(&self.webdis).take());
+        children.extend(lock(&self.redis_proxy).take());
         children.extend(lock(&self.redis).take());
         stop_children(&mut children, STOP_GRACE);
         self.origin.take();

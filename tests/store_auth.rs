@@ -1,0 +1,260 @@
+//! Authenticated store access, through real processes: the filter sends HTTP Basic credentials
+//! (`store.credentials`, or `store.credentials_env` from the VM's environment), Webdis' ACL
+//! accepts commands only with them (`http_basic_auth`, envoy/webdis-auth.json), Webdis logs in
+//! to an Envoy redis_proxy (envoy/redis-proxy.yaml) with its password, and the proxy logs in to
+//! Redis as its own ACL user: Redis' `default` user is off. A credential never shows in a
+//! response or in Envoy's log.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use support::client::request;
+use support::{Resp, Stack, StackOptions, poll};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// What the filter presents to Webdis.
+const WEBDIS_USER: &str = "fleet-cache";
+const WEBDIS_PASSWORD: &str = "webdis-pw-5d1e0c";
+/// What Webdis presents to the redis_proxy.
+const PROXY_PASSWORD: &str = "proxy-pw-91c0aa";
+/// The Redis ACL user the redis_proxy logs in as.
+const REDIS_USER: &str = "fleet-cache-webdis";
+const REDIS_PASSWORD: &str = "redis-pw-77ab3f";
+
+fn repo_file(name: &str) -> String {
+    fs::read_to_string(format!("{REPO}/{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
+}
+
+/// envoy/redis.conf with the default user off and the same rights given to Webdis' own user,
+/// as README's "Store access" says to deploy it.
+fn redis_conf() -> String {
+    let conf = repo_file("envoy/redis.conf");
+    let line = conf
+        .lines()
+        .find(|l| l.starts_with("user default on nopass "))
+        .expect("envoy/redis.conf limits the default user");
+    let rights = line.trim_start_matches("user default on nopass ");
+    let with_user = conf.replace(
+        line,
+        &format!("user default off\nuser {REDIS_USER} on >{REDIS_PASSWORD} {rights}"),
+    );
+    assert!(with_user.contains("user default off"));
+    with_user
+}
+
+/// The whole chain secured; `credentials` is what the plugin config says about them.
+fn secured(credentials: Value) -> Stack {
+    secured_with(credentials, None, 2)
+}
+
+fn secured_with(credentials: Value, envoy_template: Option<String>, workers: usize) -> Stack {
+    let webdis = repo_file("envoy/webdis-auth.json")
+        .replace(
+            "{{WEBDIS_CREDENTIALS}}",
+            &format!("{WEBDIS_USER}:{WEBDIS_PASSWORD}"),
+        )
+        .replace("{{PROXY_PASSWORD}}", PROXY_PASSWORD);
+    Stack::start(StackOptions {
+        plugin_config: json!({ "store": credentials }),
+        webdis_template: Some(webdis),
+        redis_conf: Some(redis_conf()),
+        redis_proxy: Some(repo_file("envoy/redis-proxy.yaml")),
+        redis_proxy_env: vec![
+            ("FLEET_CACHE_PROXY_PASSWORD".into(), PROXY_PASSWORD.into()),
+            ("FLEET_CACHE_REDIS_USER".into(), REDIS_USER.into()),
+            ("FLEET_CACHE_REDIS_PASSWORD".into(), REDIS_PASSWORD.into()),
+        ],
+        envoy_template,
+        concurrency: workers,
+        ..StackOptions::default()
+    })
+}
+
+fn basic(user: &str, password: &str) -> String {
+    // The test's own encoder: the filter's is what is under test.
+    let plain = format!("{user}:{password}");
+    let b = plain.as_bytes();
+    let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("Basic ");
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                abc[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+fn cache_status(r: &Resp) -> String {
+    r.header("cache-status").unwrap_or_default().to_string()
+}
+
+/// Redis' answer to an unauthenticated `PING`.
+fn unauthenticated_ping(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim().to_string()
+}
+
+#[test]
+fn webdis_and_redis_refuse_whoever_has_no_credentials() {
+    let st = secured(json!({ "credentials": format!("{WEBDIS_USER}:{WEBDIS_PASSWORD}") }));
+    let webdis = |auth: Option<String>| {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        request(st.webdis_port(), "GET", "/PING", &headers, &[]).expect("webdis answers")
+    };
+    assert_eq!(webdis(None).status, 403, "no credentials");
+    assert_eq!(
+        webdis(Some(basic(WEBDIS_USER, "wrong"))).status,
+        403,
+        "a wrong password"
+    );
+    assert_eq!(
+        webdis(Some(basic("someone", WEBDIS_PASSWORD))).status,
+        403,
+        "a wrong user"
+    );
+    let ok = webdis(Some(basic(WEBDIS_USER, WEBDIS_PASSWORD)));
+    assert_eq!(ok.status, 200);
+    assert!(ok.text().contains("PONG"), "{}", ok.text());
+    // A command the ACL does not enable stays refused, credentials or not.
+    let set = request(
+        st.webdis_port(),
+        "GET",
+        "/SET/k/v",
+        &[("authorization", &basic(WEBDIS_USER, WEBDIS_PASSWORD))],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(set.status, 403);
+    // Redis itself: the default user is off.
+    assert!(unauthenticated_ping(st.redis_port()).starts_with("-NOAUTH"));
+}
+
+#[test]
+fn the_filter_presents_its_credentials_and_caches_through_the_secured_chain() {
+    let st = secured(json!({ "credentials": format!("{WEBDIS_USER}:{WEBDIS_PASSWORD}") }));
+    let path = "/auth/a?cc=max-age%3D60";
+    let miss = st.get(path, &[]);
+    assert_eq!(miss.status, 200);
+    assert!(
+        cache_status(&miss).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&miss)
+    );
+    assert!(
+        poll(Duration::from_secs(5), || !st.keys().is_empty()),
+        "the entry reached Redis through Webdis and the redis_proxy"
+    );
+    let hit = st.get(path, &[]);
+    assert!(
+        cache_status(&hit).starts_with("fleet-cache; hit"),
+        "{}",
+        cache_status(&hit)
+    );
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(st.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
+}
+
+#[test]
+fn wrong_credentials_fail_open_say_so_and_never_show_the_secret() {
+    let wrong = "wrong-pw-c4f1e2";
+    // One worker: its breaker sees every refusal (each worker counts its own).
+    let st = secured_with(
+        json!({ "credentials": format!("{WEBDIS_USER}:{wrong}") }),
+        None,
+        1,
+    );
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let r = st.get(&format!("/auth/b{i}?cc=max-age%3D60"), &[]);
+        assert_eq!(
+            r.status, 200,
+            "the origin answers: the cache only steps aside"
+        );
+        for (n, values) in &r.headers {
+            for v in values {
+                assert!(
+                    !v.contains(wrong) && !v.contains(WEBDIS_PASSWORD),
+                    "{n}: {v}"
+                );
+            }
+        }
+        statuses.push(cache_status(&r));
+    }
+    assert!(
+        statuses[0].contains("detail=store-forbidden"),
+        "the refusal is named: {statuses:?}"
+    );
+    assert!(st.keys().is_empty(), "nothing was written");
+    assert!(st.stat(0, "fleet_cache_store_errors").unwrap_or(0) > 0);
+    // The breaker opened and the log says why, without the credential.
+    assert!(
+        poll(Duration::from_secs(3), || st
+            .envoy_log(0)
+            .contains("store failing (store-forbidden")),
+        "{}",
+        st.envoy_log(0)
+    );
+    let log = st.envoy_log(0);
+    for secret in [wrong, WEBDIS_PASSWORD, PROXY_PASSWORD, REDIS_PASSWORD] {
+        assert!(!log.contains(secret), "{secret} in Envoy's log");
+    }
+}
+
+#[test]
+fn credentials_from_the_vm_environment() {
+    // As Istio's WasmPlugin `vmConfig.env` gives them: the VM's environment.
+    let yaml = repo_file("envoy/envoy.yaml");
+    let anchor = "                  vm_id: fleet_cache\n";
+    assert!(yaml.contains(anchor), "envoy/envoy.yaml's vm_config moved");
+    let yaml = yaml.replace(
+        anchor,
+        &format!(
+            "{anchor}                  environment_variables:\n                    \
+             key_values: {{ FLEET_CACHE_STORE_CREDENTIALS: \"{WEBDIS_USER}:{WEBDIS_PASSWORD}\" }}\n"
+        ),
+    );
+    let st = secured_with(
+        json!({ "credentials_env": "FLEET_CACHE_STORE_CREDENTIALS" }),
+        Some(yaml),
+        2,
+    );
+    let path = "/auth/env?cc=max-age%3D60";
+    st.get(path, &[]);
+    assert!(poll(Duration::from_secs(5), || !st.keys().is_empty()));
+    let hit = st.get(path, &[]);
+    assert!(
+        cache_status(&hit).starts_with("fleet-cache; hit"),
+        "{}",
+        cache_status(&hit)
+    );
+}
+
+#[test]
+fn a_missing_environment_variable_refuses_the_config_naming_the_field() {
+    let config = json!({
+        "store": {"cluster": "fleet_cache_store", "authority": "webdis",
+                  "credentials_env": "FLEET_CACHE_NOT_SET"}
+    });
+    let log = Stack::start_envoy_expect_failure(&config.to_string());
+    assert!(
+        log.contains("store.credentials_env") && log.contains("FLEET_CACHE_NOT_SET"),
+        "{log}"
+    );
+}
