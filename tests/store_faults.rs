@@ -251,6 +251,9 @@ fn fault_then_recovery(fault: Mode) {
         rig.note("no lookup met the fault: the test tested nothing".into());
     }
     settle(&rig);
+    // The faulted lookups, and the writes of their misses, may have opened the breaker: the
+    // next request would then skip the store, and its write with it. A hit means it closed.
+    wait_hit(&rig, &stored);
 
     // A write meets the fault: the lookup is relayed (a miss), the write that follows the
     // response is not.

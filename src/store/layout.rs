@@ -74,9 +74,69 @@ pub fn tag_set_key(namespace: &str, digest: &[u8]) -> String {
     key
 }
 
+/// The Redis Cluster slot of `key` (0..16384): CRC16-XMODEM of its hash tag (what is inside
+/// the first `{...}`, if not empty) or else of the whole key, as the Cluster specification
+/// defines it. Commands whose keys share a slot can go together on a Cluster.
+pub fn slot(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let tagged = k.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = k[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &k[open + 1..open + 1 + close])
+    });
+    crc16(tagged.unwrap_or(k)) % 16_384
+}
+
+/// CRC16-XMODEM (polynomial 0x1021, initial 0), bit by bit: keys are short, and a table would
+/// cost 512 bytes of .wasm.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_slots_as_the_specification_computes_them() {
+        // The specification's CRC16 check value, and its hash tag rules.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"), "an empty tag: the whole key");
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
+        assert_eq!(slot("foo{bar"), crc16(b"foo{bar") % 16_384, "no closing brace");
+        // A resource's keys all share its slot; a tag set has its own.
+        let r = resource_key("ns", &[0xab; 32]);
+        let v = variant_key(&r, &[0xcd; 32]);
+        for k in [&v, &variants_set_key(&r), &lock_key(&r), &lock_key(&v)] {
+            assert_eq!(slot(k), slot(&r), "{k}");
+        }
+        assert!(slot(&r) < 16_384);
+        // What a real Redis 7 in cluster mode answered to CLUSTER KEYSLOT.
+        for (key, want) in [
+            ("foo", 12182),
+            ("bar", 5061),
+            ("hello", 866),
+            ("somekey", 11058),
+            ("x:tag:ff00", 789),
+            ("{user1000}.following", 3443),
+        ] {
+            assert_eq!(slot(key), want, "{key}");
+        }
+        assert_eq!(slot(&resource_key("ns", &[0xab; 32])), 2328);
+    }
 
     #[test]
     fn layout() {
