@@ -119,6 +119,9 @@ pub struct StoreConfig {
     /// HTTP Basic credentials sent on every store callout (`store.credentials` or
     /// `store.credentials_env`), for Webdis' ACL.
     pub authorization: Option<credentials::Authorization>,
+    /// The store is a Redis Cluster (behind Envoy's redis_proxy): every callout touches keys
+    /// of one slot.
+    pub redis_cluster: bool,
 }
 
 impl Default for StoreConfig {
@@ -133,6 +136,7 @@ impl Default for StoreConfig {
             breaker_backoff_ms: 250,
             breaker_max_backoff_ms: 1_000,
             authorization: None,
+            redis_cluster: false,
         }
     }
 }
@@ -891,14 +895,14 @@ mod tests {
                 "store.timeout: unknown field `timeout`, expected one of `cluster`, \
                  `authority`, \
                  `timeout_ms`, `publish_timeout_ms`, `large_entry_ms_per_mib`, `breaker_failures`, \
-                 `breaker_backoff_ms`, `breaker_max_backoff_ms`, `credentials`, `credentials_env`",
+                 `breaker_backoff_ms`, `breaker_max_backoff_ms`, `credentials`, `credentials_env`, `redis_cluster`",
             ),
             // Fields are taken in the object's (sorted) order: the first error is serde's.
             (
                 r#"{"store":{"timeout_ms":"x","bogus":1}}"#,
                 "store.bogus: unknown field `bogus`, expected one of `cluster`, `authority`, \
                  `timeout_ms`, `publish_timeout_ms`, `large_entry_ms_per_mib`, `breaker_failures`, \
-                 `breaker_backoff_ms`, `breaker_max_backoff_ms`, `credentials`, `credentials_env`",
+                 `breaker_backoff_ms`, `breaker_max_backoff_ms`, `credentials`, `credentials_env`, `redis_cluster`",
             ),
             (
                 r#"{"max_ttl_s":"x","default_ttl_s":"y"}"#,

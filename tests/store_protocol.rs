@@ -195,6 +195,33 @@ fn every_command_round_trips_through_webdis_and_redis() {
     assert_eq!(ans, Ok(Answer::Done));
     assert_eq!(st.redis_cli(&["GET", &b]), "BTAIL");
 
+    // A Cluster's tag write, apart from its entry: joins the set, lives at least its TTL, and
+    // replaces a key of another type.
+    let tag2 = k("tag:two");
+    st.redis_cli(&["SET", &tag2, "junk"]);
+    let add = |member: &str, ttl_ms| Command::TagAdd {
+        set: tag2.as_str().to_string().leak(),
+        member: member.to_string().leak(),
+        ttl_ms,
+    };
+    assert_eq!(run(&st, 110, &add(&a, 50_000)).0, Ok(Answer::Done));
+    assert_eq!(run(&st, 111, &add(&b, 90_000)).0, Ok(Answer::Done));
+    assert_eq!(run(&st, 112, &add(&b, 1_000)).0, Ok(Answer::Done));
+    let mut members: Vec<String> = st
+        .redis_cli(&["SMEMBERS", &tag2])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    members.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(members, want);
+    let pttl: u64 = st.redis_cli(&["PTTL", &tag2]).parse().unwrap();
+    assert!(
+        (80_000..=90_000).contains(&pttl),
+        "{pttl}: the longest TTL stays"
+    );
+
     // Purge by tag and invalidation, with counts.
     let (ans, _) = run(&st, 102, &Command::PurgeTags(std::slice::from_ref(&tag)));
     assert_eq!(ans, Ok(Answer::Count(1)));

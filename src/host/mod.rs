@@ -83,6 +83,7 @@ impl Shared {
             },
             lock_ms: config.collapse.max_wait_ms,
             poll_ms: config.collapse.poll_ms,
+            one_slot: s.redis_cluster,
         };
         let wake = Wake::register();
         Shared {

@@ -45,6 +45,7 @@ pub mod collapse;
 pub mod stream_map;
 pub mod writes;
 
+use crate::store::layout::slot;
 use crate::store::{
     self, Answer, Command, Expect, Locking, Looked, PurgeCommand, Request, Slot, StoreError,
     StoreWrite, Unlock,
@@ -106,6 +107,8 @@ pub struct Settings {
     pub lock_ms: u64,
     /// `collapse.poll_ms`: how often the followers of a key look it up again.
     pub poll_ms: u64,
+    /// `store.redis_cluster`: every callout touches keys of one Redis Cluster slot.
+    pub one_slot: bool,
 }
 
 /// Bytes of a store answer, shared (never copied) by the replies that use them.
@@ -292,6 +295,15 @@ impl Carries {
                     owner: *owner,
                     unlock: *unlock,
                 },
+                Some(StoreWrite::Tag {
+                    set,
+                    member,
+                    ttl_ms,
+                }) => Command::TagAdd {
+                    set,
+                    member,
+                    ttl_ms: *ttl_ms,
+                },
                 _ => Command::Write {
                     entries: writes::entries(jobs),
                     then_lookup: Vec::new(),
@@ -439,7 +451,7 @@ impl Outbox {
             settings,
             pending: Vec::new(),
             deadlines: StreamMap::new(),
-            writes: WriteQueue::new(settings.max_queue_bytes),
+            writes: WriteQueue::new(settings.max_queue_bytes, settings.one_slot),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
             locks: VecDeque::new(),
@@ -825,12 +837,21 @@ impl Outbox {
                 _ => false,
             })
         });
-        if let Some((stream, keys)) = ready.and_then(|i| self.invalidations.remove(i)) {
+        if let Some((stream, mut keys)) = ready.and_then(|i| self.invalidations.remove(i)) {
             if self.breaker.admits_writes() {
                 // Queued writes of these resources (a retry too) would bring the entry back.
                 // Whoever waited for one has nothing left to wait for.
                 for waiter in self.writes.drop_entries_of(&keys) {
                     self.release(waiter, Ok(()), Vec::new());
+                }
+                if self.settings.one_slot {
+                    // The response waits for its own resource's slot (RFC 9111 §4.4's MUST);
+                    // `Location` and `Content-Location` targets follow as writes.
+                    let mut groups = writes::by_slot(keys);
+                    keys = groups.remove(0);
+                    for group in groups {
+                        self.writes.push(StoreWrite::Invalidate(group));
+                    }
                 }
                 return Some((
                     Carries::Invalidation { stream, keys },
@@ -845,12 +866,19 @@ impl Outbox {
             .values()
             .filter(|f| f.carries.is_lookup())
             .count();
+        // On a Cluster batches hold one slot's keys and rarely fill: each may go while fewer
+        // than the bound are out.
         let may_look = !self.pending.is_empty()
             && (lookups_out == 0
-                || (self.pending.len() >= MAX_KEYS && lookups_out < MAX_IN_FLIGHT));
+                || ((self.settings.one_slot || self.pending.len() >= MAX_KEYS)
+                    && lookups_out < MAX_IN_FLIGHT));
         if may_look {
-            let n = self.pending.len().min(MAX_KEYS);
-            let wants: Vec<Want> = self.pending.drain(..n).collect();
+            let wants: Vec<Want> = if self.settings.one_slot {
+                self.take_one_slot()
+            } else {
+                let n = self.pending.len().min(MAX_KEYS);
+                self.pending.drain(..n).collect()
+            };
             // A poll waits as long as any lookup may.
             let poll = wants
                 .iter()
@@ -900,6 +928,21 @@ impl Outbox {
         let batch = self.writes.next_batch()?;
         self.writes.sent();
         Some((Carries::Writes(batch), self.settings.write_timeout_ms))
+    }
+
+    /// The oldest pending key, and the others of its slot behind it (up to a batch).
+    fn take_one_slot(&mut self) -> Vec<Want> {
+        let first = slot(&self.pending[0].key);
+        let mut wants = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() && wants.len() < MAX_KEYS {
+            if slot(&self.pending[i].key) == first {
+                wants.push(self.pending.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        wants
     }
 
     /// A poll for each followed key whose interval passed, unless a lookup of it is already

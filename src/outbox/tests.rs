@@ -24,6 +24,7 @@ fn settings() -> Settings {
         },
         lock_ms: 0,
         poll_ms: 50,
+        one_slot: false,
     }
 }
 
@@ -38,6 +39,11 @@ struct Redis {
     locks: HashMap<String, (Vec<u8>, u64)>,
     /// The clock, for the locks' expiry.
     now: u64,
+    /// A Redis Cluster: a script whose keys are in several slots is refused, as Redis does.
+    cluster: bool,
+    /// Scripts run, and of them the ones refused for crossing slots.
+    scripts: usize,
+    crossslot: usize,
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {
@@ -80,6 +86,15 @@ impl Redis {
         let mut argv: Vec<Vec<u8>> = args.collect();
         if let Some(b) = body {
             argv.push(b.to_vec());
+        }
+        self.scripts += 1;
+        if self.cluster
+            && keys
+                .iter()
+                .any(|k| crate::store::layout::slot(k) != crate::store::layout::slot(&keys[0]))
+        {
+            self.crossslot += 1;
+            return b"-CROSSSLOT Keys in request don't hash to the same slot\r\n".to_vec();
         }
         let nonce = argv[0].clone();
         let num = |a: &Vec<u8>| -> i64 { std::str::from_utf8(a).unwrap().parse().unwrap() };
@@ -156,6 +171,12 @@ impl Redis {
             out.extend_from_slice(b"*2\r\n");
             bulk(&mut out, &nonce);
             bulk(&mut out, n.to_string().as_bytes());
+        } else if script.starts_with("local k=KEYS[1] local t=redis.call('TYPE'") {
+            self.sets
+                .entry(keys[0].clone())
+                .or_default()
+                .insert(String::from_utf8(argv[2].clone()).unwrap());
+            bulk(&mut out, &nonce);
         } else if script.starts_with("local k=KEYS[#KEYS]") {
             let k = keys.last().unwrap();
             let (keep, expected) = (num(&argv[2]) as usize, num(&argv[3]) as usize);
@@ -1441,3 +1462,6 @@ fn read_your_writes_a_write_dropped_by_an_invalidation_releases_its_waiter() {
 
 #[path = "collapse_tests.rs"]
 mod collapse_tests;
+
+#[path = "cluster_tests.rs"]
+mod cluster_tests;

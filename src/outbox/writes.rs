@@ -9,11 +9,17 @@
 //! flight does not hold the queue to one batch per round trip (the rule lookups follow too).
 //! Refreshes and invalidations go alone (other scripts).
 //!
+//! On a Redis Cluster (`one_slot`), a callout may only touch keys of one slot: each job goes
+//! alone (a resource's entry, variant, variants set and lock share a slot), an entry's tag sets
+//! are written by jobs of their own right after it, and an invalidation of resources in
+//! several slots is one job per slot. Several may be out at once, up to [`MAX_IN_FLIGHT`].
+//!
 //! Pure bookkeeping: the outbox takes batches with [`WriteQueue::next_batch`] (or riders with
 //! [`WriteQueue::next_riders`]), holds them while they are out, and settles each with
 //! [`WriteQueue::settle`].
 
 use super::MAX_IN_FLIGHT;
+use crate::store::layout::slot;
 use crate::store::{StoreWrite, Write};
 use std::collections::VecDeque;
 
@@ -67,7 +73,7 @@ pub fn entries(jobs: &[Job]) -> Vec<&Write> {
     jobs.iter()
         .filter_map(|j| match &j.write {
             StoreWrite::Entry(w) => Some(w),
-            StoreWrite::Invalidate(_) | StoreWrite::Unlock { .. } => None,
+            StoreWrite::Invalidate(_) | StoreWrite::Unlock { .. } | StoreWrite::Tag { .. } => None,
         })
         .collect()
 }
@@ -84,16 +90,19 @@ pub struct WriteQueue {
     /// Bound on `held_bytes`: a store slower than the miss rate must not grow the VM without
     /// limit; past it new recordings are dropped (and counted).
     max_bytes: usize,
+    /// The store is a Redis Cluster: every job touches one slot and goes alone.
+    one_slot: bool,
 }
 
 impl WriteQueue {
-    pub fn new(max_bytes: usize) -> WriteQueue {
+    pub fn new(max_bytes: usize, one_slot: bool) -> WriteQueue {
         WriteQueue {
             pending: VecDeque::new(),
             in_flight: 0,
             held_bytes: 0,
             pending_bytes: 0,
             max_bytes,
+            one_slot,
         }
     }
 
@@ -109,6 +118,51 @@ impl WriteQueue {
 
     /// Queues a write that `waiter` waits for, the entry of the fetch holding `lock`.
     pub fn push_job(
+        &mut self,
+        write: StoreWrite,
+        waiter: Option<u32>,
+        lock: Option<(String, u64)>,
+    ) -> bool {
+        if !self.one_slot {
+            return self.push_one(write, waiter, lock);
+        }
+        match write {
+            StoreWrite::Entry(mut w) if !w.tags.is_empty() => {
+                // The entry first: a purge by tag that runs between the two finds the entry
+                // missing from the set and leaves it (until its TTL); the README says so.
+                let tags = std::mem::take(&mut w.tags);
+                let (member, ttl_ms) = (w.key.clone(), w.ttl_ms);
+                if !self.push_one(StoreWrite::Entry(w), waiter, lock) {
+                    return false;
+                }
+                for set in tags {
+                    let member = member.clone();
+                    self.push_one(
+                        StoreWrite::Tag {
+                            set,
+                            member,
+                            ttl_ms,
+                        },
+                        None,
+                        None,
+                    );
+                }
+                true
+            }
+            StoreWrite::Invalidate(keys) => {
+                // Whoever waits, waits for the first slot's (the request's own resource).
+                let mut pushed = true;
+                for (i, group) in by_slot(keys).into_iter().enumerate() {
+                    let waiter = waiter.filter(|_| i == 0);
+                    pushed &= self.push_one(StoreWrite::Invalidate(group), waiter, None);
+                }
+                pushed
+            }
+            write => self.push_one(write, waiter, lock),
+        }
+    }
+
+    fn push_one(
         &mut self,
         write: StoreWrite,
         waiter: Option<u32>,
@@ -131,6 +185,10 @@ impl WriteQueue {
 
     /// Whether a batch may leave now: none is out, or a full one waits and the bound allows.
     pub fn can_send(&self) -> bool {
+        if self.one_slot {
+            // Jobs go alone, so none waits for a batch to fill.
+            return !self.pending.is_empty() && self.in_flight < MAX_IN_FLIGHT;
+        }
         let full = self.pending.len() >= MAX_BATCH_ENTRIES || self.pending_bytes >= MAX_BATCH_BYTES;
         !self.pending.is_empty()
             && (self.in_flight == 0 || (full && self.in_flight < MAX_IN_FLIGHT))
@@ -143,7 +201,7 @@ impl WriteQueue {
             return None;
         }
         let first = self.pending.front()?;
-        if !first.is_plain_entry() {
+        if !first.is_plain_entry() || self.one_slot {
             return self.take(1, usize::MAX);
         }
         // A larger entry goes alone.
@@ -154,7 +212,8 @@ impl WriteQueue {
     /// deadline): first tries of plain entries, oldest first, at most `max_bytes` in all;
     /// None when the next job is not one of those or does not fit.
     pub fn next_riders(&mut self, max_bytes: usize) -> Option<Vec<Job>> {
-        if !self.can_send() || !self.pending.front().is_some_and(Job::may_ride) {
+        // On a Cluster a rider would share a callout with keys of other slots.
+        if self.one_slot || !self.can_send() || !self.pending.front().is_some_and(Job::may_ride) {
             return None;
         }
         let n = self.pending.iter().take_while(|j| j.may_ride()).count();
@@ -165,7 +224,8 @@ impl WriteQueue {
     /// it may ride, and what waits is less than a batch of riders (`max_bytes`), which
     /// would go on its own.
     pub fn holds_for_ride(&self, max_bytes: usize) -> bool {
-        self.pending.front().is_some_and(Job::may_ride)
+        !self.one_slot
+            && self.pending.front().is_some_and(Job::may_ride)
             && self.pending.len() < MAX_BATCH_ENTRIES
             && self.pending_bytes < max_bytes
     }
@@ -262,6 +322,19 @@ impl WriteQueue {
     }
 }
 
+/// `keys` grouped by their Redis Cluster slot, each group in the order of its first key.
+pub fn by_slot(keys: Vec<String>) -> Vec<Vec<String>> {
+    let mut groups: Vec<(u16, Vec<String>)> = Vec::new();
+    for k in keys {
+        let s = slot(&k);
+        match groups.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, g)) => g.push(k),
+            None => groups.push((s, vec![k])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
 /// Whether these jobs write an entry of one of `keys`.
 #[inline(never)]
 pub fn writes_any_of(jobs: &[Job], keys: &[String]) -> bool {
@@ -297,7 +370,7 @@ mod tests {
     impl Q {
         fn new(max_bytes: usize) -> Q {
             Q {
-                q: WriteQueue::new(max_bytes),
+                q: WriteQueue::new(max_bytes, false),
                 out: HashMap::new(),
             }
         }
@@ -340,6 +413,7 @@ mod tests {
             StoreWrite::Entry(w) => &w.key,
             StoreWrite::Invalidate(keys) => &keys[0],
             StoreWrite::Unlock { key, .. } => key,
+            StoreWrite::Tag { set, .. } => set,
         }
     }
 

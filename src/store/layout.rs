@@ -112,11 +112,19 @@ mod tests {
         // The specification's CRC16 check value, and its hash tag rules.
         assert_eq!(crc16(b"123456789"), 0x31c3);
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
-        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"), "an empty tag: the whole key");
+        assert_eq!(
+            slot("foo{}{bar}"),
+            slot("foo{}{bar}"),
+            "an empty tag: the whole key"
+        );
         assert_ne!(slot("foo{}{bar}"), slot("bar"));
         assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
         assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
-        assert_eq!(slot("foo{bar"), crc16(b"foo{bar") % 16_384, "no closing brace");
+        assert_eq!(
+            slot("foo{bar"),
+            crc16(b"foo{bar") % 16_384,
+            "no closing brace"
+        );
         // A resource's keys all share its slot; a tag set has its own.
         let r = resource_key("ns", &[0xab; 32]);
         let v = variant_key(&r, &[0xcd; 32]);

@@ -103,6 +103,13 @@ pub enum StoreWrite {
         owner: u64,
         unlock: Unlock,
     },
+    /// A resource joins a tag set (purge by tag) on its own: on a Redis Cluster the set lives
+    /// in another slot than the entry, so it can't be written by the entry's script.
+    Tag {
+        set: String,
+        member: String,
+        ttl_ms: u64,
+    },
 }
 
 impl StoreWrite {
@@ -112,6 +119,7 @@ impl StoreWrite {
             StoreWrite::Entry(w) => w.entry.len(),
             StoreWrite::Invalidate(keys) => keys.iter().map(String::len).sum(),
             StoreWrite::Unlock { key, .. } => key.len(),
+            StoreWrite::Tag { set, member, .. } => set.len() + member.len(),
         }
     }
 }
@@ -193,6 +201,12 @@ pub enum Command<'a> {
     },
     /// A metadata refresh (`write.refresh` is set).
     Refresh(&'a Write),
+    /// Adds `member` to the tag set `set`, which then lives at least `ttl_ms`.
+    TagAdd {
+        set: &'a str,
+        member: &'a str,
+        ttl_ms: u64,
+    },
     /// Remove these resources with their variants.
     Invalidate(&'a [String]),
     /// Remove every resource listed in these tag sets.
@@ -214,7 +228,10 @@ impl Command<'_> {
             Command::Write { then_lookup, .. } if !then_lookup.is_empty() => {
                 Expect::ValuesAndWrites(then_lookup.len())
             }
-            Command::Write { .. } | Command::Refresh(_) | Command::Unlock { .. } => Expect::Done,
+            Command::Write { .. }
+            | Command::Refresh(_)
+            | Command::Unlock { .. }
+            | Command::TagAdd { .. } => Expect::Done,
             Command::Invalidate(_) | Command::PurgeTags(_) | Command::Lock { .. } => Expect::Count,
             Command::Piece { .. } => Expect::Piece,
         }

@@ -183,6 +183,14 @@ if ARGV[3]=='r' then if v==ARGV[2] then redis.call('DEL',KEYS[1]) end \
 else redis.call('SET',KEYS[1],ARGV[3],'PX',ARGV[4]) end end \
 return ARGV[1]"];
 
+/// Adds ARGV[3] to the tag set at KEYS[1] (a key of another type is replaced), which then
+/// lives at least ARGV[2] ms. Answers the nonce. (A Cluster's tag sets, written apart from
+/// their entries: another slot.)
+const TAG_ADD: [&str; 1] = ["local k=KEYS[1] local t=redis.call('TYPE',k)['ok'] \
+if t~='set' and t~='none' then redis.call('DEL',k) end redis.call('SADD',k,ARGV[3]) \
+if redis.call('PTTL',k)<tonumber(ARGV[2]) then redis.call('PEXPIRE',k,ARGV[2]) end \
+return ARGV[1]"];
+
 /// Takes the lock at KEYS[1] if it is free, for ARGV[2] ms, the nonce as owner. Answers
 /// `[nonce, 1]` if taken, `[nonce, 0]` if not (held, a marker, another type, or Redis out of
 /// memory refused the SET).
@@ -352,6 +360,17 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
         Command::PurgeTags(tag_set_keys) => {
             let keys: Vec<&str> = tag_set_keys.iter().map(String::as_str).collect();
             get(eval_path(script!(PURGE_TAGS), &keys, nonce, 0))
+        }
+        Command::TagAdd {
+            set,
+            member,
+            ttl_ms,
+        } => {
+            let mut path = eval_path(script!(TAG_ADD), &[set], nonce, 24 + 3 * member.len());
+            push_num(&mut path, (*ttl_ms).max(1));
+            path.push('/');
+            encode_arg(&mut path, member.as_bytes());
+            get(path)
         }
         Command::Lock { key, ttl_ms } => {
             let lock = super::layout::lock_key(key);

@@ -1,0 +1,140 @@
+//! The outbox on a Redis Cluster (`store.redis_cluster`): every callout touches keys of one
+//! slot. The simulated Redis refuses a script whose keys cross slots (`CROSSSLOT`), as a
+//! Cluster node does, and counts it.
+
+use super::*;
+
+fn cluster() -> Sim {
+    let mut s = Sim::with(Settings {
+        one_slot: true,
+        ..settings()
+    });
+    s.redis.cluster = true;
+    s
+}
+
+/// A resource's key, hash tag and all, as `store::layout` builds them.
+fn res(n: usize) -> String {
+    crate::store::layout::resource_key("n", &[n as u8; 4])
+}
+
+fn tagged_entry(key: &str, bytes: &[u8], tags: &[&str]) -> StoreWrite {
+    StoreWrite::Entry(Write {
+        key: key.into(),
+        variant: None,
+        ttl_ms: 60_000,
+        entry: bytes.to_vec(),
+        refresh: None,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    })
+}
+
+#[test]
+fn the_simulated_cluster_refuses_a_batch_across_slots() {
+    // Without the setting, batches mix slots: the Cluster refuses them.
+    let mut s = Sim::new();
+    s.redis.cluster = true;
+    s.want(1, &res(1));
+    s.want(2, &res(2));
+    s.want(3, &res(3));
+    s.answer_all();
+    assert!(s.redis.crossslot > 0);
+    assert!(s.error(2).is_some() || s.error(3).is_some());
+}
+
+#[test]
+fn lookups_group_by_slot_and_go_at_once() {
+    let mut s = cluster();
+    let variant = crate::store::layout::variant_key(&res(0), &[9; 4]);
+    for (k, v) in [(res(0), "r0"), (res(2), "r2"), (variant.clone(), "v")] {
+        s.redis.strings.insert(k, v.as_bytes().to_vec());
+    }
+    // Each key leaves at once, without waiting for the others' answers, up to the bound.
+    for i in 0..MAX_IN_FLIGHT {
+        s.want(10 + i as u32, &res(10 + i));
+    }
+    assert_eq!(s.out.len(), MAX_IN_FLIGHT);
+    // These wait; when a callout is answered, r0 leaves with its variant (one slot), not r2.
+    s.want(1, &res(0));
+    s.want(2, &res(2));
+    s.want(3, &variant);
+    s.answer();
+    let newest = s.out.len() - 1;
+    assert_eq!(
+        s.keys_out(newest),
+        2,
+        "the resource and its variant share a callout"
+    );
+    s.answer_all();
+    for (stream, v) in [(1, "r0"), (2, "r2"), (3, "v")] {
+        assert_eq!(s.value(stream).unwrap(), v.as_bytes());
+    }
+    assert_eq!(s.redis.crossslot, 0);
+}
+
+#[test]
+fn lookups_out_at_once_are_bounded() {
+    let mut s = cluster();
+    for i in 0..10 {
+        s.want(i, &res(i as usize));
+    }
+    assert_eq!(s.out.len(), MAX_IN_FLIGHT);
+    s.answer_all();
+    for i in 0..10 {
+        assert_eq!(s.value(i).unwrap(), b"<missing>");
+    }
+    assert_eq!(s.redis.crossslot, 0);
+}
+
+#[test]
+fn an_entrys_tag_sets_are_written_apart_and_entries_go_alone() {
+    let mut s = cluster();
+    s.outbox
+        .write(tagged_entry(&res(0), b"e0", &["n:tag:aa", "n:tag:bb"]));
+    s.outbox.write(tagged_entry(&res(1), b"e1", &[]));
+    s.outbox.write(tagged_entry(&res(2), b"e2", &["n:tag:aa"]));
+    s.pump();
+    s.answer_all();
+    assert_eq!(s.redis.crossslot, 0, "no callout crossed slots");
+    for (k, v) in [(res(0), "e0"), (res(1), "e1"), (res(2), "e2")] {
+        assert_eq!(s.redis.strings.get(&k).unwrap(), v.as_bytes());
+    }
+    let aa = &s.redis.sets["n:tag:aa"];
+    assert!(aa.contains(&res(0)) && aa.contains(&res(2)));
+    assert!(s.redis.sets["n:tag:bb"].contains(&res(0)));
+    assert!(s.outbox.is_idle());
+}
+
+#[test]
+fn entries_do_not_ride_with_a_lookup_of_another_slot() {
+    let mut s = cluster();
+    s.want(1, &res(1));
+    s.outbox.write(tagged_entry(&res(2), b"e2", &[]));
+    s.pump();
+    assert_eq!(
+        s.out.len(),
+        2,
+        "the write went on its own, not held for a ride"
+    );
+    s.answer_all();
+    assert_eq!(s.redis.crossslot, 0);
+    assert_eq!(s.redis.strings.get(&res(2)).unwrap(), b"e2");
+}
+
+#[test]
+fn a_held_invalidation_waits_for_its_own_slot_and_the_others_follow() {
+    let mut s = cluster();
+    for i in 0..3 {
+        s.redis.strings.insert(res(i), b"old".to_vec());
+    }
+    let r = s.outbox.invalidate(s.now, 7, vec![res(0), res(1), res(2)]);
+    assert!(r.is_none());
+    s.pump();
+    // The held one carries the request's own resource (and its variants set) only.
+    assert_eq!(s.keys_out(0), 2);
+    s.answer();
+    assert_eq!(s.invalidated(7).map(|(_, r)| r), Some(Ok(())));
+    s.answer_all();
+    assert!(s.redis.strings.is_empty(), "all three removed");
+    assert_eq!(s.redis.crossslot, 0);
+}
