@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod cluster;
 pub mod fake_store;
 pub mod oci;
 pub mod origin;

@@ -8,6 +8,7 @@
 //! short-lived helper thread. `Drop` stops every process by PID (SIGTERM, then SIGKILL after a
 //! grace period), also when the test panics. The temp dir is removed unless `KEEP_TEST_DIRS=1`.
 
+use super::cluster::RedisCluster;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -33,8 +34,8 @@ pub const WASM_PATH: &str = concat!(
 );
 
 /// The Redis admin user the tests' redis-cli logs in as (loopback, per-test Redis only).
-const TEST_ADMIN_USER: &str = "test-admin";
-const TEST_ADMIN_PASSWORD: &str = "test-admin-password";
+pub const TEST_ADMIN_USER: &str = "test-admin";
+pub const TEST_ADMIN_PASSWORD: &str = "test-admin-password";
 
 const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const WEBDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +81,10 @@ pub struct StackOptions {
     pub redis_proxy: Option<String>,
     /// The redis_proxy Envoy's environment (envoy/redis-proxy.yaml reads its secrets there).
     pub redis_proxy_env: Vec<(String, String)>,
+    /// A Redis Cluster (six nodes, `support::cluster`) instead of one Redis; it needs a
+    /// `redis_proxy` whose template seeds it from `{{REDIS_PORT}}`, `{{REDIS_PORT_2}}` and
+    /// `{{REDIS_PORT_3}}`.
+    pub redis_cluster: bool,
 }
 
 impl Default for StackOptions {
@@ -97,6 +102,7 @@ impl Default for StackOptions {
             concurrency: 2,
             redis_proxy: None,
             redis_proxy_env: Vec::new(),
+            redis_cluster: false,
         }
     }
 }
@@ -144,6 +150,9 @@ pub struct Stack {
     /// The redis_proxy Envoy and its listener port (0 without one).
     redis_proxy: Mutex<Option<Child>>,
     redis_proxy_port: u16,
+    /// The Redis Cluster, when the test asked for one (then `redis` is unused).
+    cluster: Option<RedisCluster>,
+    want_cluster: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,7 +201,7 @@ fn append_file(path: &Path) -> File {
 
 /// Spawns detached: stdin null, stdout+stderr appended to `out`, own process group, killed if
 /// the spawning thread dies.
-fn spawn(cmd: &mut Command, out: &Path) -> Child {
+pub fn spawn(cmd: &mut Command, out: &Path) -> Child {
     let f = append_file(out);
     let f2 = f.try_clone().expect("dup log fd");
     cmd.stdin(Stdio::null())
@@ -213,7 +222,7 @@ fn spawn(cmd: &mut Command, out: &Path) -> Child {
 }
 
 /// SIGTERM to every child, then SIGKILL to those still running after `grace`; reaps them all.
-fn stop_children(children: &mut [Child], grace: Duration) {
+pub fn stop_children(children: &mut [Child], grace: Duration) {
     for c in children.iter_mut() {
         if let Ok(None) = c.try_wait() {
             // SAFETY: plain kill(2) on the PID of our own unreaped child.
@@ -521,6 +530,8 @@ impl Stack {
             redis_proxy_env: opts.redis_proxy_env.clone(),
             redis_proxy: Mutex::new(None),
             redis_proxy_port: 0,
+            cluster: None,
+            want_cluster: opts.redis_cluster,
         };
         if let Some(conf) = &opts.redis_conf {
             let p = st.path.join("redis.conf");
@@ -536,6 +547,17 @@ impl Stack {
     }
 
     fn boot_redis(&mut self) {
+        if self.want_cluster {
+            let conf = match &self.redis_conf {
+                Some(p) => fs::read_to_string(p).expect("read redis.conf"),
+                None => fs::read_to_string(format!("{REPO}/envoy/redis.conf"))
+                    .expect("read envoy/redis.conf"),
+            };
+            let cluster = RedisCluster::start(&self.path, &conf);
+            self.redis_port = cluster.ports()[0];
+            self.cluster = Some(cluster);
+            return;
+        }
         for attempt in 1..=PORT_ATTEMPTS {
             self.redis_port = free_port();
             match self.spawn_redis() {
@@ -642,10 +664,16 @@ impl Stack {
         let stderr = self.path.join("redis-proxy.stderr");
         for attempt in 1..=PORT_ATTEMPTS {
             let (port, admin) = (free_port(), free_port());
+            let seed = |i: usize| match &self.cluster {
+                Some(c) => c.ports()[i].to_string(),
+                None => self.redis_port.to_string(),
+            };
             let text = template
                 .replace("{{PROXY_PORT}}", &port.to_string())
                 .replace("{{ADMIN_PORT}}", &admin.to_string())
-                .replace("{{REDIS_PORT}}", &self.redis_port.to_string());
+                .replace("{{REDIS_PORT}}", &seed(0))
+                .replace("{{REDIS_PORT_2}}", &seed(1))
+                .replace("{{REDIS_PORT_3}}", &seed(2));
             fs::write(&config, text).expect("write redis-proxy.yaml");
             let mut cmd = envoy_command(&config, &log, 1);
             cmd.envs(self.redis_proxy_env.iter().map(|(k, v)| (k, v)));
@@ -1066,9 +1094,16 @@ impl Stack {
     }
 
     fn redis_cli_output(&self, args: &[&str]) -> std::process::Output {
+        let port = match &self.cluster {
+            Some(c) => c.master_ports()[0],
+            None => self.redis_port,
+        };
+        // On a Cluster, follow redirections to the key's node.
+        let cluster_flag: &[&str] = if self.cluster.is_some() { &["-c"] } else { &[] };
         Command::new("redis-cli")
             .arg("-p")
-            .arg(self.redis_port.to_string())
+            .arg(port.to_string())
+            .args(cluster_flag)
             .args(["--user", TEST_ADMIN_USER, "--pass", TEST_ADMIN_PASSWORD])
             .arg("--no-auth-warning")
             .args(args)
@@ -1089,6 +1124,9 @@ impl Stack {
     /// Every key of the namespace, locks included.
     pub fn all_keys(&self) -> Vec<String> {
         let pattern = format!("{}:*", self.namespace);
+        if let Some(c) = &self.cluster {
+            return c.keys(&pattern);
+        }
         let mut keys: Vec<String> = self
             .redis_cli(&["--scan", "--pattern", &pattern])
             .lines()
@@ -1097,6 +1135,13 @@ impl Stack {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// The Redis Cluster of a stack started with `redis_cluster`.
+    pub fn cluster(&self) -> &RedisCluster {
+        self.cluster
+            .as_ref()
+            .expect("a stack started with redis_cluster")
     }
 
     /// Stops redis-server (SIGTERM, SIGKILL after a grace period). Webdis keeps running and

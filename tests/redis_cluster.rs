@@ -1,0 +1,263 @@
+//! The store as a real Redis Cluster: six nodes (three masters with a replica each), Envoy's
+//! `redis_proxy` in front (envoy/redis-proxy-cluster.yaml), Webdis with credentials, and two
+//! Envoys with the filter (`store.redis_cluster`). Entries land on several masters; every
+//! command the filter sends stays within one slot, so none is refused.
+
+mod support;
+
+use serde_json::json;
+use std::fs;
+use std::time::Duration;
+use support::{Resp, Stack, StackOptions, poll};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const WEBDIS_CREDENTIALS: &str = "fleet-cache:webdis-pw-2b7e";
+const PROXY_PASSWORD: &str = "proxy-pw-c1d9";
+const REDIS_USER: &str = "fleet-cache-webdis";
+const REDIS_PASSWORD: &str = "redis-pw-4f0a";
+
+fn repo_file(name: &str) -> String {
+    fs::read_to_string(format!("{REPO}/{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
+}
+
+/// envoy/redis.conf for the Cluster's nodes: the default user off, Webdis' own user (through
+/// the proxy) with the scripts' rights and what topology discovery needs.
+fn redis_conf() -> String {
+    let conf = repo_file("envoy/redis.conf");
+    let line = conf
+        .lines()
+        .find(|l| l.starts_with("user default on nopass "))
+        .expect("envoy/redis.conf limits the default user");
+    let rights = line.trim_start_matches("user default on nopass ");
+    conf.replace(
+        line,
+        &format!(
+            "user default off\nuser {REDIS_USER} on >{REDIS_PASSWORD} {rights} \
+             +cluster|slots +cluster|info +readonly"
+        ),
+    )
+}
+
+fn cluster_stack() -> Stack {
+    let webdis = repo_file("envoy/webdis-auth.json")
+        .replace("{{WEBDIS_CREDENTIALS}}", WEBDIS_CREDENTIALS)
+        .replace("{{PROXY_PASSWORD}}", PROXY_PASSWORD);
+    Stack::start(StackOptions {
+        envoys: 2,
+        plugin_config: json!({
+            "store": {"credentials": WEBDIS_CREDENTIALS, "redis_cluster": true},
+            // Every request asks the store: the in-proxy tier would hide it.
+            "memory": {"max_bytes": 0}
+        }),
+        webdis_template: Some(webdis),
+        redis_conf: Some(redis_conf()),
+        redis_cluster: true,
+        redis_proxy: Some(repo_file("envoy/redis-proxy-cluster.yaml")),
+        redis_proxy_env: vec![
+            ("FLEET_CACHE_PROXY_PASSWORD".into(), PROXY_PASSWORD.into()),
+            ("FLEET_CACHE_REDIS_USER".into(), REDIS_USER.into()),
+            ("FLEET_CACHE_REDIS_PASSWORD".into(), REDIS_PASSWORD.into()),
+        ],
+        ..StackOptions::default()
+    })
+}
+
+fn cache_status(r: &Resp) -> String {
+    r.header("cache-status").unwrap_or_default().to_string()
+}
+
+fn is_hit(r: &Resp) -> bool {
+    cache_status(r).starts_with("fleet-cache; hit")
+}
+
+/// Waits until a GET of `path` through envoy `i` is a hit; returns it.
+fn hit_via(st: &Stack, i: usize, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut last = None;
+    let ok = poll(Duration::from_secs(5), || {
+        let r = st.get_via(i, path, headers);
+        let hit = is_hit(&r);
+        last = Some(r);
+        hit
+    });
+    let r = last.expect("one request");
+    assert!(
+        ok,
+        "{path} never a hit through envoy {i}: {}",
+        cache_status(&r)
+    );
+    r
+}
+
+#[test]
+fn entries_spread_over_the_masters_and_hit_through_the_other_proxy() {
+    let st = cluster_stack();
+    let paths: Vec<String> = (0..24)
+        .map(|i| format!("/c/{i}?size={}&cc=max-age%3D60", 500 + i))
+        .collect();
+    let mut bodies = Vec::new();
+    for p in &paths {
+        let miss = st.get_via(0, p, &[]);
+        assert_eq!(miss.status, 200);
+        assert!(!is_hit(&miss), "{p}: {}", cache_status(&miss));
+        bodies.push(miss.body);
+    }
+    for (p, body) in paths.iter().zip(&bodies) {
+        let hit = hit_via(&st, 1, p, &[]);
+        assert_eq!(&hit.body, body, "{p}: its own entry, byte for byte");
+    }
+    // The entries live on more than one master: the Cluster shares the working set.
+    let masters_with_keys = st
+        .cluster()
+        .master_ports()
+        .into_iter()
+        .filter(|&port| {
+            let n: u64 = support::cluster::node_cli(port, &["DBSIZE"])
+                .parse()
+                .unwrap_or(0);
+            n > 0
+        })
+        .count();
+    assert!(
+        masters_with_keys >= 2,
+        "{masters_with_keys} master(s) hold entries"
+    );
+    // No command crossed slots: none refused, none failed.
+    for i in 0..2 {
+        assert_eq!(
+            st.stat(i, "fleet_cache_store_errors").unwrap_or(0),
+            0,
+            "envoy {i}"
+        );
+        assert_eq!(
+            st.stat(i, "fleet_cache_publish_failures").unwrap_or(0),
+            0,
+            "envoy {i}"
+        );
+    }
+}
+
+#[test]
+fn variants_live_in_their_resources_slot_and_hit_across_proxies() {
+    let st = cluster_stack();
+    let path = "/v?cc=max-age%3D60&vary=Accept&echo=accept";
+    for accept in ["text/html", "application/json"] {
+        let miss = st.get_via(0, path, &[("accept", accept)]);
+        assert_eq!(miss.body, accept.as_bytes());
+    }
+    for accept in ["text/html", "application/json"] {
+        let hit = hit_via(&st, 1, path, &[("accept", accept)]);
+        assert_eq!(hit.body, accept.as_bytes(), "the variant of {accept}");
+    }
+    assert_eq!(st.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
+}
+
+#[test]
+fn invalidation_reaches_resources_in_other_slots() {
+    let st = cluster_stack();
+    let doc = "/doc?cc=max-age%3D60";
+    let item = "/items/7?cc=max-age%3D60";
+    for p in [doc, item] {
+        st.get_via(0, p, &[]);
+        hit_via(&st, 1, p, &[]);
+    }
+    // A POST to the document: gone before its response arrives.
+    let r = st.request("POST", doc, &[], b"change");
+    assert_eq!(r.status, 200);
+    let doc_after = st.get_via(1, doc, &[]);
+    assert!(
+        !is_hit(&doc_after),
+        "the target: {}",
+        cache_status(&doc_after)
+    );
+    // A POST whose answer's Location names the item, another slot than the POST's own target:
+    // the item goes right after the response.
+    let created = st.request(
+        "POST",
+        "/items?status=201&header=location:/items/7%3Fcc%3Dmax-age%253D60",
+        &[],
+        b"new",
+    );
+    assert_eq!(created.status, 201);
+    assert!(
+        poll(Duration::from_secs(3), || !is_hit(&st.get_via(
+            1,
+            item,
+            &[]
+        ))),
+        "the Location target was invalidated too"
+    );
+    assert_eq!(st.stat(0, "fleet_cache_store_errors").unwrap_or(0), 0);
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_and_refreshed_on_the_cluster() {
+    let st = cluster_stack();
+    let path = "/reval?size=2000&cc=max-age%3D1&etag=%22v1%22";
+    let first = st.get_via(0, path, &[]);
+    hit_via(&st, 1, path, &[]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let second = st.get_via(1, path, &[]);
+    assert_eq!(
+        cache_status(&second),
+        "fleet-cache; fwd=stale; fwd-status=304; stored",
+        "revalidated with a 304, its metadata refreshed in the store"
+    );
+    assert_eq!(second.body, first.body);
+    let third = hit_via(&st, 0, path, &[]);
+    assert_eq!(third.body, first.body);
+}
+
+/// Under concurrent load a worker's lookups and writes pile up: on a Cluster they still go one
+/// slot per callout. Without `store.redis_cluster` they would be batched across slots and the
+/// Cluster would refuse them (CROSSSLOT: store errors, nothing stored).
+#[test]
+fn concurrent_misses_and_hits_never_cross_slots() {
+    let st = cluster_stack();
+    let st = &st;
+    let run = |round: usize| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|client| {
+                    scope.spawn(move || {
+                        (0..6)
+                            .map(|i| {
+                                let p =
+                                    format!("/load/{client}-{i}?size={}&cc=max-age%3D60", 300 + i);
+                                let r = st.get_via(client % 2, &p, &[]);
+                                assert_eq!(r.status, 200, "{p}");
+                                (p, r, round)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let first = run(0);
+    let second = run(1);
+    let hits = second.iter().filter(|(_, r, _)| is_hit(r)).count();
+    for ((p, a, _), (_, b, _)) in first.iter().zip(&second) {
+        assert_eq!(a.body, b.body, "{p}");
+    }
+    for i in 0..2 {
+        assert_eq!(
+            st.stat(i, "fleet_cache_store_errors").unwrap_or(0),
+            0,
+            "envoy {i}"
+        );
+        assert_eq!(
+            st.stat(i, "fleet_cache_publish_failures").unwrap_or(0),
+            0,
+            "envoy {i}"
+        );
+    }
+    assert!(
+        hits >= second.len() * 9 / 10,
+        "{hits} of {} hits",
+        second.len()
+    );
+}
