@@ -261,3 +261,102 @@ fn concurrent_misses_and_hits_never_cross_slots() {
         second.len()
     );
 }
+
+/// A master killed under load: requests keep being answered (the store fails open), no body
+/// is ever wrong, mixed or cut, and once its replica is promoted (nothing restarted by hand)
+/// the keys of its slots are stored and hit again. The load is bounded and stops itself.
+#[test]
+fn a_master_killed_under_load_costs_no_wrong_answer_and_caching_resumes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+    let st = cluster_stack();
+    let keys: Vec<(String, usize)> = (0..40)
+        .map(|i| (format!("/fo/{i}"), 200 + 37 * i))
+        .collect();
+    let path = |(p, n): &(String, usize)| format!("{p}?size={n}&cc=max-age%3D60");
+    for k in &keys {
+        st.get_via(0, &path(k), &[]);
+    }
+    for k in &keys {
+        hit_via(&st, 1, &path(k), &[]);
+    }
+    let stop = AtomicBool::new(false);
+    let (ok, wrong, failed, hits, failed_open) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let victim = st.cluster().master_ports()[0];
+    let started = Instant::now();
+    let mut killed_at = None;
+    std::thread::scope(|scope| {
+        for client in 0..8 {
+            let (st, keys, stop) = (&st, &keys, &stop);
+            let (ok, wrong, failed, hits, failed_open) =
+                (&ok, &wrong, &failed, &hits, &failed_open);
+            scope.spawn(move || {
+                let mut i = client;
+                // Bounded: stops when told, or after 30 s whatever happens.
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+                    let k = &keys[i % keys.len()];
+                    i += 7;
+                    let r = st.get_via(client % 2, &path(k), &[]);
+                    if r.status != 200 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    } else if r.body != support::binary_body(&k.0, k.1) {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        if is_hit(&r) {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                        } else if cache_status(&r).contains("detail=store-") {
+                            failed_open.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        st.cluster().kill(victim);
+        killed_at = Some(Instant::now());
+        // The replica takes over (cluster-node-timeout 1 s): the Cluster is whole again.
+        assert!(
+            st.cluster().wait_healthy(Duration::from_secs(20)),
+            "no replica was promoted"
+        );
+        eprintln!(
+            "failover: the cluster whole again (replica promoted) {:?} after the kill",
+            killed_at.unwrap().elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(3000));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (ok, wrong, failed) = (ok.into_inner(), wrong.into_inner(), failed.into_inner());
+    eprintln!(
+        "failover: {ok} answered right ({} hits, {} from the origin because the store failed), \
+         {wrong} wrong, {failed} failed",
+        hits.into_inner(),
+        failed_open.into_inner()
+    );
+    assert_eq!(wrong, 0, "a wrong, mixed or cut body");
+    assert_eq!(failed, 0, "a request failed: the cache must fail open");
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    // Caching resumes on every slot: each key is a hit again (stored anew where it was lost).
+    for k in &keys {
+        let p = path(k);
+        let mut last = String::new();
+        let again = poll(Duration::from_secs(10), || {
+            let r = st.get_via(0, &p, &[]);
+            assert_eq!(r.body, support::binary_body(&k.0, k.1), "{p}");
+            last = cache_status(&r);
+            is_hit(&r)
+        });
+        assert!(
+            again,
+            "{p} never a hit again after the failover: {last}; nodes:\n{}",
+            st.cluster().cli(&["CLUSTER", "NODES"])
+        );
+    }
+}

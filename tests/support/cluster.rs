@@ -84,6 +84,9 @@ impl RedisCluster {
             .arg(self.dir.join(format!("nodes-{port}.conf")))
             // Failover within a few seconds of a master's death.
             .args(["--cluster-node-timeout", "1000"])
+            // Replicas sync at once (the default waits 5 s for more replicas to share one
+            // transfer): a replica that never synced can't be promoted.
+            .args(["--repl-diskless-sync-delay", "0"])
             // The harness' admin user, which replicas also replicate as (the store's own
             // user may not run PSYNC).
             .args(["--user", TEST_ADMIN_USER, "on"])
@@ -95,12 +98,18 @@ impl RedisCluster {
         lock(&self.nodes)[i] = Some(child);
     }
 
-    /// Every node agrees the cluster is ok, and every slot has a master.
+    /// Every live node says the cluster is ok, three of them are masters (a dead master's
+    /// replica promoted), and every replica's link to its master is up.
     pub fn wait_healthy(&self, timeout: Duration) -> bool {
         poll(timeout, || {
-            self.live_ports()
-                .iter()
+            let live = self.live_ports();
+            live.iter()
                 .all(|&p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && self.master_ports().len() == NODES / 2
+                && live.iter().all(|&p| {
+                    let info = cli(p, &["INFO", "replication"]);
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
         })
     }
 
