@@ -131,10 +131,11 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Lower-cases the host and drops the scheme's default port: `Example.COM:80` over http is
-/// `example.com`.
-pub fn normalize_authority(authority: &str, scheme: &str) -> String {
-    authority_without_default_port(authority, scheme).to_ascii_lowercase()
+/// Whether two authorities name one origin under `scheme`: case aside, and the scheme's
+/// default port aside (`Example.COM:80` over http is `example.com`).
+pub fn same_authority(a: &str, b: &str, scheme: &str) -> bool {
+    authority_without_default_port(a, scheme)
+        .eq_ignore_ascii_case(authority_without_default_port(b, scheme))
 }
 
 /// The authority trimmed and without the scheme's default port; case left as sent.

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::flow::OwnedReply;
 use crate::http::{RequestHead, ResponseHead};
-use crate::key::{CacheKey, normalize_authority, tag_set_key};
+use crate::key::{CacheKey, same_authority, tag_set_key};
 use crate::store::StoreError;
 
 /// The request method operators purge with (as Varnish, nginx and Squid do).
@@ -163,21 +163,19 @@ fn same_origin_path(req: &RequestHead, uri: &str) -> Option<String> {
     // The scheme ends at the first colon (RFC 3986 §3.1); an authority follows `//`.
     let (scheme, rest) = uri.split_once(':')?;
     let rest = rest.strip_prefix("//")?;
-    let scheme = scheme.to_ascii_lowercase();
     let req_scheme = if req.scheme.is_empty() {
-        "http".to_string()
+        "http"
     } else {
-        req.scheme.to_ascii_lowercase()
+        req.scheme.as_str()
     };
-    if scheme != req_scheme {
+    if !scheme.eq_ignore_ascii_case(req_scheme) {
         return None;
     }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    (normalize_authority(authority, &scheme) == normalize_authority(&req.authority, &scheme))
-        .then(|| path.to_string())
+    same_authority(authority, &req.authority, scheme).then(|| path.to_string())
 }
 
 fn text_reply(status: u16, body: &str) -> OwnedReply {

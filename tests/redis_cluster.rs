@@ -6,60 +6,50 @@
 mod support;
 
 use serde_json::json;
-use std::fs;
 use std::time::Duration;
+use support::secured::{credentials, options};
 use support::{Resp, Stack, StackOptions, poll};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const WEBDIS_CREDENTIALS: &str = "fleet-cache:webdis-pw-2b7e";
-const PROXY_PASSWORD: &str = "proxy-pw-c1d9";
-const REDIS_USER: &str = "fleet-cache-webdis";
-const REDIS_PASSWORD: &str = "redis-pw-4f0a";
-
-fn repo_file(name: &str) -> String {
-    fs::read_to_string(format!("{REPO}/{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
-}
-
-/// envoy/redis.conf for the Cluster's nodes: the default user off, Webdis' own user (through
-/// the proxy) with the scripts' rights and what topology discovery needs.
-fn redis_conf() -> String {
-    let conf = repo_file("envoy/redis.conf");
-    let line = conf
-        .lines()
-        .find(|l| l.starts_with("user default on nopass "))
-        .expect("envoy/redis.conf limits the default user");
-    let rights = line.trim_start_matches("user default on nopass ");
-    conf.replace(
-        line,
-        &format!(
-            "user default off\nuser {REDIS_USER} on >{REDIS_PASSWORD} {rights} \
-             +cluster|slots +cluster|info +readonly"
-        ),
-    )
-}
+const PURGE_TOKEN: &str = "purge-token-0123456789";
 
 fn cluster_stack() -> Stack {
-    let webdis = repo_file("envoy/webdis-auth.json")
-        .replace("{{WEBDIS_CREDENTIALS}}", WEBDIS_CREDENTIALS)
-        .replace("{{PROXY_PASSWORD}}", PROXY_PASSWORD);
+    let base = options(
+        json!({"credentials": credentials(), "redis_cluster": true}),
+        "envoy/redis-proxy-cluster.yaml",
+        // What the proxy's topology discovery needs on top of the scripts' commands.
+        "+cluster|slots +cluster|info +readonly",
+    );
+    let mut plugin = base.plugin_config.clone();
+    support::stack::merge_patch(
+        &mut plugin,
+        &json!({
+            // Every request asks the store: the in-proxy tier would hide it.
+            "memory": {"max_bytes": 0},
+            "purge": {"token": PURGE_TOKEN}
+        }),
+    );
     Stack::start(StackOptions {
         envoys: 2,
-        plugin_config: json!({
-            "store": {"credentials": WEBDIS_CREDENTIALS, "redis_cluster": true},
-            // Every request asks the store: the in-proxy tier would hide it.
-            "memory": {"max_bytes": 0}
-        }),
-        webdis_template: Some(webdis),
-        redis_conf: Some(redis_conf()),
+        plugin_config: plugin,
         redis_cluster: true,
-        redis_proxy: Some(repo_file("envoy/redis-proxy-cluster.yaml")),
-        redis_proxy_env: vec![
-            ("FLEET_CACHE_PROXY_PASSWORD".into(), PROXY_PASSWORD.into()),
-            ("FLEET_CACHE_REDIS_USER".into(), REDIS_USER.into()),
-            ("FLEET_CACHE_REDIS_PASSWORD".into(), REDIS_PASSWORD.into()),
-        ],
-        ..StackOptions::default()
+        ..base
     })
+}
+
+/// No store command failed, on either proxy: none crossed slots, none was refused.
+fn assert_no_store_errors(st: &Stack) {
+    for i in 0..2 {
+        assert_eq!(
+            st.stat(i, "fleet_cache_store_errors").unwrap_or(0),
+            0,
+            "envoy {i}"
+        );
+        assert_eq!(
+            st.stat(i, "fleet_cache_publish_failures").unwrap_or(0),
+            0,
+            "envoy {i}"
+        );
+    }
 }
 
 fn cache_status(r: &Resp) -> String {
@@ -121,19 +111,7 @@ fn entries_spread_over_the_masters_and_hit_through_the_other_proxy() {
         masters_with_keys >= 2,
         "{masters_with_keys} master(s) hold entries"
     );
-    // No command crossed slots: none refused, none failed.
-    for i in 0..2 {
-        assert_eq!(
-            st.stat(i, "fleet_cache_store_errors").unwrap_or(0),
-            0,
-            "envoy {i}"
-        );
-        assert_eq!(
-            st.stat(i, "fleet_cache_publish_failures").unwrap_or(0),
-            0,
-            "envoy {i}"
-        );
-    }
+    assert_no_store_errors(&st);
 }
 
 #[test]
@@ -243,18 +221,7 @@ fn concurrent_misses_and_hits_never_cross_slots() {
     for ((p, a, _), (_, b, _)) in first.iter().zip(&second) {
         assert_eq!(a.body, b.body, "{p}");
     }
-    for i in 0..2 {
-        assert_eq!(
-            st.stat(i, "fleet_cache_store_errors").unwrap_or(0),
-            0,
-            "envoy {i}"
-        );
-        assert_eq!(
-            st.stat(i, "fleet_cache_publish_failures").unwrap_or(0),
-            0,
-            "envoy {i}"
-        );
-    }
+    assert_no_store_errors(st);
     assert!(
         hits >= second.len() * 9 / 10,
         "{hits} of {} hits",
@@ -359,4 +326,50 @@ fn a_master_killed_under_load_costs_no_wrong_answer_and_caching_resumes() {
             st.cluster().cli(&["CLUSTER", "NODES"])
         );
     }
+}
+
+#[test]
+fn purges_by_url_and_by_tag_reach_every_slot() {
+    let st = cluster_stack();
+    let tagged: Vec<String> = (0..8)
+        .map(|i| {
+            let tags = if i % 2 == 0 { "blue%20all" } else { "all" };
+            format!("/t/{i}?cc=max-age%3D60&header=surrogate-key:{tags}")
+        })
+        .collect();
+    for p in &tagged {
+        st.get_via(0, p, &[]);
+        hit_via(&st, 1, p, &[]);
+    }
+    // The eight resources live in several slots, as do the tag sets.
+    let mut slots: Vec<u16> = tagged
+        .iter()
+        .map(|p| fleet_cache::store::layout::slot(&st.primary_key(p).redis_key))
+        .collect();
+    slots.sort();
+    slots.dedup();
+    assert!(slots.len() > 4, "{slots:?}");
+    let purge = |target: &str, tags: Option<&str>| {
+        let mut h = vec![("x-purge-token", PURGE_TOKEN)];
+        if let Some(t) = tags {
+            h.push(("x-purge-tags", t));
+        }
+        st.request_via(1, "PURGE", target, &h, b"")
+    };
+    let r = purge("/", Some("blue"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"{\"purged\":4}\n");
+    for (i, p) in tagged.iter().enumerate() {
+        assert_eq!(
+            is_hit(&st.get_via(0, p, &[])),
+            i % 2 == 1,
+            "{p}: blue ones gone, others kept"
+        );
+    }
+    // By URL: one resource, wherever its slot.
+    let r = purge(&tagged[1], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"{\"purged\":1}\n");
+    assert!(!is_hit(&st.get_via(0, &tagged[1], &[])));
+    assert_eq!(st.stat(1, "fleet_cache_store_errors").unwrap_or(0), 0);
 }

@@ -8,69 +8,25 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::client::request;
+use support::secured::{
+    PROXY_PASSWORD, REDIS_PASSWORD, WEBDIS_PASSWORD, WEBDIS_USER, credentials, options, repo_file,
+};
 use support::{Resp, Stack, StackOptions, poll};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-/// What the filter presents to Webdis.
-const WEBDIS_USER: &str = "fleet-cache";
-const WEBDIS_PASSWORD: &str = "webdis-pw-5d1e0c";
-/// What Webdis presents to the redis_proxy.
-const PROXY_PASSWORD: &str = "proxy-pw-91c0aa";
-/// The Redis ACL user the redis_proxy logs in as.
-const REDIS_USER: &str = "fleet-cache-webdis";
-const REDIS_PASSWORD: &str = "redis-pw-77ab3f";
-
-fn repo_file(name: &str) -> String {
-    fs::read_to_string(format!("{REPO}/{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
+/// The whole chain secured; `store` is what the plugin config says about credentials.
+fn secured(store: Value) -> Stack {
+    secured_with(store, None, 2)
 }
 
-/// envoy/redis.conf with the default user off and the same rights given to Webdis' own user,
-/// as README's "Store access" says to deploy it.
-fn redis_conf() -> String {
-    let conf = repo_file("envoy/redis.conf");
-    let line = conf
-        .lines()
-        .find(|l| l.starts_with("user default on nopass "))
-        .expect("envoy/redis.conf limits the default user");
-    let rights = line.trim_start_matches("user default on nopass ");
-    let with_user = conf.replace(
-        line,
-        &format!("user default off\nuser {REDIS_USER} on >{REDIS_PASSWORD} {rights}"),
-    );
-    assert!(with_user.contains("user default off"));
-    with_user
-}
-
-/// The whole chain secured; `credentials` is what the plugin config says about them.
-fn secured(credentials: Value) -> Stack {
-    secured_with(credentials, None, 2)
-}
-
-fn secured_with(credentials: Value, envoy_template: Option<String>, workers: usize) -> Stack {
-    let webdis = repo_file("envoy/webdis-auth.json")
-        .replace(
-            "{{WEBDIS_CREDENTIALS}}",
-            &format!("{WEBDIS_USER}:{WEBDIS_PASSWORD}"),
-        )
-        .replace("{{PROXY_PASSWORD}}", PROXY_PASSWORD);
+fn secured_with(store: Value, envoy_template: Option<String>, workers: usize) -> Stack {
     Stack::start(StackOptions {
-        plugin_config: json!({ "store": credentials }),
-        webdis_template: Some(webdis),
-        redis_conf: Some(redis_conf()),
-        redis_proxy: Some(repo_file("envoy/redis-proxy.yaml")),
-        redis_proxy_env: vec![
-            ("FLEET_CACHE_PROXY_PASSWORD".into(), PROXY_PASSWORD.into()),
-            ("FLEET_CACHE_REDIS_USER".into(), REDIS_USER.into()),
-            ("FLEET_CACHE_REDIS_PASSWORD".into(), REDIS_PASSWORD.into()),
-        ],
         envoy_template,
         concurrency: workers,
-        ..StackOptions::default()
+        ..options(store, "envoy/redis-proxy.yaml", "")
     })
 }
 
@@ -112,7 +68,7 @@ fn unauthenticated_ping(port: u16) -> String {
 
 #[test]
 fn webdis_and_redis_refuse_whoever_has_no_credentials() {
-    let st = secured(json!({ "credentials": format!("{WEBDIS_USER}:{WEBDIS_PASSWORD}") }));
+    let st = secured(json!({ "credentials": credentials() }));
     let webdis = |auth: Option<String>| {
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("authorization", a.as_str())).collect();
@@ -148,7 +104,7 @@ fn webdis_and_redis_refuse_whoever_has_no_credentials() {
 
 #[test]
 fn the_filter_presents_its_credentials_and_caches_through_the_secured_chain() {
-    let st = secured(json!({ "credentials": format!("{WEBDIS_USER}:{WEBDIS_PASSWORD}") }));
+    let st = secured(json!({ "credentials": credentials() }));
     let path = "/auth/a?cc=max-age%3D60";
     let miss = st.get(path, &[]);
     assert_eq!(miss.status, 200);

@@ -222,8 +222,24 @@ fn every_command_round_trips_through_webdis_and_redis() {
         "{pttl}: the longest TTL stays"
     );
 
-    // Purge by tag and invalidation, with counts.
-    let (ans, _) = run(&st, 102, &Command::PurgeTags(std::slice::from_ref(&tag)));
+    // Purge by tag, in parts: the tag set's members (and the set gone), then its resources.
+    let (ans, _) = run(&st, 102, &Command::TakeTagSet { key: &tag });
+    assert_eq!(ans, Ok(Answer::Members(vec![a.clone()])));
+    assert_eq!(st.redis_cli(&["EXISTS", &tag]), "0");
+    let (ans, _) = run(&st, 106, &Command::TakeTagSet { key: &tag });
+    assert_eq!(
+        ans,
+        Ok(Answer::Members(vec![])),
+        "a missing set has no members"
+    );
+    st.redis_cli(&["SET", &tag, "junk"]);
+    let (ans, _) = run(&st, 107, &Command::TakeTagSet { key: &tag });
+    assert_eq!(
+        ans,
+        Ok(Answer::Members(vec![])),
+        "nor a key of another type"
+    );
+    let (ans, _) = run(&st, 108, &Command::Invalidate(std::slice::from_ref(&a)));
     assert_eq!(ans, Ok(Answer::Count(1)));
     assert_eq!(st.redis_cli(&["EXISTS", &a]), "0");
     let (ans, _) = run(&st, 103, &Command::Invalidate(&[b.clone(), k("nothing")]));

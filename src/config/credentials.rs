@@ -53,11 +53,7 @@ pub(super) fn authorization(
                 _ => {
                     return Err(err(
                         "store.credentials_env",
-                        format!(
-                            "the Wasm VM has no environment variable {env} (or it is empty): \
-                             give it through vm_config.environment_variables, or in Istio \
-                             the WasmPlugin's vmConfig.env"
-                        ),
+                        format!("{env} is unset or empty in the Wasm VM's environment"),
                     ));
                 }
             }

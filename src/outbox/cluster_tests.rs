@@ -138,3 +138,36 @@ fn a_held_invalidation_waits_for_its_own_slot_and_the_others_follow() {
     assert!(s.redis.strings.is_empty(), "all three removed");
     assert_eq!(s.redis.crossslot, 0);
 }
+
+#[test]
+fn a_purge_by_tag_reads_each_set_then_removes_its_resources_slot_by_slot() {
+    let mut s = cluster();
+    for i in 0..6 {
+        let tags: &[&str] = if i % 2 == 0 {
+            &["n:tag:even", "n:tag:all"]
+        } else {
+            &["n:tag:all"]
+        };
+        s.outbox.write(tagged_entry(&res(i), b"e", tags));
+    }
+    s.pump();
+    s.answer_all();
+    assert_eq!(s.redis.strings.len(), 6);
+    assert!(
+        s.outbox
+            .purge(9, PurgeCommand::Tags(vec!["n:tag:even".into()]))
+            .is_none()
+    );
+    s.pump();
+    s.answer_all();
+    assert!(
+        matches!(s.replies.get(&9), Some((_, Reply::Purge(Ok(3))))),
+        "{:?}",
+        s.replies.get(&9)
+    );
+    for i in 0..6 {
+        assert_eq!(s.redis.strings.contains_key(&res(i)), i % 2 == 1, "{i}");
+    }
+    assert!(!s.redis.sets.contains_key("n:tag:even"), "the set is gone");
+    assert_eq!(s.redis.crossslot, 0, "no callout crossed slots");
+}

@@ -43,6 +43,7 @@
 pub mod breaker;
 pub mod collapse;
 pub mod stream_map;
+pub mod tag_purge;
 pub mod writes;
 
 use crate::store::layout::slot;
@@ -56,6 +57,7 @@ use std::collections::VecDeque;
 use std::ops::{Deref, Range};
 use std::rc::Rc;
 use stream_map::StreamMap;
+use tag_purge::{Part, TagPurges};
 use writes::{Job, Outcome, WriteQueue};
 
 /// A stream (request) of the worker, by the host's context id.
@@ -232,10 +234,8 @@ enum Carries {
     },
     /// A write batch (entries, or one refresh or invalidation).
     Writes(Vec<Job>),
-    Purge {
-        stream: StreamId,
-        purge: PurgeCommand,
-    },
+    /// A purge by URL: these resources.
+    Purge { stream: StreamId, keys: Vec<String> },
     /// An invalidation a stream's response is held for.
     Invalidation { stream: StreamId, keys: Vec<String> },
     /// A lock a background job asked for.
@@ -244,6 +244,8 @@ enum Carries {
         key: String,
         ttl_ms: u64,
     },
+    /// A part of a purge by tag on a Cluster (`tag_purge.rs`).
+    TagPurge { id: u64, part: Part },
     /// Bytes `start..end` of a large value being assembled (by assembly `id`: a piece of a
     /// read that was abandoned is no one's, even if the key is read again).
     Piece {
@@ -311,15 +313,17 @@ impl Carries {
                     locking: None,
                 },
             },
-            Carries::Purge {
-                purge: PurgeCommand::Resources(keys),
-                ..
+            Carries::Purge { keys, .. } | Carries::Invalidation { keys, .. } => {
+                Command::Invalidate(keys)
             }
-            | Carries::Invalidation { keys, .. } => Command::Invalidate(keys),
-            Carries::Purge {
-                purge: PurgeCommand::Tags(keys),
+            Carries::TagPurge {
+                part: Part::Set(key),
                 ..
-            } => Command::PurgeTags(keys),
+            } => Command::TakeTagSet { key },
+            Carries::TagPurge {
+                part: Part::Resources(keys),
+                ..
+            } => Command::Invalidate(keys),
             Carries::Lock { key, ttl_ms, .. } => Command::Lock {
                 key,
                 ttl_ms: *ttl_ms,
@@ -423,7 +427,10 @@ pub struct Outbox {
     writes: WriteQueue,
     /// No write is sent before this (after the host refused one).
     write_retry_at_ms: u64,
-    purges: VecDeque<(StreamId, PurgeCommand)>,
+    /// Purges by URL: the resources' keys.
+    purges: VecDeque<(StreamId, Vec<String>)>,
+    /// Purges by tag on a Cluster, part by part.
+    tag_purges: TagPurges,
     /// Locks background jobs asked for: job, key, lifetime.
     locks: VecDeque<(StreamId, String, u64)>,
     /// Invalidations to send, each for a held response.
@@ -454,6 +461,7 @@ impl Outbox {
             writes: WriteQueue::new(settings.max_queue_bytes, settings.one_slot),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
+            tag_purges: TagPurges::default(),
             locks: VecDeque::new(),
             invalidations: VecDeque::new(),
             holds: Vec::new(),
@@ -575,7 +583,11 @@ impl Outbox {
         if !self.breaker.admits_writes() {
             return Some(Reply::Purge(Err(StoreError::BreakerOpen)));
         }
-        self.purges.push_back((stream, purge));
+        match purge {
+            // A tag set and its resources may be in other slots (a Cluster): part by part.
+            PurgeCommand::Tags(sets) => self.tag_purges.start(stream, sets),
+            PurgeCommand::Resources(keys) => self.purges.push_back((stream, keys)),
+        }
         None
     }
 
@@ -807,10 +819,17 @@ impl Outbox {
         if now_ms >= self.write_retry_at_ms {
             self.write_retry_at_ms = 0;
         }
-        while let Some((stream, purge)) = self.purges.pop_front() {
+        if let Some((id, part)) = self.tag_purges.next_part() {
+            // Started while the breaker admitted writes: it finishes, or fails on its own.
+            return Some((
+                Carries::TagPurge { id, part },
+                self.settings.write_timeout_ms,
+            ));
+        }
+        while let Some((stream, keys)) = self.purges.pop_front() {
             if self.breaker.admits_writes() {
                 return Some((
-                    Carries::Purge { stream, purge },
+                    Carries::Purge { stream, keys },
                     self.settings.write_timeout_ms,
                 ));
             }
@@ -1023,6 +1042,26 @@ impl Outbox {
             (Carries::Invalidation { stream, keys }, Answer::Count(_)) => {
                 self.release(stream, Ok(()), keys);
             }
+            (
+                Carries::TagPurge {
+                    id,
+                    part: Part::Set(set),
+                },
+                Answer::Members(members),
+            ) => {
+                self.tag_purges.set_read(id, &set, members);
+                self.tag_purge_finished();
+            }
+            (
+                Carries::TagPurge {
+                    id,
+                    part: Part::Resources(_),
+                },
+                Answer::Count(n),
+            ) => {
+                self.tag_purges.removed(id, n);
+                self.tag_purge_finished();
+            }
             (Carries::Lock { job, .. }, Answer::Count(n)) => {
                 self.replies
                     .push_back((job, Reply::Locked((n == 1).then_some(nonce))));
@@ -1106,12 +1145,23 @@ impl Outbox {
             }
             Carries::Invalidation { stream, keys } => self.invalidation_failed(stream, keys, e),
             Carries::Lock { job, .. } => self.replies.push_back((job, Reply::Locked(None))),
+            Carries::TagPurge { id, .. } => {
+                self.tag_purges.failed(id, e);
+                self.tag_purge_finished();
+            }
             Carries::Piece { id, .. } => {
                 if let Some(i) = self.assemblies.iter().position(|a| a.id == id) {
                     let a = self.assemblies.remove(i);
                     self.reply_all(&a.streams, Err(e));
                 }
             }
+        }
+    }
+
+    /// Answers the purges by tag whose parts are all settled.
+    fn tag_purge_finished(&mut self) {
+        while let Some((stream, result)) = self.tag_purges.finished() {
+            self.replies.push_back((stream, Reply::Purge(result)));
         }
     }
 

@@ -158,19 +158,13 @@ impl Redis {
             out.extend_from_slice(b"*2\r\n");
             bulk(&mut out, &nonce);
             bulk(&mut out, n.to_string().as_bytes());
-        } else if script.starts_with("local n=0 for _,t") {
-            let mut n = 0;
-            for t in &keys {
-                for p in self.sets.remove(t).unwrap_or_default() {
-                    for k in self.sets.remove(&format!("{p}:v")).unwrap_or_default() {
-                        self.strings.remove(&k);
-                    }
-                    n += self.strings.remove(&p).is_some() as i64;
-                }
-            }
-            out.extend_from_slice(b"*2\r\n");
+        } else if script.starts_with("local m=redis.pcall('SMEMBERS',KEYS[1])") {
+            let members = self.sets.remove(&keys[0]).unwrap_or_default();
+            out.extend_from_slice(format!("*{}\r\n", members.len() + 1).as_bytes());
             bulk(&mut out, &nonce);
-            bulk(&mut out, n.to_string().as_bytes());
+            for m in members {
+                bulk(&mut out, m.as_bytes());
+            }
         } else if script.starts_with("local k=KEYS[1] local t=redis.call('TYPE'") {
             self.sets
                 .entry(keys[0].clone())

@@ -324,15 +324,15 @@ impl WriteQueue {
 
 /// `keys` grouped by their Redis Cluster slot, each group in the order of its first key.
 pub fn by_slot(keys: Vec<String>) -> Vec<Vec<String>> {
-    let mut groups: Vec<(u16, Vec<String>)> = Vec::new();
+    let mut groups: Vec<Vec<String>> = Vec::new();
     for k in keys {
         let s = slot(&k);
-        match groups.iter_mut().find(|(g, _)| *g == s) {
-            Some((_, g)) => g.push(k),
-            None => groups.push((s, vec![k])),
+        match groups.iter_mut().find(|g| slot(&g[0]) == s) {
+            Some(g) => g.push(k),
+            None => groups.push(vec![k]),
         }
     }
-    groups.into_iter().map(|(_, g)| g).collect()
+    groups
 }
 
 /// Whether these jobs write an entry of one of `keys`.

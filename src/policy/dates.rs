@@ -71,7 +71,8 @@ pub fn http_date_s(v: &str) -> Option<u64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-const WEEKDAYS: [&str; 7] = [
+/// Monday first: `weekday` numbers them from 1.
+pub(crate) const WEEKDAYS: [&str; 7] = [
     "Monday",
     "Tuesday",
     "Wednesday",

@@ -298,18 +298,10 @@ mod tests {
             .filter(|p| !p.is_empty())
             .collect();
         let (wday, day, month, year, time) = (p[0], p[1], p[2], p[3], p[4]);
-        let full = [
-            "Monday",
-            "Tuesday",
-            "Wednesday",
-            "Thursday",
-            "Friday",
-            "Saturday",
-            "Sunday",
-        ]
-        .into_iter()
-        .find(|d| d.starts_with(wday))
-        .unwrap();
+        let full = crate::policy::dates::WEEKDAYS
+            .into_iter()
+            .find(|d| d.starts_with(wday))
+            .unwrap();
         for expires in [
             fixdate.to_lowercase(),
             format!(

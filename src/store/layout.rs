@@ -1,6 +1,6 @@
 //! The Redis key layout, in one place: every key the filter reads or writes is built here, and
-//! the scripts that derive keys from others (purge by tag finds a resource's variants set) use
-//! [`VARIANTS_SUFFIX`] from here too.
+//! the scripts that derive keys from others (an entry's lock) use [`LOCK_SUFFIX`] from here
+//! too.
 //!
 //! ```text
 //! <namespace>:{<sha256 hex>}      a resource: its entry, or for a varying response its

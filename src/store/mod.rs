@@ -209,8 +209,9 @@ pub enum Command<'a> {
     },
     /// Remove these resources with their variants.
     Invalidate(&'a [String]),
-    /// Remove every resource listed in these tag sets.
-    PurgeTags(&'a [String]),
+    /// Read the members of the tag set at `key` and remove it (a purge by tag: its resources
+    /// are removed apart, in their own slots on a Cluster).
+    TakeTagSet { key: &'a str },
     /// Bytes `start..end` of the value at `key`, if it still has `total` bytes.
     Piece {
         key: &'a str,
@@ -232,8 +233,9 @@ impl Command<'_> {
             | Command::Refresh(_)
             | Command::Unlock { .. }
             | Command::TagAdd { .. } => Expect::Done,
-            Command::Invalidate(_) | Command::PurgeTags(_) | Command::Lock { .. } => Expect::Count,
+            Command::Invalidate(_) | Command::Lock { .. } => Expect::Count,
             Command::Piece { .. } => Expect::Piece,
+            Command::TakeTagSet { .. } => Expect::Members,
         }
     }
 }
@@ -246,6 +248,7 @@ pub enum Expect {
     Done,
     Count,
     Piece,
+    Members,
 }
 
 /// A request to send, in the transport's terms.
@@ -325,6 +328,8 @@ pub enum Answer {
     Count(u64),
     /// The piece's bytes, or `None` if the value changed (another length) or is gone.
     Piece(Option<Range<usize>>),
+    /// A set's members (keys, so text).
+    Members(Vec<String>),
 }
 
 /// The request that carries `command`, tied to it by `nonce`.

@@ -12,7 +12,7 @@
 //! starts with it: an answer is used only for the command it answers (Webdis has been seen
 //! delivering an abandoned request's answer on a later callout).
 
-use super::layout::{LOCK_SUFFIX, VARIANTS_SUFFIX};
+use super::layout::LOCK_SUFFIX;
 use super::{Answer, Command, Expect, Locking, Marker, Request, Slot, StoreError, Unlock, Write};
 use crate::key::push_hex;
 use std::borrow::Cow;
@@ -157,23 +157,6 @@ n=n+redis.call('DEL',KEYS[i]) redis.call('DEL',KEYS[i+1]) redis.call('DEL',KEYS[
 return {ARGV[1],n}",
 ];
 
-/// Removes every resource listed in the tag sets (KEYS), with their variants, and the tag
-/// sets. Answers `[nonce, how many resource keys existed]`.
-const PURGE_TAGS: [&str; 5] = [
-    "local n=0 \
-for _,t in ipairs(KEYS) do \
-local ps=redis.pcall('SMEMBERS',t) \
-if ps['err']==nil then for _,p in ipairs(ps) do \
-local vs=redis.pcall('SMEMBERS',p..'",
-    VARIANTS_SUFFIX,
-    "') if vs['err']==nil then for _,k in ipairs(vs) do redis.call('DEL',k) end end \
-n=n+redis.call('DEL',p) redis.call('DEL',p..'",
-    VARIANTS_SUFFIX,
-    "') end end \
-redis.call('DEL',t) end \
-return {ARGV[1],n}",
-];
-
 /// The lock at KEYS[1]: ARGV nonce, owner, `r` (free it if this owner still holds it) or a
 /// marker (`h`, `x`) to set for ARGV[4] ms whoever holds it (a lock key of another type is
 /// left alone). Answers the nonce.
@@ -190,6 +173,12 @@ const TAG_ADD: [&str; 1] = ["local k=KEYS[1] local t=redis.call('TYPE',k)['ok'] 
 if t~='set' and t~='none' then redis.call('DEL',k) end redis.call('SADD',k,ARGV[3]) \
 if redis.call('PTTL',k)<tonumber(ARGV[2]) then redis.call('PEXPIRE',k,ARGV[2]) end \
 return ARGV[1]"];
+
+/// The members of the tag set at KEYS[1] (none if it is missing or another type), and the set
+/// removed. Answers `[nonce, member...]`.
+const TAKE_TAG_SET: [&str; 1] = ["local m=redis.pcall('SMEMBERS',KEYS[1]) \
+if m['err'] then m={} end redis.call('DEL',KEYS[1]) local o={ARGV[1]} \
+for _,k in ipairs(m) do o[#o+1]=k end return o"];
 
 /// Takes the lock at KEYS[1] if it is free, for ARGV[2] ms, the nonce as owner. Answers
 /// `[nonce, 1]` if taken, `[nonce, 0]` if not (held, a marker, another type, or Redis out of
@@ -357,10 +346,6 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
                 .collect();
             get(eval_path(script!(INVALIDATE), &keys, nonce, 0))
         }
-        Command::PurgeTags(tag_set_keys) => {
-            let keys: Vec<&str> = tag_set_keys.iter().map(String::as_str).collect();
-            get(eval_path(script!(PURGE_TAGS), &keys, nonce, 0))
-        }
         Command::TagAdd {
             set,
             member,
@@ -372,6 +357,7 @@ pub fn encode<'a>(nonce: u64, command: &Command<'a>) -> Request<'a> {
             encode_arg(&mut path, member.as_bytes());
             get(path)
         }
+        Command::TakeTagSet { key } => get(eval_path(script!(TAKE_TAG_SET), &[key], nonce, 0)),
         Command::Lock { key, ttl_ms } => {
             let lock = super::layout::lock_key(key);
             let mut path = eval_path(script!(LOCK), &[&lock], nonce, 24);
@@ -490,6 +476,14 @@ pub fn decode(
             Answer::ValuesAndWrites(slots, written)
         }
         (Expect::Count, Some(2)) => Answer::Count(r.number()?),
+        (Expect::Members, Some(n)) => {
+            let mut members = Vec::with_capacity(n - 1);
+            for _ in 1..n {
+                let m = r.bulk()?.ok_or(StoreError::Garbage)?;
+                members.push(String::from_utf8(m.to_vec()).map_err(|_| StoreError::Garbage)?);
+            }
+            Answer::Members(members)
+        }
         (Expect::Piece, Some(2)) => {
             let range = r.bulk_range()?.ok_or(StoreError::Garbage)?;
             Answer::Piece((!range.is_empty()).then_some(range))

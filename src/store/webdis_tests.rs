@@ -161,8 +161,7 @@ fn refresh_invalidate_purge_piece_paths() {
         p.ends_with(&format!("/1/ns%3Ak%3Alock/{NONCE}/30000.raw")),
         "{p}"
     );
-    let tags = vec!["ns:tag:x".to_string()];
-    let (p, _) = path(encode(N, &Command::PurgeTags(&tags)));
+    let (p, _) = path(encode(N, &Command::TakeTagSet { key: "ns:tag:x" }));
     assert!(p.ends_with(&format!("/1/ns%3Atag%3Ax/{NONCE}.raw")), "{p}");
     let piece = Command::Piece {
         key: "ns:a",
@@ -175,11 +174,6 @@ fn refresh_invalidate_purge_piece_paths() {
         p.ends_with(&format!("/1/ns%3Aa/{NONCE}/100/50/99.raw")),
         "{p}"
     );
-}
-
-#[test]
-fn the_variants_suffix_is_the_layouts() {
-    assert!(PURGE_TAGS.concat().contains("p..':v'"));
 }
 
 fn ok(expect: Expect, body: &[u8]) -> Result<Answer, StoreError> {
@@ -374,4 +368,28 @@ fn garbage_is_garbage() {
             String::from_utf8_lossy(&body)
         );
     }
+}
+
+#[test]
+fn members_answers() {
+    assert_eq!(
+        ok(
+            Expect::Members,
+            &frame(&[b"$3\r\nn:a\r\n", b"$3\r\nn:b\r\n"])
+        ),
+        Ok(Answer::Members(vec!["n:a".into(), "n:b".into()]))
+    );
+    assert_eq!(
+        ok(Expect::Members, &frame(&[])),
+        Ok(Answer::Members(vec![]))
+    );
+    // Not text, not a string, or cut short: garbage.
+    assert_eq!(
+        ok(Expect::Members, &frame(&[b"$2\r\n\xff\xfe\r\n"])),
+        Err(StoreError::Garbage)
+    );
+    assert_eq!(
+        ok(Expect::Members, &frame(&[b":1\r\n"])),
+        Err(StoreError::Garbage)
+    );
 }
