@@ -98,3 +98,4 @@ bench: build
 	@bench/setup.sh
 	.venv/bin/python bench/bench.py
 	.venv/bin/python bench/protect.py
+	.venv/bin/python bench/capacity.py

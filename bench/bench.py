@@ -125,10 +125,10 @@ class Procs:
                 pass
             os.unlink(path)
 
-    def start(self, name, argv):
+    def start(self, name, argv, env=None):
         logf = open(os.path.join(RUN, f"{name}.log"), "w")
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                             start_new_session=True, cwd=ROOT)
+                             start_new_session=True, cwd=ROOT, env=env)
         logf.close()
         with open(os.path.join(RUN, f"{name}.pid"), "w") as f:
             f.write(f"{p.pid}\n{argv[0]}\n")
