@@ -128,7 +128,7 @@ fn main() {
         )
         .expect("bench config"),
     );
-    let worker = Worker::new(&cfg);
+    let worker = Worker::new(&cfg, 0x5eed);
     let mut stored = None;
     // A miss records it, a store hit fills the tier: from then on every hit is in memory.
     one(&cfg, &worker, T0, &mut stored);

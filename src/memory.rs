@@ -18,6 +18,7 @@ use crate::entry::{ResponseMeta, VariantsMeta};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use xxhash_rust::xxh64::Xxh64Builder;
 
 /// A value as the store had it, validated and decoded.
 #[derive(Debug, Clone)]
@@ -67,7 +68,7 @@ const GONE: u64 = u64::MAX;
 pub struct MemoryTier {
     /// Keys are shared with `recency`: a hit moves a key in the recency order without
     /// copying it.
-    slots: HashMap<Rc<str>, Slot>,
+    slots: HashMap<Rc<str>, Slot, Xxh64Builder>,
     /// Places, oldest first. A use appends a place with a new tick and leaves the old one
     /// behind, stale: skipped on eviction and dropped when stale places outnumber live ones.
     /// O(1) per hit with no hashing, where a tree ordered by tick paid a removal and an
@@ -95,7 +96,7 @@ const SLOT_OVERHEAD: usize = 256;
 impl MemoryTier {
     pub fn new(max_bytes: usize, max_age_ms: u64) -> MemoryTier {
         MemoryTier {
-            slots: HashMap::new(),
+            slots: HashMap::with_hasher(Xxh64Builder::new(0)),
             recency: VecDeque::new(),
             next_tick: 0,
             bytes: 0,
@@ -105,6 +106,13 @@ impl MemoryTier {
             closed_until_ms: 0,
             tombstone_ms: 0,
         }
+    }
+
+    /// Seeds the hash of the slots' keys (a random seed per VM: keys a client can steer must
+    /// not be made to collide). XXH64, already in the .wasm for checksums, not std's SipHash.
+    pub fn with_seed(mut self, seed: u64) -> MemoryTier {
+        self.slots = HashMap::with_hasher(Xxh64Builder::new(seed));
+        self
     }
 
     /// Sets how long a removed key refuses values read from the store: longer than any lookup

@@ -294,12 +294,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(cfg: &Config) -> Rc<Worker> {
+    /// `seed`: random, per VM (the in-proxy tier's hash).
+    pub fn new(cfg: &Config, seed: u64) -> Rc<Worker> {
         Rc::new(Worker {
             budget: MemoryBudget::new(cfg.max_recording_bytes),
             memory: RefCell::new(
                 MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)
-                    .with_tombstones(longest_lookup_ms(cfg)),
+                    .with_tombstones(longest_lookup_ms(cfg))
+                    .with_seed(seed),
             ),
             uncacheable: RefCell::default(),
             revalidating: RefCell::default(),

@@ -228,6 +228,26 @@ pub fn now_ms() -> u64 {
     }
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+unsafe extern "C" {
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+}
+
+/// 64 random bits from the host (WASI `random_get`, which Envoy provides); the clock's
+/// nanoseconds if it refuses. Not std's `RandomState`: its `expect` on the WASI call brings
+/// WASI's errno names and SipHash into the .wasm (~3 KB).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: the host writes at most `b.len()` bytes into `b`.
+    if unsafe { random_get(b.as_mut_ptr(), b.len()) } == 0 {
+        return u64::from_le_bytes(b);
+    }
+    let mut ns = 0u64;
+    // SAFETY: the host writes one u64.
+    unsafe { proxy_get_current_time_nanoseconds(&mut ns) };
+    ns
+}
+
 /// Makes host calls apply to another context (a stream served by the root).
 pub fn set_effective_context(id: u32) -> Result<(), HostError> {
     // SAFETY: a plain value.

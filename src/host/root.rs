@@ -7,7 +7,6 @@ use crate::config::Config;
 use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use std::hash::{BuildHasher, RandomState};
 use std::rc::Rc;
 
 pub struct CacheRoot {
@@ -78,7 +77,7 @@ impl RootContext for CacheRoot {
             "fleet-cache: configured (namespace {}, store cluster {}, timeout {} ms)",
             config.namespace, config.store.cluster, config.store.timeout_ms
         );
-        let seed = RandomState::new().hash_one(self.id);
+        let seed = abi::random_u64() ^ u64::from(self.id);
         let shared = Rc::new(Shared::new(config, self.id, seed));
         // The first tick, a millisecond from now, registers this VM with its siblings (before
         // traffic reaches it). Not here: Envoy also configures VMs it discards at once (config

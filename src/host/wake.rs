@@ -16,7 +16,6 @@
 
 use log::warn;
 use std::cell::Cell;
-use std::hash::{BuildHasher, RandomState};
 use std::ptr::null_mut;
 
 // The proxy-wasm ABI's shared-queue calls (the same imports the SDK declares), returning the
@@ -81,7 +80,7 @@ impl Wake {
     /// Registers this VM's wake-up queue. Call from the root context (the queue's callbacks
     /// go to the context that registered it).
     pub fn register() -> Wake {
-        let name = format!("fleet_cache.wake.{:016x}", RandomState::new().hash_one(0u8));
+        let name = format!("fleet_cache.wake.{:016x}", super::abi::random_u64());
         let queue = register(&name);
         if queue.is_none() {
             warn!(

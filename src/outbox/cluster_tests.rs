@@ -134,6 +134,11 @@ fn a_held_invalidation_waits_for_its_own_slot_and_the_others_follow() {
     assert_eq!(s.keys_out(0), 2);
     s.answer();
     assert_eq!(s.invalidated(7).map(|(_, r)| r), Some(Ok(())));
+    // The reply names all three: sibling workers forget each of them.
+    match &s.replies[&7].1 {
+        Reply::Invalidated(_, keys) => assert_eq!(keys.len(), 3, "{keys:?}"),
+        other => panic!("{other:?}"),
+    }
     s.answer_all();
     assert!(s.redis.strings.is_empty(), "all three removed");
     assert_eq!(s.redis.crossslot, 0);
@@ -170,4 +175,26 @@ fn a_purge_by_tag_reads_each_set_then_removes_its_resources_slot_by_slot() {
     }
     assert!(!s.redis.sets.contains_key("n:tag:even"), "the set is gone");
     assert_eq!(s.redis.crossslot, 0, "no callout crossed slots");
+}
+
+#[test]
+fn writes_of_one_slot_never_overtake_each_other() {
+    let mut s = cluster();
+    s.outbox.write(tagged_entry(&res(0), b"v1", &[]));
+    s.outbox.write(tagged_entry(&res(0), b"v2", &[]));
+    s.outbox.write(tagged_entry(&res(1), b"other", &[]));
+    s.pump();
+    // In queue order, one job per slot out: v2 waits for v1 (and the other entry behind it).
+    assert_eq!(s.out.len(), 1);
+    s.answer();
+    assert_eq!(s.out.len(), 2, "now v2 goes, and the other entry behind it");
+    assert_eq!(s.redis.strings.get(&res(0)).unwrap(), b"v1");
+    s.answer_all();
+    assert_eq!(
+        s.redis.strings.get(&res(0)).unwrap(),
+        b"v2",
+        "the newer write landed last"
+    );
+    assert_eq!(s.redis.strings.get(&res(1)).unwrap(), b"other");
+    assert!(s.outbox.is_idle());
 }

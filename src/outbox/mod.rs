@@ -236,8 +236,13 @@ enum Carries {
     Writes(Vec<Job>),
     /// A purge by URL: these resources.
     Purge { stream: StreamId, keys: Vec<String> },
-    /// An invalidation a stream's response is held for.
-    Invalidation { stream: StreamId, keys: Vec<String> },
+    /// An invalidation a stream's response is held for: the first `sent` of `keys` go to the
+    /// store in this callout (on a Cluster the others, in other slots, go as writes).
+    Invalidation {
+        stream: StreamId,
+        keys: Vec<String>,
+        sent: usize,
+    },
     /// A lock a background job asked for.
     Lock {
         job: StreamId,
@@ -313,9 +318,8 @@ impl Carries {
                     locking: None,
                 },
             },
-            Carries::Purge { keys, .. } | Carries::Invalidation { keys, .. } => {
-                Command::Invalidate(keys)
-            }
+            Carries::Purge { keys, .. } => Command::Invalidate(keys),
+            Carries::Invalidation { keys, sent, .. } => Command::Invalidate(&keys[..*sent]),
             Carries::TagPurge {
                 part: Part::Set(key),
                 ..
@@ -461,7 +465,7 @@ impl Outbox {
             writes: WriteQueue::new(settings.max_queue_bytes, settings.one_slot),
             write_retry_at_ms: 0,
             purges: VecDeque::new(),
-            tag_purges: TagPurges::default(),
+            tag_purges: TagPurges::new(settings.one_slot),
             locks: VecDeque::new(),
             invalidations: VecDeque::new(),
             holds: Vec::new(),
@@ -601,7 +605,7 @@ impl Outbox {
         keys: Vec<String>,
     ) -> Option<Reply> {
         if !self.breaker.admits_writes() {
-            self.writes.push(StoreWrite::Invalidate(keys.clone()));
+            self.push_invalidation(keys.clone());
             return Some(Reply::Invalidated(Err(StoreError::BreakerOpen), keys));
         }
         let deadline = now_ms.saturating_add(self.settings.lookup_timeout_ms);
@@ -819,8 +823,13 @@ impl Outbox {
         if now_ms >= self.write_retry_at_ms {
             self.write_retry_at_ms = 0;
         }
-        if let Some((id, part)) = self.tag_purges.next_part() {
-            // Started while the breaker admitted writes: it finishes, or fails on its own.
+        if !self.breaker.admits_writes() {
+            // Resources a purge would have removed are removed later, by writes.
+            for keys in self.tag_purges.fail_queued(StoreError::BreakerOpen) {
+                self.writes.push(StoreWrite::Invalidate(keys));
+            }
+            self.tag_purge_finished();
+        } else if let Some((id, part)) = self.tag_purges.next_part() {
             return Some((
                 Carries::TagPurge { id, part },
                 self.settings.write_timeout_ms,
@@ -863,17 +872,21 @@ impl Outbox {
                 for waiter in self.writes.drop_entries_of(&keys) {
                     self.release(waiter, Ok(()), Vec::new());
                 }
-                if self.settings.one_slot {
+                let mut sent = keys.len();
+                if self.settings.one_slot && !keys.is_empty() {
                     // The response waits for its own resource's slot (RFC 9111 §4.4's MUST);
-                    // `Location` and `Content-Location` targets follow as writes.
+                    // `Location` and `Content-Location` targets follow as writes. The reply
+                    // still names them all (sibling workers forget them too).
                     let mut groups = writes::by_slot(keys);
                     keys = groups.remove(0);
+                    sent = keys.len();
                     for group in groups {
+                        keys.extend(group.iter().cloned());
                         self.writes.push(StoreWrite::Invalidate(group));
                     }
                 }
                 return Some((
-                    Carries::Invalidation { stream, keys },
+                    Carries::Invalidation { stream, keys, sent },
                     self.settings.write_timeout_ms,
                 ));
             }
@@ -1039,7 +1052,7 @@ impl Outbox {
             (Carries::Purge { stream, .. }, Answer::Count(n)) => {
                 self.replies.push_back((stream, Reply::Purge(Ok(n))));
             }
-            (Carries::Invalidation { stream, keys }, Answer::Count(_)) => {
+            (Carries::Invalidation { stream, keys, .. }, Answer::Count(_)) => {
                 self.release(stream, Ok(()), keys);
             }
             (
@@ -1143,9 +1156,18 @@ impl Outbox {
             Carries::Purge { stream, .. } => {
                 self.replies.push_back((stream, Reply::Purge(Err(e))));
             }
-            Carries::Invalidation { stream, keys } => self.invalidation_failed(stream, keys, e),
+            Carries::Invalidation { stream, keys, sent } => {
+                // Only what this callout carried is retried: the rest is queued already.
+                self.writes
+                    .push(StoreWrite::Invalidate(keys[..sent].to_vec()));
+                self.release(stream, Err(e), keys);
+            }
             Carries::Lock { job, .. } => self.replies.push_back((job, Reply::Locked(None))),
-            Carries::TagPurge { id, .. } => {
+            Carries::TagPurge { id, part } => {
+                if let Part::Resources(keys) = part {
+                    // The tag set is gone: its resources are removed by a write instead.
+                    self.writes.push(StoreWrite::Invalidate(keys));
+                }
                 self.tag_purges.failed(id, e);
                 self.tag_purge_finished();
             }
@@ -1155,6 +1177,18 @@ impl Outbox {
                     self.reply_all(&a.streams, Err(e));
                 }
             }
+        }
+    }
+
+    /// Queues the removal of these resources as writes: on a Cluster, a write per slot.
+    fn push_invalidation(&mut self, keys: Vec<String>) {
+        let groups = if self.settings.one_slot {
+            writes::by_slot(keys)
+        } else {
+            vec![keys]
+        };
+        for group in groups {
+            self.writes.push(StoreWrite::Invalidate(group));
         }
     }
 
@@ -1168,7 +1202,7 @@ impl Outbox {
     /// A held invalidation failed: it is retried as a write (the entry must go), and the
     /// response goes on.
     fn invalidation_failed(&mut self, stream: StreamId, keys: Vec<String>, e: StoreError) {
-        self.writes.push(StoreWrite::Invalidate(keys.clone()));
+        self.push_invalidation(keys.clone());
         self.release(stream, Err(e), keys);
     }
 
@@ -1188,7 +1222,9 @@ impl Outbox {
     fn held_keys(&self, stream: StreamId) -> Vec<String> {
         let queued = self.invalidations.iter().find(|(s, _)| *s == stream);
         let out = self.flights.values().find_map(|f| match &f.carries {
-            Carries::Invalidation { stream: s, keys } if *s == stream => Some(keys),
+            Carries::Invalidation {
+                stream: s, keys, ..
+            } if *s == stream => Some(keys),
             _ => None,
         });
         queued.map(|(_, k)| k).or(out).cloned().unwrap_or_default()

@@ -4,10 +4,15 @@
 //! ([`Part::Resources`]). The purge is answered once every part is settled: the number of
 //! resources removed, or the first failure.
 //!
+//! At most [`MAX_IN_FLIGHT`] parts are out at once, over all purges (a tag may list thousands
+//! of resources). On one Redis, resources go [`RESOURCES_PER_PART`] at a time; on a Cluster,
+//! a slot's at a time. A part whose removal fails is handed back to be retried as a write:
+//! the tag set is gone already, and its resources must not stay.
+//!
 //! Pure bookkeeping for the outbox: it asks for the next part to send, and reports answers.
 
-use super::StreamId;
 use super::writes::by_slot;
+use super::{MAX_IN_FLIGHT, StreamId};
 use crate::store::StoreError;
 
 /// What one callout of a purge does.
@@ -31,13 +36,25 @@ struct TagPurge {
     error: Option<StoreError>,
 }
 
+/// Resources one part removes on one Redis (a Cluster's part is one slot's).
+pub const RESOURCES_PER_PART: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct TagPurges {
     purges: Vec<TagPurge>,
     next_id: u64,
+    /// A Redis Cluster: a part's resources share a slot.
+    one_slot: bool,
 }
 
 impl TagPurges {
+    pub fn new(one_slot: bool) -> TagPurges {
+        TagPurges {
+            one_slot,
+            ..TagPurges::default()
+        }
+    }
+
     /// Starts a purge of the resources listed in these tag sets for `stream`.
     pub fn start(&mut self, stream: StreamId, sets: Vec<String>) {
         self.next_id += 1;
@@ -53,6 +70,9 @@ impl TagPurges {
 
     /// The next part to send, of any purge (counted as out until settled).
     pub fn next_part(&mut self) -> Option<(u64, Part)> {
+        if self.purges.iter().map(|p| p.out).sum::<usize>() >= MAX_IN_FLIGHT {
+            return None;
+        }
         self.purges.iter_mut().find_map(|p| {
             let part = p.parts.pop()?;
             p.out += 1;
@@ -77,8 +97,14 @@ impl TagPurges {
                     .is_some_and(|rest| rest.starts_with(":{"))
             })
             .collect();
-        p.parts
-            .extend(by_slot(ours).into_iter().map(Part::Resources));
+        let groups = if self.one_slot {
+            by_slot(ours)
+        } else {
+            ours.chunks(RESOURCES_PER_PART)
+                .map(<[String]>::to_vec)
+                .collect()
+        };
+        p.parts.extend(groups.into_iter().map(Part::Resources));
     }
 
     /// Resources were removed: `n` of them existed.
@@ -95,6 +121,23 @@ impl TagPurges {
             p.out -= 1;
             p.error.get_or_insert(e);
         }
+    }
+
+    /// The store is being skipped: every part not sent yet fails with `e`. Returns the
+    /// resources they would have removed (to be removed by writes once the store is back).
+    pub fn fail_queued(&mut self, e: StoreError) -> Vec<Vec<String>> {
+        let mut resources = Vec::new();
+        for p in &mut self.purges {
+            if p.parts.is_empty() {
+                continue;
+            }
+            p.error.get_or_insert(e);
+            resources.extend(p.parts.drain(..).filter_map(|part| match part {
+                Part::Resources(keys) => Some(keys),
+                Part::Set(_) => None,
+            }));
+        }
+        resources
     }
 
     /// A purge whose parts are all settled: its stream and answer.
@@ -115,7 +158,7 @@ mod tests {
 
     #[test]
     fn sets_first_then_their_resources_a_slot_at_a_time_then_the_count() {
-        let mut t = TagPurges::default();
+        let mut t = TagPurges::new(true);
         t.start(7, vec!["n:tag:aa".into(), "n:tag:bb".into()]);
         let (id, a) = t.next_part().unwrap();
         let (_, b) = t.next_part().unwrap();
@@ -151,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_failed_part_fails_the_purge_once_the_rest_is_settled() {
-        let mut t = TagPurges::default();
+        let mut t = TagPurges::new(true);
         t.start(1, vec!["n:tag:aa".into(), "n:tag:bb".into()]);
         let (id, _) = t.next_part().unwrap();
         t.next_part().unwrap();
@@ -159,5 +202,34 @@ mod tests {
         assert_eq!(t.finished(), None, "the other set is still out");
         t.set_read(id, "n:tag:bb", vec![]);
         assert_eq!(t.finished(), Some((1, Err(StoreError::Timeout))));
+    }
+
+    #[test]
+    fn on_one_redis_resources_go_a_chunk_at_a_time_and_parts_out_are_bounded() {
+        let mut t = TagPurges::new(false);
+        let sets: Vec<String> = (0..10).map(|i| format!("n:tag:{i}")).collect();
+        t.start(3, sets);
+        let out: Vec<(u64, Part)> = std::iter::from_fn(|| t.next_part()).collect();
+        assert_eq!(out.len(), MAX_IN_FLIGHT, "parts out at once are bounded");
+        let id = out[0].0;
+        let members: Vec<String> = (0..100u8).map(|i| resource_key("n", &[i; 4])).collect();
+        t.set_read(id, "n:tag:x", members);
+        // One part may go in the freed place: the resources come in parts of at most 64.
+        let (_, p) = t.next_part().expect("a place freed");
+        assert!(t.next_part().is_none(), "bounded again");
+        let Part::Resources(first) = p else {
+            panic!("the resources go before the remaining sets")
+        };
+        // The store is skipped: what is queued fails; its resources come back for writes.
+        let left = t.fail_queued(StoreError::BreakerOpen);
+        let mut sizes: Vec<usize> = left.iter().map(Vec::len).chain([first.len()]).collect();
+        sizes.sort();
+        assert_eq!(sizes, [36, 64]);
+        assert!(t.next_part().is_none());
+        for _ in 0..MAX_IN_FLIGHT - 1 {
+            t.set_read(id, "n:tag:y", vec![]);
+        }
+        t.removed(id, first.len() as u64);
+        assert_eq!(t.finished(), Some((3, Err(StoreError::BreakerOpen))));
     }
 }

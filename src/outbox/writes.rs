@@ -92,6 +92,9 @@ pub struct WriteQueue {
     max_bytes: usize,
     /// The store is a Redis Cluster: every job touches one slot and goes alone.
     one_slot: bool,
+    /// With `one_slot`, the slots of the jobs out: one job per slot at a time, so a newer
+    /// write (or an invalidation) of a key never lands before an older one still out.
+    out_slots: Vec<u16>,
 }
 
 impl WriteQueue {
@@ -103,6 +106,7 @@ impl WriteQueue {
             pending_bytes: 0,
             max_bytes,
             one_slot,
+            out_slots: Vec::new(),
         }
     }
 
@@ -149,15 +153,6 @@ impl WriteQueue {
                 }
                 true
             }
-            StoreWrite::Invalidate(keys) => {
-                // Whoever waits, waits for the first slot's (the request's own resource).
-                let mut pushed = true;
-                for (i, group) in by_slot(keys).into_iter().enumerate() {
-                    let waiter = waiter.filter(|_| i == 0);
-                    pushed &= self.push_one(StoreWrite::Invalidate(group), waiter, None);
-                }
-                pushed
-            }
             write => self.push_one(write, waiter, lock),
         }
     }
@@ -200,8 +195,17 @@ impl WriteQueue {
         if !self.can_send() {
             return None;
         }
+        if self.one_slot {
+            // In queue order; the next waits while a job of its slot is out.
+            let s = job_slot(self.pending.front()?);
+            if self.out_slots.contains(&s) {
+                return None;
+            }
+            self.out_slots.push(s);
+            return self.take(1, usize::MAX);
+        }
         let first = self.pending.front()?;
-        if !first.is_plain_entry() || self.one_slot {
+        if !first.is_plain_entry() {
             return self.take(1, usize::MAX);
         }
         // A larger entry goes alone.
@@ -253,6 +257,7 @@ impl WriteQueue {
     /// Jobs taken but not sent after all, back at the front in their order, as if never
     /// taken.
     pub fn put_back(&mut self, jobs: Vec<Job>) {
+        self.release_slots(&jobs);
         for job in jobs.into_iter().rev() {
             self.pending_bytes += job.write.size();
             self.pending.push_front(job);
@@ -270,6 +275,7 @@ impl WriteQueue {
     /// front of the queue.
     pub fn settle(&mut self, batch: Vec<Job>, ok: bool) -> Vec<Outcome> {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.release_slots(&batch);
         self.settle_jobs(batch, ok)
     }
 
@@ -297,6 +303,18 @@ impl WriteQueue {
         outcomes
     }
 
+    /// The slots of jobs no longer out.
+    fn release_slots(&mut self, jobs: &[Job]) {
+        if self.one_slot {
+            for j in jobs {
+                let s = job_slot(j);
+                if let Some(i) = self.out_slots.iter().position(|o| *o == s) {
+                    self.out_slots.swap_remove(i);
+                }
+            }
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight == 0
     }
@@ -320,6 +338,16 @@ impl WriteQueue {
         (self.held_bytes, self.pending_bytes) = (held, pending);
         waiters
     }
+}
+
+/// The Cluster slot a job's keys are in (one, with `one_slot`).
+fn job_slot(job: &Job) -> u16 {
+    slot(match &job.write {
+        StoreWrite::Entry(w) => &w.key,
+        StoreWrite::Invalidate(keys) => keys.first().map_or("", String::as_str),
+        StoreWrite::Unlock { key, .. } => key,
+        StoreWrite::Tag { set, .. } => set,
+    })
 }
 
 /// `keys` grouped by their Redis Cluster slot, each group in the order of its first key.

@@ -476,8 +476,8 @@ pub fn decode(
             Answer::ValuesAndWrites(slots, written)
         }
         (Expect::Count, Some(2)) => Answer::Count(r.number()?),
-        (Expect::Members, Some(n)) => {
-            let mut members = Vec::with_capacity(n - 1);
+        (Expect::Members, Some(n)) if n >= 1 => {
+            let mut members = Vec::new();
             for _ in 1..n {
                 let m = r.bulk()?.ok_or(StoreError::Garbage)?;
                 members.push(String::from_utf8(m.to_vec()).map_err(|_| StoreError::Garbage)?);
