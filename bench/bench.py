@@ -243,6 +243,26 @@ def write(path, text):
         f.write(text)
 
 
+def save_part(part, text):
+    """A later part's report (protect.py, capacity.py): bench/results/<timestamp>-<part>.md
+    and latest-<part>.md, and on stdout."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in (f"{stamp}-{part}.md", f"latest-{part}.md"):
+        write(os.path.join(RESULTS, name), text)
+    print(text)
+
+
+def run_part(part, main):
+    """Runs a later part's `main`, stopping every process it started whatever happens."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{part}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        PROCS.stop_all()
+
+
 def nginx_conf():
     return f"""# The fast origin: fixed files with Cache-Control, and /slow/ proxied to demo_origin.
 worker_processes 1;

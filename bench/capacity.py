@@ -18,6 +18,7 @@ bench/results/<timestamp>-capacity.md and latest-capacity.md. Knob: CAPACITY_S (
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,8 +64,10 @@ def start_cluster():
     conf = os.path.join(B.RUN, "cluster-redis.conf")
     B.write(conf, cluster_conf())
     for p in CLUSTER_PORTS:
+        # A fresh Cluster each run: a node keeps the last run's membership in nodes.conf.
         d = os.path.join(B.RUN, f"cluster-{p}")
-        os.makedirs(d, exist_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
         B.PROCS.start(f"redis-{p}", ["redis-server", conf, "--port", str(p), "--dir", d,
                                      "--cluster-enabled", "yes", "--cluster-config-file",
                                      os.path.join(d, "nodes.conf"), "--cluster-node-timeout", "1000",
@@ -207,17 +210,8 @@ def main():
             B.log(f"capacity {way} {tag}: {r.get('rps') or 0:.0f} req/s")
             rows.append((way, tag, r))
     text = report(rows, memory_per_entry(), info, load)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"{stamp}-capacity.md", "latest-capacity.md"):
-        B.write(os.path.join(B.RESULTS, name), text)
-    print(text)
+    B.save_part("capacity", text)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("capacity: interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        B.PROCS.stop_all()
+    B.run_part("capacity", main)

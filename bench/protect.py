@@ -234,17 +234,8 @@ def main():
     herd_rows = herd_case(run)
     mixed_rows = mixed_case(run)
     text = report(herd_rows, mixed_rows, info, load)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"{stamp}-protect.md", "latest-protect.md"):
-        B.write(os.path.join(B.RESULTS, name), text)
-    print(text)
+    B.save_part("protect", text)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("protect: interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        B.PROCS.stop_all()
+    B.run_part("protect", main)
