@@ -103,6 +103,13 @@ fn an_entrys_tag_sets_are_written_apart_and_entries_go_alone() {
     assert!(aa.contains(&res(0)) && aa.contains(&res(2)));
     assert!(s.redis.sets["n:tag:bb"].contains(&res(0)));
     assert!(s.outbox.is_idle());
+    // Three entries published, the tag sets' writes not counted as entries.
+    let published = s
+        .notes
+        .iter()
+        .filter(|n| matches!(n, Note::Published { .. }))
+        .count();
+    assert_eq!(published, 3);
 }
 
 #[test]

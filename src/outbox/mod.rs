@@ -1268,6 +1268,11 @@ impl Outbox {
             .map(|k| k.to_string())
             .collect();
         let unlocks: Vec<bool> = unlocks.iter().map(Option::is_some).collect();
+        // A tag set's write (on a Cluster) is part of its entry's: counted only if it fails.
+        let tags: Vec<bool> = jobs
+            .iter()
+            .map(|j| matches!(j.write, StoreWrite::Tag { .. }))
+            .collect();
         let outcomes = self.writes.settle(jobs, result.is_ok());
         for (handoff, outcome) in handoffs.into_iter().zip(&outcomes) {
             for (key, bytes) in handoff {
@@ -1304,8 +1309,8 @@ impl Outbox {
                 });
             }
         }
-        for (outcome, unlock) in outcomes.into_iter().zip(unlocks) {
-            if unlock {
+        for ((outcome, unlock), tag) in outcomes.into_iter().zip(unlocks).zip(tags) {
+            if unlock || (tag && matches!(outcome, Outcome::Published(_))) {
                 // Bookkeeping of the collapse, not a write anyone waits for or counts.
                 continue;
             }
