@@ -205,3 +205,22 @@ fn writes_of_one_slot_never_overtake_each_other() {
     assert_eq!(s.redis.strings.get(&res(1)).unwrap(), b"other");
     assert!(s.outbox.is_idle());
 }
+
+#[test]
+fn an_entry_whose_tag_writes_do_not_fit_is_not_queued() {
+    let mut s = Sim::with(Settings {
+        one_slot: true,
+        max_queue_bytes: 1_000,
+        ..settings()
+    });
+    s.redis.cluster = true;
+    let tags: Vec<String> = (0..10).map(|i| format!("n:tag:{i:040}")).collect();
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    // The entry alone fits; with its ten tag writes it does not: nothing is queued.
+    assert!(!s.outbox.write(tagged_entry(&res(0), &[7; 600], &tags)));
+    assert!(s.outbox.write(tagged_entry(&res(1), &[7; 600], &tags[..1])));
+    s.pump();
+    s.answer_all();
+    assert!(!s.redis.strings.contains_key(&res(0)));
+    assert!(s.redis.sets[tags[0]].contains(&res(1)));
+}

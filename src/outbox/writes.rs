@@ -136,6 +136,12 @@ impl WriteQueue {
                 // missing from the set and leaves it (until its TTL); the README says so.
                 let tags = std::mem::take(&mut w.tags);
                 let (member, ttl_ms) = (w.key.clone(), w.ttl_ms);
+                // All or nothing: an entry whose tag set writes did not fit would escape
+                // purges by those tags.
+                let tag_bytes: usize = tags.iter().map(|t| t.len() + member.len()).sum();
+                if self.held_bytes + w.entry.len() + tag_bytes > self.max_bytes {
+                    return false;
+                }
                 if !self.push_one(StoreWrite::Entry(w), waiter, lock) {
                     return false;
                 }
