@@ -194,8 +194,9 @@ fn redis_down_fails_open_then_caching_resumes() {
     );
     wait_stat(&st, "fleet_cache_published", published_before + 1);
     assert_eq!(st.keys().len(), 1, "{}", st.diag());
-    // Every worker's breaker closes on its next request's probe.
-    let all_closed = poll(Duration::from_millis(1_500), || {
+    // Every worker's breaker closes on its next request's probe (two backoffs of at most
+    // `breaker_max_backoff_ms`, 1 s: a first probe may still find Webdis reconnecting).
+    let all_closed = poll(Duration::from_millis(3_000), || {
         st.get("/probe", &[]);
         st.counter("fleet_cache_store_breaker_open") == 0
     });

@@ -24,7 +24,7 @@ impl RedisCluster {
     /// Starts the nodes from `conf` (a redis.conf's text) in `dir`, and forms the cluster.
     pub fn start(dir: &Path, conf: &str) -> RedisCluster {
         let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let cluster = RedisCluster {
+        let mut cluster = RedisCluster {
             ports,
             nodes: Mutex::new((0..NODES).map(|_| None).collect()),
             dir: dir.to_path_buf(),
@@ -34,11 +34,23 @@ impl RedisCluster {
         for i in 0..NODES {
             cluster.spawn(i, &conf_path);
         }
-        for &p in &cluster.ports {
-            assert!(
-                poll(Duration::from_secs(10), || cli(p, &["PING"]) == "PONG"),
-                "cluster node {p} never answered"
-            );
+        for i in 0..NODES {
+            // A port taken between `free_port` and the bind (another process): another port.
+            for attempt in 1..=3 {
+                let p = cluster.ports[i];
+                if poll(Duration::from_secs(10), || cli(p, &["PING"]) == "PONG") {
+                    break;
+                }
+                let log =
+                    std::fs::read_to_string(dir.join(format!("redis-{p}.log"))).unwrap_or_default();
+                assert!(
+                    attempt < 3 && log.contains("Address already in use"),
+                    "cluster node {p} never answered:\n{log}"
+                );
+                cluster.kill(p);
+                cluster.ports[i] = free_port();
+                cluster.spawn(i, &conf_path);
+            }
         }
         let addrs: Vec<String> = cluster
             .ports
