@@ -252,6 +252,17 @@ def save_part(part, text):
     print(text)
 
 
+def begin_part():
+    """A later part's start: stale servers stopped, the machine noted (before any load), the
+    common backends (nginx, the slow origin, Redis, Webdis) started. Returns (info, load)."""
+    os.makedirs(RUN, exist_ok=True)
+    PROCS.cleanup_stale()
+    info = machine_info()
+    load = loadavg()
+    start_backends()
+    return info, load
+
+
 def run_part(part, main):
     """Runs a later part's `main`, stopping every process it started whatever happens."""
     try:

@@ -191,11 +191,7 @@ def report(rows, mem, info, load):
 
 
 def main():
-    os.makedirs(B.RUN, exist_ok=True)
-    B.PROCS.cleanup_stale()
-    info = B.machine_info()
-    load = B.loadavg()
-    B.start_backends()
+    info, load = B.begin_part()
     start_cluster()
     start_proxy("redis-proxy-single", "redis-proxy.yaml", PROXY_SINGLE, [B.REDIS_PORT] * 3)
     start_proxy("redis-proxy-cluster", "redis-proxy-cluster.yaml", PROXY_CLUSTER, CLUSTER_PORTS[:3])

@@ -224,11 +224,7 @@ def report(herd_rows, mixed_rows, info, load):
 
 
 def main():
-    os.makedirs(B.RUN, exist_ok=True)
-    B.PROCS.cleanup_stale()
-    info = B.machine_info()
-    load = B.loadavg()
-    B.start_backends()
+    info, load = B.begin_part()
     start_setups()
     run = datetime.datetime.now().strftime("%H%M%S")
     herd_rows = herd_case(run)

@@ -97,6 +97,20 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// Builds a head from the host's header list: `:status` (0 if unreadable), and the
+    /// headers without the other pseudo-headers.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> ResponseHead {
+        let mut resp = ResponseHead::default();
+        for (name, value) in pairs {
+            if name == ":status" {
+                resp.status = value.parse().unwrap_or(0);
+            } else if !name.starts_with(':') {
+                resp.headers.push((name, value));
+            }
+        }
+        resp
+    }
+
     pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         header_values(&self.headers, name)
     }
@@ -107,5 +121,37 @@ impl ResponseHead {
 
     pub fn has(&self, name: &str) -> bool {
         self.header(name).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn heads_from_the_hosts_pairs_keep_headers_and_drop_other_pseudo_headers() {
+        let resp =
+            ResponseHead::from_pairs(pairs(&[(":status", "304"), (":x", "y"), ("etag", "\"a\"")]));
+        assert_eq!(resp.status, 304);
+        assert_eq!(resp.headers, pairs(&[("etag", "\"a\"")]));
+        assert_eq!(
+            ResponseHead::from_pairs(pairs(&[(":status", "nope")])).status,
+            0
+        );
+        let req = RequestHead::from_pairs(pairs(&[
+            (":method", "GET"),
+            (":path", "/a"),
+            (":authority", "h"),
+            (":scheme", "https"),
+            ("accept", "*/*"),
+        ]));
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/a"));
+        assert_eq!(req.headers, pairs(&[("accept", "*/*")]));
     }
 }

@@ -162,14 +162,7 @@ pub fn answered(
         .unwrap_or_default();
     if let Some(pairs) = pairs {
         let (pairs, all_utf8) = utf8_pairs(pairs);
-        let mut resp = ResponseHead::default();
-        for (name, value) in pairs {
-            if name == ":status" {
-                resp.status = value.parse().unwrap_or(0);
-            } else if !name.starts_with(':') {
-                resp.headers.push((name, value));
-            }
-        }
+        let resp = ResponseHead::from_pairs(pairs);
         let source = if all_utf8 {
             Source::Origin
         } else {

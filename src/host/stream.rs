@@ -252,14 +252,7 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         let (pairs, all_utf8) = utf8_pairs(pairs);
-        let mut resp = ResponseHead::default();
-        for (name, value) in pairs {
-            if name == ":status" {
-                resp.status = value.parse().unwrap_or(0);
-            } else if !name.starts_with(':') {
-                resp.headers.push((name, value));
-            }
-        }
+        let resp = ResponseHead::from_pairs(pairs);
         let via_upstream =
             abi::property(&["response", "code_details"]).is_some_and(|d| d == b"via_upstream");
         let source = match (via_upstream, all_utf8) {

@@ -10,14 +10,19 @@ const POLL_MS: u64 = 50;
 const WAIT_MS: u64 = 3_000;
 
 fn collapsing() -> Sim {
-    let mut s = Sim::with(Settings {
-        lock_ms: LOCK_MS,
-        poll_ms: POLL_MS,
-        ..settings()
-    });
+    let mut s = second_worker();
     // Another seed than a second worker's: nonces (lock owners) are per VM.
     s.outbox = Outbox::new(s.outbox.settings, 0xbeef_0000);
     s
+}
+
+/// Another worker with the same settings (the default seed).
+fn second_worker() -> Sim {
+    Sim::with(Settings {
+        lock_ms: LOCK_MS,
+        poll_ms: POLL_MS,
+        ..settings()
+    })
 }
 
 impl Sim {
@@ -105,11 +110,7 @@ fn one_stream_leads_and_the_others_of_the_worker_follow() {
 #[test]
 fn followers_of_another_worker_share_one_poll_and_get_the_entry_when_it_lands() {
     let mut a = collapsing();
-    let mut b = Sim::with(Settings {
-        lock_ms: LOCK_MS,
-        poll_ms: POLL_MS,
-        ..settings()
-    });
+    let mut b = second_worker();
     a.want_collapsing(1, "k");
     a.answer_all();
     lead_owner(a.looked(1));
@@ -184,11 +185,7 @@ fn a_release_by_someone_who_lost_the_lock_frees_nothing() {
 #[test]
 fn an_uncacheable_response_sends_every_follower_to_the_origin() {
     let mut a = collapsing();
-    let mut b = Sim::with(Settings {
-        lock_ms: LOCK_MS,
-        poll_ms: POLL_MS,
-        ..settings()
-    });
+    let mut b = second_worker();
     a.want_collapsing(1, "k");
     a.want_collapsing(2, "k");
     a.answer_all();
@@ -255,11 +252,7 @@ fn a_dead_leaders_lock_expires_and_a_follower_takes_over() {
     lead_owner(s.looked(1));
     // The leader's stream goes away without a word (its proxy died).
     s.outbox.stream_gone(1);
-    let mut b = Sim::with(Settings {
-        lock_ms: LOCK_MS,
-        poll_ms: POLL_MS,
-        ..settings()
-    });
+    let mut b = second_worker();
     b.now = s.now + 2_500;
     b.want_collapsing(10, "k");
     b.answer_all_on(&mut s.redis);
@@ -439,11 +432,7 @@ fn failing_to_free_locks_never_opens_the_breaker() {
 #[test]
 fn a_background_job_takes_a_free_lock_once_and_a_held_one_never() {
     let mut a = collapsing();
-    let mut b = Sim::with(Settings {
-        lock_ms: LOCK_MS,
-        poll_ms: POLL_MS,
-        ..settings()
-    });
+    let mut b = second_worker();
     const JOB: StreamId = 0x8000_0001;
     assert!(a.outbox.lock(JOB, "k".into(), 30_000).is_none());
     a.pump();
