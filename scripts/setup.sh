@@ -84,3 +84,35 @@ if [ ! -f "$MANIFESTS_TOOLS/node_modules/.package-lock.json" ] ||
   echo "setup: npm ci in $MANIFESTS_TOOLS"
   npm ci --prefix "$MANIFESTS_TOOLS" --no-audit --no-fund --loglevel=error
 fi
+
+# Tools newer than bookworm has, unpacked from Debian trixie into .venv/trixie (nothing is
+# installed system-wide; scripts/fetch-deb.sh checks signatures and checksums):
+# - Webdis 0.1.22, the upstream version istio/ deploys: it logs in to Redis as its own ACL user
+#   and reads its secrets from the environment, which bookworm's 0.1.9 cannot. tests/istio.rs
+#   runs istio/'s Webdis config on it. Its libhiredis comes along (trixie's soname); the rest
+#   of its libraries are bookworm's (libevent, jansson, libb64, same sonames).
+# - kustomize 5, which renders istio/'s overlays for `make manifests-check` and tests/istio.rs.
+TRIXIE=$VENV/trixie
+WEBDIS_UPSTREAM=webdis=0.1.22+ds-1
+KUSTOMIZE=kustomize=5.6.0+ds-1+b2
+TRIXIE_STAMP="$WEBDIS_UPSTREAM libhiredis1.1.0=1.2.0-6+b3 $KUSTOMIZE"
+if [ "$(cat "$TRIXIE/.fetched" 2>/dev/null)" != "$TRIXIE_STAMP" ]; then
+  dpkg -s libb64-0d libjansson4 libevent-2.1-7 >/dev/null 2>&1 || {
+    echo "setup: apt-get install libb64-0d libjansson4 libevent-2.1-7"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends libb64-0d libjansson4 libevent-2.1-7 >/dev/null
+  }
+  rm -rf "$TRIXIE"
+  # shellcheck disable=SC2086 # the stamp is the list of packages
+  scripts/fetch-deb.sh trixie "$TRIXIE" $TRIXIE_STAMP
+  echo "$TRIXIE_STAMP" >"$TRIXIE/.fetched"
+fi
+# Fixed paths for scripts and tests: .venv/webdis-upstream runs that Webdis with its library.
+root=$(pwd)
+cat >"$VENV/webdis-upstream" <<WRAPPER
+#!/bin/sh
+LD_LIBRARY_PATH="$root/$TRIXIE/usr/lib/x86_64-linux-gnu" exec "$root/$TRIXIE/usr/bin/webdis" "\$@"
+WRAPPER
+chmod +x "$VENV/webdis-upstream"
+ln -sf "$root/$TRIXIE/usr/bin/kustomize" "$VENV/kustomize"
