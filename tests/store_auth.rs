@@ -8,12 +8,11 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 use support::client::request;
 use support::secured::{
-    PROXY_PASSWORD, REDIS_PASSWORD, WEBDIS_PASSWORD, WEBDIS_USER, credentials, options, repo_file,
+    PROXY_PASSWORD, REDIS_PASSWORD, WEBDIS_PASSWORD, WEBDIS_USER, basic, credentials, options,
+    repo_file, unauthenticated_ping,
 };
 use support::{Resp, Stack, StackOptions, poll};
 
@@ -30,40 +29,8 @@ fn secured_with(store: Value, envoy_template: Option<String>, workers: usize) ->
     })
 }
 
-fn basic(user: &str, password: &str) -> String {
-    // The test's own encoder: the filter's is what is under test.
-    let plain = format!("{user}:{password}");
-    let b = plain.as_bytes();
-    let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::from("Basic ");
-    for c in b.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &x)| n | (u32::from(x) << (16 - 8 * i)));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                abc[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
 fn cache_status(r: &Resp) -> String {
     r.header("cache-status").unwrap_or_default().to_string()
-}
-
-/// Redis' answer to an unauthenticated `PING`.
-fn unauthenticated_ping(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(b"PING\r\n").unwrap();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).trim().to_string()
 }
 
 #[test]
@@ -72,7 +39,7 @@ fn webdis_and_redis_refuse_whoever_has_no_credentials() {
     let webdis = |auth: Option<String>| {
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        request(st.webdis_port(), "GET", "/PING", &headers, &[]).expect("webdis answers")
+        request(st.webdis_port(), "GET", "/GET/some-key", &headers, &[]).expect("webdis answers")
     };
     assert_eq!(webdis(None).status, 403, "no credentials");
     assert_eq!(
@@ -86,8 +53,15 @@ fn webdis_and_redis_refuse_whoever_has_no_credentials() {
         "a wrong user"
     );
     let ok = webdis(Some(basic(WEBDIS_USER, WEBDIS_PASSWORD)));
-    assert_eq!(ok.status, 200);
-    assert!(ok.text().contains("PONG"), "{}", ok.text());
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.text().contains("\"GET\":null"), "{}", ok.text());
+    // PING for anyone (readiness probes): it reads no key.
+    let ping = request(st.webdis_port(), "GET", "/PING", &[], &[]).unwrap();
+    assert!(
+        ping.status == 200 && ping.text().contains("PONG"),
+        "{}",
+        ping.text()
+    );
     // A command the ACL does not enable stays refused, credentials or not.
     let set = request(
         st.webdis_port(),

@@ -6,6 +6,9 @@
 use super::stack::StackOptions;
 use serde_json::{Value, json};
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// What the filter presents to Webdis.
@@ -19,6 +22,39 @@ pub const REDIS_PASSWORD: &str = "redis-pw-77ab3f";
 
 pub fn repo_file(name: &str) -> String {
     fs::read_to_string(format!("{REPO}/{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
+}
+
+/// The `authorization` header value for `user` and `password` (HTTP Basic).
+pub fn basic(user: &str, password: &str) -> String {
+    // The test's own encoder: the filter's is what is under test.
+    let plain = format!("{user}:{password}");
+    let b = plain.as_bytes();
+    let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("Basic ");
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                abc[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// Redis' answer to an unauthenticated `PING`.
+pub fn unauthenticated_ping(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim().to_string()
 }
 
 /// `user:password` as the plugin config takes it.
