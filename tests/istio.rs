@@ -1,6 +1,13 @@
 //! istio/ works verbatim: each WasmPlugin in istio/, turned into the Envoy configuration Istio
-//! would give the proxy, runs on real Envoy against the store that istio/'s ConfigMaps
-//! configure (real Webdis and Redis), and shows a MISS then a HIT. A wrong manifest fails here:
+//! would give the proxy, runs on real Envoy against the store that istio/'s manifests
+//! configure (real Webdis and Redis, or a Redis Cluster behind Envoy's redis_proxy with
+//! istio/cluster/), and shows a MISS then a HIT. What is deployed is what `kubectl apply -k`
+//! deploys: the kustomization rendered by kustomize. The store runs as its containers run:
+//! Redis from the container's own command (its users built from the Secret), the Cluster
+//! formed by the bootstrap Job's own script, Webdis the upstream version the image has
+//! (`.venv/webdis-upstream`) with the container's environment, the redis_proxy's config as in
+//! its ConfigMap; the Secret is the test's, and only addresses are changed (loopback).
+//! A wrong manifest fails here:
 //! a plugin config the filter refuses (Envoy never becomes ready), a store.cluster that is not
 //! the name Istio gives the Webdis Service's cluster (no hit), a Webdis or Redis ACL that
 //! refuses what the filter sends (no hit), a phase that puts the cache before authorization
@@ -18,7 +25,9 @@
 //! - the filter sits in the HTTP chain by `phase`: AUTHN plugins, authentication, AUTHZ
 //!   plugins, authorization (here an RBAC filter that admits requests with `x-authorized`),
 //!   STATS plugins, stats, other plugins, router;
-//! - a Service port becomes the cluster `outbound|<port>||<name>.<namespace>.svc.cluster.local`.
+//! - a Service port becomes the cluster `outbound|<port>||<name>.<namespace>.svc.cluster.local`;
+//! - `vmConfig.env` with `valueFrom: HOST` passes the proxy's environment variable to the VM
+//!   (`vm_config.environment_variables.host_env_keys`).
 //!
 //! `FLEET_CACHE_ISTIO_DIR=<dir>` runs the tests on another copy of istio/ (to see them fail).
 //! Run with `cargo test --test istio`.
@@ -32,9 +41,10 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::oci;
+use support::redis_script::RedisScript;
 use support::stack::REPO;
 use support::{Stack, StackOptions};
+use support::{client, oci, secured};
 
 // ---------------------------------------------------------------------------------------------
 // istio/ as Kubernetes reads it
@@ -45,25 +55,37 @@ fn istio_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(REPO).join("istio"))
 }
 
-fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+const KUSTOMIZE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/kustomize");
+const WEBDIS_UPSTREAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/webdis-upstream");
+
+/// Every object `kubectl apply -k <dir>` deploys: the kustomization rendered by kustomize.
+fn manifests_of(dir: &Path) -> Vec<Value> {
+    let out = std::process::Command::new(KUSTOMIZE)
+        .arg("build")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{KUSTOMIZE}: {e} (run scripts/setup.sh)"));
+    assert!(
+        out.status.success(),
+        "kustomize build {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8 manifests");
     serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: YAML: {e}", path.display())))
+        .map(|d| Value::deserialize(d).expect("kustomize's YAML"))
         .filter(|v| !v.is_null())
         .collect()
 }
 
-/// Every object the kustomization deploys (`kubectl apply -k istio/`).
+/// istio/: one Redis.
 fn manifests() -> Vec<Value> {
-    let dir = istio_dir();
-    let k = yaml_docs(&dir.join("kustomization.yaml"));
-    let resources = k[0]["resources"]
-        .as_array()
-        .expect("kustomization resources");
-    resources
-        .iter()
-        .flat_map(|r| yaml_docs(&dir.join(r.as_str().expect("resource path"))))
-        .collect()
+    manifests_of(&istio_dir())
+}
+
+/// istio/cluster/: a Redis Cluster.
+fn cluster_manifests() -> Vec<Value> {
+    manifests_of(&istio_dir().join("cluster"))
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -156,6 +178,24 @@ fn extension_config(plugin: &Value, module: &Path) -> (String, Value) {
             "code": { "local": { "filename": module.to_str().expect("utf-8 path") } },
         },
     });
+    // vmConfig.env: HOST variables pass through from the proxy's environment, INLINE ones
+    // are set.
+    let mut host_keys = Vec::new();
+    let mut inline = serde_json::Map::new();
+    for e in spec["vmConfig"]["env"].as_array().into_iter().flatten() {
+        let name = str_of(&e["name"], "vmConfig.env name").to_string();
+        match e["valueFrom"].as_str().unwrap_or("INLINE") {
+            "HOST" => host_keys.push(json!(name)),
+            "INLINE" => {
+                inline.insert(name, e["value"].clone());
+            }
+            other => panic!("vmConfig.env valueFrom {other} is not one Istio knows"),
+        }
+    }
+    if !host_keys.is_empty() || !inline.is_empty() {
+        config["vm_config"]["environment_variables"] =
+            json!({ "host_env_keys": host_keys, "key_values": inline });
+    }
     if spec["pluginConfig"]
         .as_object()
         .is_some_and(|m| !m.is_empty())
@@ -289,49 +329,295 @@ fn http_filters(phase: &str, plugin: &str) -> String {
     }
 }
 
-/// envoy/webdis.json's placeholders put into the Webdis config of the ConfigMap, addresses
-/// made loopback: the rest (ACL, limits) is used as written.
+// ---------------------------------------------------------------------------------------------
+// The store, as its containers run it
+
+/// The test's Secret `fleet-cache-store` (README: the operator creates it; never in istio/).
+const SECRET: &[(&str, &str)] = &[
+    (
+        "webdis-credentials",
+        "fleet-cache:istio-test-webdis-pw-31f9",
+    ),
+    ("redis-password", "istio-test-redis-pw-8c2e"),
+    ("redis-admin-password", "istio-test-admin-pw-5a7d"),
+];
+
+fn secret(key: &str) -> String {
+    SECRET
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("the Secret fleet-cache-store has no key {key} (README)"))
+}
+
+/// What a proxy's environment holds for a WasmPlugin's `vmConfig.env` HOST variable: the
+/// README has the proxy container take it from the Secret.
+fn proxy_env(name: &str) -> String {
+    match name {
+        "FLEET_CACHE_STORE_CREDENTIALS" => secret("webdis-credentials"),
+        other => panic!("README says nothing of the proxy variable {other}"),
+    }
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {}", workload["metadata"]["name"]))
+}
+
+/// A container's environment as the kubelet sets it: values, and keys of the Secret.
+fn container_env(c: &Value) -> Vec<(String, String)> {
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = str_of(&e["name"], "env name").to_string();
+            let value = match e["valueFrom"]["secretKeyRef"].as_object() {
+                Some(r) => {
+                    assert_eq!(r["name"], "fleet-cache-store", "{name}: another Secret");
+                    secret(str_of(&r["key"], "secretKeyRef key"))
+                }
+                None => str_of(&e["value"], "env value").to_string(),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+fn env_value<'a>(env: &'a [(String, String)], name: &str) -> &'a str {
+    env.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {env:?}"))
+}
+
+/// A container's `sh -c` script with its mounts made the test's: a ConfigMap's mount point
+/// holds that ConfigMap's files (written under `work`), any other volume is the node's own
+/// directory (`{{DIR}}`); `conf_file`, the Redis config, is the harness' (`{{REDIS_CONF}}`).
+fn container_script(
+    docs: &[Value],
+    workload: &Value,
+    c: &Value,
+    work: &Path,
+    conf_file: Option<&str>,
+) -> String {
+    let command: Vec<&str> = c["command"]
+        .as_array()
+        .expect("a command")
+        .iter()
+        .map(|a| str_of(a, "command argument"))
+        .collect();
+    assert_eq!(command[..2], ["sh", "-c"], "a shell script: {command:?}");
+    let mut script = command[2].to_string();
+    if let Some(f) = conf_file {
+        assert!(script.contains(f), "the script does not read {f}");
+        script = script.replace(f, "{{REDIS_CONF}}");
+    }
+    let volumes = workload["spec"]["template"]["spec"]["volumes"].as_array();
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let mount = str_of(&m["mountPath"], "mountPath");
+        let config_map = volumes
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == m["name"])
+            .and_then(|v| v["configMap"]["name"].as_str());
+        let local = match config_map {
+            Some(name) => {
+                let dir = work.join(format!("configmap-{name}"));
+                fs::create_dir_all(&dir).unwrap();
+                let cm = find(docs, "ConfigMap", name);
+                for (file, text) in cm["data"].as_object().expect("ConfigMap data") {
+                    fs::write(dir.join(file), str_of(text, file)).unwrap();
+                }
+                dir.to_str().expect("utf-8 path").to_string()
+            }
+            None => "{{DIR}}".to_string(),
+        };
+        script = script.replace(mount, &local);
+    }
+    script
+}
+
+/// The ConfigMap's Webdis config as Webdis reads it, on loopback: only where it listens and
+/// logs changes (Redis' address comes from the environment).
 fn webdis_template(config_map: &Value) -> String {
     let text = str_of(&config_map["data"]["webdis.json"], "webdis.json");
     let mut cfg: Value = serde_json::from_str(text).expect("webdis.json is JSON");
-    cfg["redis_host"] = json!("127.0.0.1");
     cfg["http_host"] = json!("127.0.0.1");
-    cfg["redis_port"] = json!("@REDIS_PORT@");
     cfg["http_port"] = json!("@WEBDIS_PORT@");
     cfg["logfile"] = json!("{{WEBDIS_LOG}}");
     serde_json::to_string_pretty(&cfg)
         .unwrap()
-        .replace("\"@REDIS_PORT@\"", "{{REDIS_PORT}}")
         .replace("\"@WEBDIS_PORT@\"", "{{WEBDIS_PORT}}")
+}
+
+/// The redis_proxy's config from its ConfigMap, on loopback: its listener, its admin and its
+/// seed nodes become the harness' placeholders.
+fn redis_proxy_template(config_map: &Value) -> String {
+    let mut text = str_of(&config_map["data"]["envoy.yaml"], "envoy.yaml").to_string();
+    let node = |i: usize| {
+        format!(
+            "{{ address: redis-cluster-{i}.redis-cluster.fleet-cache.svc.cluster.local, port_value: 6379 }}"
+        )
+    };
+    for (from, to) in [
+        (
+            "{ address: 0.0.0.0, port_value: 6380 }".to_string(),
+            "{ address: 127.0.0.1, port_value: {{PROXY_PORT}} }",
+        ),
+        (
+            "{ address: 127.0.0.1, port_value: 9901 }".to_string(),
+            "{ address: 127.0.0.1, port_value: {{ADMIN_PORT}} }",
+        ),
+        (
+            node(0),
+            "{ address: 127.0.0.1, port_value: {{REDIS_PORT}} }",
+        ),
+        (
+            node(1),
+            "{ address: 127.0.0.1, port_value: {{REDIS_PORT_2}} }",
+        ),
+        (
+            node(2),
+            "{ address: 127.0.0.1, port_value: {{REDIS_PORT_3}} }",
+        ),
+    ] {
+        assert!(
+            text.contains(&from),
+            "the redis_proxy config no longer has {from}"
+        );
+        text = text.replace(&from, to);
+    }
+    assert!(
+        !text.contains("svc.cluster.local"),
+        "an address left: {text}"
+    );
+    text
+}
+
+/// The store of `docs` (istio/ or istio/cluster/) as the harness runs it.
+fn store_options(docs: &[Value], work: &Path) -> StackOptions {
+    let redis_conf = str_of(
+        &find(docs, "ConfigMap", "redis-config")["data"]["redis.conf"],
+        "redis.conf",
+    );
+    let cluster = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == "redis-cluster");
+    let redis = cluster.unwrap_or_else(|| find(docs, "Deployment", "redis"));
+    let node = container(redis, "redis");
+    let mut redis_env = container_env(node);
+    let form = cluster.map(|_| {
+        let job = find(docs, "Job", "redis-cluster-bootstrap");
+        let c = container(job, "bootstrap");
+        redis_env.extend(container_env(c).into_iter().filter(|(k, _)| k != "NODES"));
+        container_script(docs, job, c, work, None)
+    });
+    let redis_script = RedisScript {
+        start: container_script(docs, redis, node, work, Some("/etc/redis/redis.conf")),
+        env: redis_env,
+        form,
+    };
+
+    // Webdis: where the manifest points it is checked, then made the test's address.
+    let webdis = find(docs, "Deployment", "webdis");
+    let mut webdis_env = container_env(container(webdis, "webdis"));
+    let (host, port) = (
+        env_value(&webdis_env, "REDIS_HOST").to_string(),
+        env_value(&webdis_env, "REDIS_PORT").to_string(),
+    );
+    let (redis_proxy, redis_proxy_env) = if cluster.is_some() {
+        let proxy = container(webdis, "redis-proxy");
+        assert_eq!(
+            (host.as_str(), port.as_str()),
+            (
+                "127.0.0.1",
+                proxy["ports"][0]["containerPort"].to_string().as_str()
+            ),
+            "Webdis talks to the redis_proxy in its pod"
+        );
+        (
+            Some(redis_proxy_template(find(
+                docs,
+                "ConfigMap",
+                "redis-proxy-config",
+            ))),
+            container_env(proxy),
+        )
+    } else {
+        let service = find(docs, "Service", "redis");
+        assert_eq!(
+            host, "redis.fleet-cache.svc.cluster.local",
+            "Webdis' Redis host"
+        );
+        assert_eq!(
+            port,
+            service["spec"]["ports"][0]["port"].to_string(),
+            "Webdis' Redis port"
+        );
+        (None, Vec::new())
+    };
+    for (k, v) in webdis_env.iter_mut() {
+        match k.as_str() {
+            "REDIS_HOST" => *v = "127.0.0.1".into(),
+            "REDIS_PORT" => *v = "{{REDIS_PORT}}".into(),
+            _ => {}
+        }
+    }
+    StackOptions {
+        webdis_template: Some(webdis_template(find(docs, "ConfigMap", "webdis-config"))),
+        webdis_binary: Some(WEBDIS_UPSTREAM.into()),
+        webdis_env,
+        redis_conf: Some(redis_conf.to_string()),
+        redis_script: Some(redis_script),
+        redis_cluster: cluster.is_some(),
+        redis_proxy,
+        redis_proxy_env,
+        ..StackOptions::default()
+    }
 }
 
 /// The store's ACLs are the ones the filter is developed and tested against (envoy/): the
 /// commands it needs change with it.
-fn assert_same_acls(redis_conf: &str, webdis_template: &str) {
-    let user_line = |conf: &str| {
-        conf.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("user default "))
-            .map(str::to_string)
-    };
-    let dev_redis = fs::read_to_string(format!("{REPO}/envoy/redis.conf")).unwrap();
-    assert_eq!(
-        user_line(redis_conf),
-        user_line(&dev_redis),
-        "the Redis ACL in istio/ (redis-config) differs from envoy/redis.conf"
+fn assert_same_acls(docs: &[Value]) {
+    let rights = str_of(
+        &find(docs, "ConfigMap", "redis-config")["data"]["store-user.acl"],
+        "store-user.acl",
     );
-    let acl = |template: &str| {
-        let text = template
-            .replace("{{REDIS_PORT}}", "0")
-            .replace("{{WEBDIS_PORT}}", "0");
-        let v: Value = serde_json::from_str(&text).expect("webdis config is JSON");
+    let dev_redis = fs::read_to_string(format!("{REPO}/envoy/redis.conf")).unwrap();
+    let dev_rights = dev_redis
+        .lines()
+        .find_map(|l| l.strip_prefix("user default on nopass "))
+        .expect("envoy/redis.conf's store user");
+    assert_eq!(
+        rights.trim(),
+        dev_rights.trim(),
+        "the store user's rights in istio/ (redis-config) differ from envoy/redis.conf's"
+    );
+    let acl = |text: &str| {
+        let v: Value = serde_json::from_str(
+            &text
+                .replace("{{REDIS_PORT}}", "0")
+                .replace("{{WEBDIS_PORT}}", "0")
+                .replace("{{WEBDIS_CREDENTIALS}}", "<credentials>")
+                .replace("$WEBDIS_CREDENTIALS", "<credentials>"),
+        )
+        .expect("webdis config is JSON");
         v["acl"].clone()
     };
-    let dev_webdis = fs::read_to_string(format!("{REPO}/envoy/webdis.json")).unwrap();
+    let istio = str_of(
+        &find(docs, "ConfigMap", "webdis-config")["data"]["webdis.json"],
+        "webdis.json",
+    );
+    let dev_webdis = fs::read_to_string(format!("{REPO}/envoy/webdis-auth.json")).unwrap();
     assert_eq!(
-        acl(webdis_template),
+        acl(istio),
         acl(&dev_webdis),
-        "the Webdis ACL in istio/ (webdis-config) differs from envoy/webdis.json"
+        "the Webdis ACL in istio/ (webdis-config) differs from envoy/webdis-auth.json"
     );
 }
 
@@ -350,10 +636,10 @@ fn wait_published(s: &Stack, n: u64) {
     }
 }
 
-/// Runs the WasmPlugin `namespace/name` of istio/ as Istio would, and checks MISS then HIT.
-fn plugin_works_verbatim(plugin_namespace: &str) {
-    let docs = manifests();
-    let plugin = *wasm_plugins(&docs)
+/// Runs the WasmPlugin of `plugin_namespace` in `docs` (istio/ or istio/cluster/ rendered) as
+/// Istio would, against the store `docs` deploys, and checks MISS then HIT.
+fn plugin_works_verbatim(docs: &[Value], plugin_namespace: &str) {
+    let plugin = *wasm_plugins(docs)
         .iter()
         .find(|p| p["metadata"]["namespace"] == plugin_namespace)
         .unwrap_or_else(|| panic!("no WasmPlugin in namespace {plugin_namespace}"));
@@ -374,8 +660,8 @@ fn plugin_works_verbatim(plugin_namespace: &str) {
         "an HTTP filter"
     );
 
-    // The store: the Webdis Service's Istio cluster, and Webdis and Redis as configured.
-    let webdis = find(&docs, "Service", "webdis");
+    // The store: the Webdis Service's Istio cluster; a Cluster only with redis_cluster.
+    let webdis = find(docs, "Service", "webdis");
     let cluster = service_cluster(webdis, "http");
     assert_eq!(
         config["store"]["cluster"], cluster,
@@ -383,12 +669,13 @@ fn plugin_works_verbatim(plugin_namespace: &str) {
     );
     let host = cluster.rsplit("||").next().unwrap();
     assert_eq!(config["store"]["authority"], host, "store.authority");
-    let redis_conf = str_of(
-        &find(&docs, "ConfigMap", "redis-config")["data"]["redis.conf"],
-        "redis.conf",
+    let on_cluster = docs.iter().any(|d| d["kind"] == "StatefulSet");
+    assert_eq!(
+        config["store"]["redis_cluster"].as_bool().unwrap_or(false),
+        on_cluster,
+        "store.redis_cluster must say whether the store is a Redis Cluster"
     );
-    let webdis_config = webdis_template(find(&docs, "ConfigMap", "webdis-config"));
-    assert_same_acls(redis_conf, &webdis_config);
+    assert_same_acls(docs);
 
     // The module, from the image, as Istio's agent gets it.
     let work = tempfile::Builder::new()
@@ -421,14 +708,23 @@ fn plugin_works_verbatim(plugin_namespace: &str) {
             &http_filters(phase, &plugin_filter(&resource_name, &ecds_path)),
         )
         .replace("@STORE_CLUSTER@", &cluster);
+    let envoy_env = ecds["resources"][0]["typed_config"]["config"]["vm_config"]
+        ["environment_variables"]["host_env_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            let k = str_of(k, "host_env_keys");
+            (k.to_string(), proxy_env(k))
+        })
+        .collect();
 
     let namespace = str_of(&config["namespace"], "pluginConfig.namespace").to_string();
     let s = Stack::start(StackOptions {
         envoy_template: Some(envoy),
-        webdis_template: Some(webdis_config),
-        redis_conf: Some(redis_conf.to_string()),
         namespace: Some(namespace.clone()),
-        ..StackOptions::default()
+        envoy_env,
+        ..store_options(docs, &work_dir)
     });
 
     let authorized = [("x-authorized", "yes")];
@@ -464,17 +760,59 @@ fn plugin_works_verbatim(plugin_namespace: &str) {
     );
     assert_eq!(s.stat(0, "fleet_cache_hits"), Some(1));
 
-    // The store as istio/ configures it: Webdis refuses what the filter doesn't send, Redis
-    // refuses what a script must not do, and keeps nothing on disk.
-    assert_eq!(s.webdis_request("GET", "/KEYS/*", b"").status, 403);
-    assert_eq!(s.webdis_request("GET", "/FLUSHALL", b"").status, 403);
-    let script = s.webdis_request("GET", "/EVAL/return%20redis.call('FLUSHALL')/0.raw", b"");
+    // The store as istio/ configures it. Webdis: nothing without the credentials (PING aside,
+    // for probes), and with them only what the filter sends; Redis refuses what a script must
+    // not do, and whoever has no password.
+    let webdis_get = |path: &str, credentials: Option<&str>| {
+        let auth = credentials.map(|c| {
+            let (user, password) = c.split_once(':').unwrap();
+            secured::basic(user, password)
+        });
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        client::request(s.webdis_port(), "GET", path, &headers, b"").expect("webdis answers")
+    };
+    let good = secret("webdis-credentials");
+    let key = format!("/GET/{}.raw", s.keys()[0]);
+    assert_eq!(webdis_get(&key, None).status, 403, "no credentials");
+    assert_eq!(
+        webdis_get(&key, Some("fleet-cache:wrong")).status,
+        403,
+        "wrong ones"
+    );
+    assert_eq!(webdis_get(&key, Some(&good)).status, 200, "the filter's");
+    assert_eq!(webdis_get("/PING", None).status, 200, "PING, for probes");
+    assert_eq!(webdis_get("/KEYS/*", Some(&good)).status, 403);
+    assert_eq!(webdis_get("/FLUSHALL", Some(&good)).status, 403);
+    // (One key: the redis_proxy routes a script by its first key.)
+    let script = webdis_get(
+        "/EVAL/return%20redis.call('FLUSHALL')/1/some-key.raw",
+        Some(&good),
+    );
     assert!(
-        script.text().contains("ERR"),
+        script.text().contains("ERR") || script.text().contains("NOPERM"),
         "a script may flush the store: {}",
         script.text()
     );
     assert_eq!(s.keys().len(), 1, "the entry survived the script");
+    let noauth = secured::unauthenticated_ping(s.redis_port());
+    assert!(
+        noauth.starts_with("-NOAUTH"),
+        "Redis' default user answers: {noauth}"
+    );
+    // The secrets appear in no log: the filter's, Webdis', Redis'.
+    for (what, log) in [
+        ("envoy", s.envoy_log(0)),
+        ("webdis", s.webdis_log()),
+        ("redis", s.redis_log()),
+    ] {
+        for (key, value) in SECRET {
+            assert!(
+                !log.contains(value),
+                "{what}'s log shows the Secret's {key}"
+            );
+        }
+    }
     // `save ""`: no snapshots (redis-cli prints the name, then the empty value).
     assert_eq!(s.redis_cli(&["CONFIG", "GET", "save"]).trim_end(), "save");
     assert_eq!(
@@ -489,7 +827,7 @@ fn plugin_works_verbatim(plugin_namespace: &str) {
 
 #[test]
 fn gateway_wasmplugin_misses_then_hits() {
-    plugin_works_verbatim("istio-system");
+    plugin_works_verbatim(&manifests(), "istio-system");
 }
 
 #[test]
@@ -504,7 +842,15 @@ fn sidecar_wasmplugin_misses_then_hits() {
         json!([{ "mode": "SERVER" }]),
         "inbound (SERVER) only"
     );
-    plugin_works_verbatim(str_of(&sidecar["metadata"]["namespace"], "namespace"));
+    let namespace = str_of(&sidecar["metadata"]["namespace"], "namespace").to_string();
+    plugin_works_verbatim(&docs, &namespace);
+}
+
+/// istio/cluster/: six nodes started by the StatefulSet's command, formed by the bootstrap
+/// Job's script, Webdis through the redis_proxy of its pod.
+#[test]
+fn gateway_wasmplugin_misses_then_hits_on_the_redis_cluster() {
+    plugin_works_verbatim(&cluster_manifests(), "istio-system");
 }
 
 #[test]
@@ -518,7 +864,7 @@ fn plugin_config_is_marshalled_like_protojson() {
         r#"{"a":16777216,"b":{"a":[true,null,"x\"y"],"z":1},"c":0.5,"d":1e+21,"e":1e-7,"f":-3}"#
     );
     // What the filter gets from istio/ parses back to the manifest's values.
-    for p in wasm_plugins(&manifests()) {
+    for p in wasm_plugins(&[manifests(), cluster_manifests()].concat()) {
         let text = struct_json(&p["spec"]["pluginConfig"]);
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, p["spec"]["pluginConfig"], "{text}");

@@ -2,14 +2,16 @@
 """Checks the Kubernetes objects under a directory without a cluster:
 `.venv/bin/python scripts/manifests/check_k8s.py istio`.
 
-- Every object (all but Istio's kinds, which check_istio.mjs checks, and the Kustomization)
-  against the Kubernetes OpenAPI schemas carried by kubernetes-validate, in strict mode: unknown
-  fields fail, as `kubectl apply --validate=strict` would. Against the oldest and the newest
-  Kubernetes version below.
-- What the store must have: every Deployment container has resource requests and limits and
-  both probes.
-- The kustomization: known fields only, every resource it lists exists, and every manifest in
-  the directory is listed (so `kubectl apply -k` deploys all of them).
+- Every kustomization that no other one includes (istio/, istio/store-cluster/) is rendered
+  with kustomize (`.venv/kustomize build`, as `kubectl apply -k` would), and every object it
+  renders (all but Istio's kinds, which check_istio.mjs checks) is checked against the
+  Kubernetes OpenAPI schemas carried by kubernetes-validate, in strict mode: unknown fields
+  fail, as `kubectl apply --validate=strict` would. Against the oldest and the newest
+  Kubernetes version below. So an overlay's patches are checked by what they produce.
+- What the store must have: every Deployment and StatefulSet container has resource requests
+  and limits and both probes; every Job container resources.
+- The kustomizations: known fields only, every resource and patch they list exists, and every
+  manifest in the directory is listed by one of them (so `kubectl apply -k` deploys it).
 
 It first proves, on copies of a real Deployment, that misspelt fields and bad values fail.
 Exit status: 0 when everything is valid, 1 otherwise.
@@ -17,6 +19,7 @@ Exit status: 0 when everything is valid, 1 otherwise.
 
 import copy
 import os
+import subprocess
 import sys
 
 import kubernetes_validate
@@ -25,6 +28,8 @@ import yaml
 # Kubernetes versions to validate against: the oldest one current Istio releases support, and
 # the newest schemas kubernetes-validate carries.
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+
+KUSTOMIZE = os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "kustomize")
 
 KUSTOMIZATION_FIELDS = {
     "apiVersion", "kind", "metadata", "resources", "components", "namespace", "namePrefix",
@@ -68,15 +73,19 @@ def schema_problems(doc):
 
 
 def policy_problems(doc):
-    """What the issue asks of every workload: resources and probes."""
+    """What the issue asks of every workload: resources, and probes for long-running ones."""
     problems = []
-    if doc.get("kind") == "Deployment":
-        for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+    kind = doc.get("kind")
+    if kind in ("Deployment", "StatefulSet", "Job"):
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for c in pod.get("containers", []):
             name = c.get("name", "?")
             res = c.get("resources", {})
             for part in ("requests", "limits"):
                 if not res.get(part):
                     problems.append(f"container {name}: no resources.{part}")
+            if kind == "Job":
+                continue
             for probe in ("readinessProbe", "livenessProbe"):
                 if probe not in c:
                     problems.append(f"container {name}: no {probe}")
@@ -89,20 +98,29 @@ def check(doc):
     return schema_problems(doc) + policy_problems(doc)
 
 
-def kustomization_problems(root, path, doc):
-    problems = [f"unknown field {k}" for k in doc if k not in KUSTOMIZATION_FIELDS]
+def listed_paths(path, doc):
+    """The files and directories a kustomization names: resources and patch files."""
     base = os.path.dirname(path)
-    listed = set()
-    for r in doc.get("resources", []):
-        p = os.path.normpath(os.path.join(base, r))
-        listed.add(p)
-        if not os.path.isfile(p):
-            problems.append(f"resource {r} does not exist")
-    for f in yaml_files(root):
-        f = os.path.normpath(f)
-        if f != os.path.normpath(path) and f not in listed:
-            problems.append(f"{os.path.relpath(f, base)} is not listed in resources")
+    names = list(doc.get("resources", []))
+    names += [p["path"] for p in doc.get("patches", []) if isinstance(p, dict) and "path" in p]
+    return [(n, os.path.normpath(os.path.join(base, n))) for n in names]
+
+
+def kustomization_problems(path, doc):
+    problems = [f"unknown field {k}" for k in doc if k not in KUSTOMIZATION_FIELDS]
+    for name, p in listed_paths(path, doc):
+        if not (os.path.isfile(p) or os.path.isfile(os.path.join(p, "kustomization.yaml"))):
+            problems.append(f"{name} does not exist (nor a directory with a kustomization)")
     return problems
+
+
+def render(kustomization_dir):
+    out = subprocess.run(
+        [KUSTOMIZE, "build", kustomization_dir], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        return None, out.stderr.strip().splitlines()[:5]
+    return [d for d in yaml.safe_load_all(out.stdout) if d is not None], []
 
 
 def self_test(deployment):
@@ -138,8 +156,9 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: check_k8s.py <dir>")
     root = sys.argv[1]
-    objects, problems = [], []
-    kustomizations = 0
+    problems = []
+    kustomizations = {}  # directory -> its kustomization
+    listed = set()
     for path in yaml_files(root):
         try:
             docs = load(path)
@@ -147,16 +166,28 @@ def main():
             problems.append(f"{path}: YAML: {e}")
             continue
         for i, doc in enumerate(docs):
-            where = f"{path} #{i}"
             if not isinstance(doc, dict):
-                problems.append(f"{where}: not an object")
-            elif is_istio(doc):
-                continue  # check_istio.mjs
+                problems.append(f"{path} #{i}: not an object")
             elif is_kustomization(doc):
-                kustomizations += 1
-                problems += [f"{where} Kustomization: {p}" for p in kustomization_problems(root, path, doc)]
-            else:
-                objects.append((where, doc))
+                kustomizations[os.path.normpath(os.path.dirname(path))] = doc
+                problems += [f"{path} Kustomization: {p}" for p in kustomization_problems(path, doc)]
+                listed |= {p for _, p in listed_paths(path, doc)}
+    for f in yaml_files(root):
+        f = os.path.normpath(f)
+        if os.path.dirname(f) not in kustomizations or os.path.basename(f) != "kustomization.yaml":
+            if f not in listed:
+                problems.append(f"{f} is listed by no kustomization")
+    # Entry points: kustomizations no other one includes.
+    entries = sorted(d for d in kustomizations if d not in listed)
+    objects = []
+    for d in entries:
+        docs, errors = render(d)
+        problems += [f"kustomize build {d}: {e}" for e in errors]
+        for doc in docs or []:
+            if not isinstance(doc, dict):
+                problems.append(f"kustomize build {d}: an object is not a mapping")
+            elif not is_istio(doc):
+                objects.append((f"kustomize build {d}:", doc))
     for where, doc in objects:
         meta = doc.get("metadata") or {}
         label = f"{where} {doc.get('kind')} {meta.get('namespace', '')}/{meta.get('name', '')}"
@@ -172,8 +203,9 @@ def main():
     if problems or self_failures:
         sys.exit(1)
     print(
-        f"check_k8s: {len(objects)} Kubernetes objects and {kustomizations} kustomization under "
-        f"{root} valid (Kubernetes {' and '.join(VERSIONS)}, strict; self-test ok)"
+        f"check_k8s: {len(objects)} Kubernetes objects rendered from {len(entries)} "
+        f"kustomizations ({', '.join(entries)}; {len(kustomizations)} in all) valid "
+        f"(Kubernetes {' and '.join(VERSIONS)}, strict; self-test ok)"
     )
 
 

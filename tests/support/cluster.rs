@@ -2,6 +2,7 @@
 //! (three masters, a replica each) made one by `redis-cli --cluster create`, with the
 //! store's own redis.conf (its ACL included) plus the cluster settings. Stopped on drop.
 
+use super::redis_script::RedisScript;
 use super::stack::{TEST_ADMIN_PASSWORD, TEST_ADMIN_USER, free_port, poll, spawn, stop_children};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,9 @@ pub struct RedisCluster {
     ports: Vec<u16>,
     nodes: Mutex<Vec<Option<Child>>>,
     dir: PathBuf,
+    /// Nodes started and the cluster formed as a manifest does, when given.
+    script: Option<RedisScript>,
+    conf: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -21,13 +25,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RedisCluster {
-    /// Starts the nodes from `conf` (a redis.conf's text) in `dir`, and forms the cluster.
-    pub fn start(dir: &Path, conf: &str) -> RedisCluster {
+    /// Starts the nodes from `conf` (a redis.conf's text) in `dir`, and forms the cluster;
+    /// both with `script` when given.
+    pub fn start(dir: &Path, conf: &str, script: Option<&RedisScript>) -> RedisCluster {
         let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let mut cluster = RedisCluster {
             ports,
             nodes: Mutex::new((0..NODES).map(|_| None).collect()),
             dir: dir.to_path_buf(),
+            script: script.cloned(),
+            conf: conf.to_string(),
         };
         let conf_path = dir.join("cluster-redis.conf");
         std::fs::write(&conf_path, conf).expect("write the cluster's redis.conf");
@@ -52,27 +59,7 @@ impl RedisCluster {
                 cluster.spawn(i, &conf_path);
             }
         }
-        let addrs: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let out = Command::new("redis-cli")
-            .args(["--user", TEST_ADMIN_USER, "--pass", TEST_ADMIN_PASSWORD])
-            .arg("--no-auth-warning")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli --cluster create");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("All 16384 slots covered"),
-            "the cluster did not form:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster.form();
         assert!(
             cluster.wait_healthy(Duration::from_secs(20)),
             "the cluster never became healthy"
@@ -80,8 +67,56 @@ impl RedisCluster {
         cluster
     }
 
+    /// `redis-cli --cluster create` as the harness' admin, or the script's own.
+    fn form(&self) {
+        let out = match self
+            .script
+            .as_ref()
+            .and_then(|s| s.form_command(&self.ports))
+        {
+            Some(mut cmd) => cmd.stdin(Stdio::null()).output(),
+            None => {
+                let addrs: Vec<String> = self
+                    .ports
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .collect();
+                Command::new("redis-cli")
+                    .args(["--user", TEST_ADMIN_USER, "--pass", TEST_ADMIN_PASSWORD])
+                    .arg("--no-auth-warning")
+                    .arg("--cluster")
+                    .arg("create")
+                    .args(&addrs)
+                    .args(["--cluster-replicas", "1", "--cluster-yes"])
+                    .stdin(Stdio::null())
+                    .output()
+            }
+        }
+        .expect("form the cluster");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("All 16384 slots covered"),
+            "the cluster did not form:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn spawn(&self, i: usize, conf: &Path) {
         let port = self.ports[i];
+        if let Some(script) = &self.script {
+            // The node's own directory: its pod's volumes (nodes.conf, the rendered config).
+            let dir = self.dir.join(format!("node-{port}"));
+            std::fs::create_dir_all(&dir).expect("node dir");
+            let mut cmd = script.command(
+                &self.conf,
+                port,
+                &dir,
+                "cluster-enabled yes\nrepl-diskless-sync-delay 0",
+            );
+            let child = spawn(&mut cmd, &self.dir.join(format!("redis-{port}.log")));
+            lock(&self.nodes)[i] = Some(child);
+            return;
+        }
         let mut cmd = Command::new("redis-server");
         cmd.arg(conf)
             .arg("--port")

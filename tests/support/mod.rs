@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod fake_store;
 pub mod oci;
 pub mod origin;
+pub mod redis_script;
 pub mod secured;
 pub mod stack;
 

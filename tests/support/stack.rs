@@ -9,6 +9,7 @@
 //! grace period), also when the test panics. The temp dir is removed unless `KEEP_TEST_DIRS=1`.
 
 use super::cluster::RedisCluster;
+use super::redis_script::RedisScript;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -85,6 +86,16 @@ pub struct StackOptions {
     /// `redis_proxy` whose template seeds it from `{{REDIS_PORT}}`, `{{REDIS_PORT_2}}` and
     /// `{{REDIS_PORT_3}}`.
     pub redis_cluster: bool,
+    /// Start Redis (or each Cluster node) as a manifest's container does (istio/).
+    pub redis_script: Option<RedisScript>,
+    /// Another Webdis binary than Debian's (`.venv/webdis-upstream`: the version istio/
+    /// deploys), and its environment; `{{REDIS_PORT}}` in a value becomes where Webdis
+    /// connects, as in the template.
+    pub webdis_binary: Option<String>,
+    pub webdis_env: Vec<(String, String)>,
+    /// Added to the filter Envoys' environment (what a WasmPlugin's `vmConfig.env` HOST
+    /// reads).
+    pub envoy_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -103,6 +114,10 @@ impl Default for StackOptions {
             redis_proxy: None,
             redis_proxy_env: Vec::new(),
             redis_cluster: false,
+            redis_script: None,
+            webdis_binary: None,
+            webdis_env: Vec::new(),
+            envoy_env: Vec::new(),
         }
     }
 }
@@ -153,6 +168,10 @@ pub struct Stack {
     /// The Redis Cluster, when the test asked for one (then `redis` is unused).
     cluster: Option<RedisCluster>,
     want_cluster: bool,
+    redis_script: Option<RedisScript>,
+    webdis_binary: Option<String>,
+    webdis_env: Vec<(String, String)>,
+    envoy_env: Vec<(String, String)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -532,6 +551,10 @@ impl Stack {
             redis_proxy_port: 0,
             cluster: None,
             want_cluster: opts.redis_cluster,
+            redis_script: opts.redis_script.clone(),
+            webdis_binary: opts.webdis_binary.clone(),
+            webdis_env: opts.webdis_env.clone(),
+            envoy_env: opts.envoy_env.clone(),
         };
         if let Some(conf) = &opts.redis_conf {
             let p = st.path.join("redis.conf");
@@ -553,7 +576,7 @@ impl Stack {
                 None => fs::read_to_string(format!("{REPO}/envoy/redis.conf"))
                     .expect("read envoy/redis.conf"),
             };
-            let cluster = RedisCluster::start(&self.path, &conf);
+            let cluster = RedisCluster::start(&self.path, &conf, self.redis_script.as_ref());
             self.redis_port = cluster.ports()[0];
             self.cluster = Some(cluster);
             return;
@@ -575,6 +598,11 @@ impl Stack {
             Some(p) => p.clone(),
             None => PathBuf::from(format!("{REPO}/envoy/redis.conf")),
         };
+        if let Some(script) = &self.redis_script {
+            let text = fs::read_to_string(&conf).expect("read redis.conf");
+            let mut cmd = script.command(&text, self.redis_port, &self.path, "");
+            return self.await_redis(spawn(&mut cmd, &log), &log);
+        }
         let mut cmd = Command::new("redis-server");
         cmd.arg(conf)
             .arg("--port")
@@ -590,7 +618,12 @@ impl Stack {
             .args(["--user", TEST_ADMIN_USER, "on"])
             .arg(format!(">{TEST_ADMIN_PASSWORD}"))
             .args(["~*", "&*", "+@all"]);
-        let mut child = spawn(&mut cmd, &log);
+        self.await_redis(spawn(&mut cmd, &log), &log)
+    }
+
+    /// Waits for the Redis just spawned to answer; Err(log tail) if it exits or never does.
+    fn await_redis(&self, mut child: Child, log: &Path) -> Result<(), String> {
+        let log = log.to_path_buf();
         let port = self.redis_port;
         let w = wait_until(&mut child, REDIS_READY_TIMEOUT, || redis_ping(port));
         *lock(&self.redis) = Some(child);
@@ -623,7 +656,14 @@ impl Stack {
                 .replace("{{WEBDIS_PORT}}", &self.webdis_port.to_string())
                 .replace("{{WEBDIS_LOG}}", log.to_str().expect("utf-8 temp path"));
             fs::write(&cfg, text).expect("write webdis.json");
-            let mut child = spawn(Command::new("webdis").arg(&cfg), &out);
+            let webdis_port = self.webdis_redis_port().to_string();
+            let mut cmd = Command::new(self.webdis_binary.as_deref().unwrap_or("webdis"));
+            cmd.arg(&cfg).envs(
+                self.webdis_env
+                    .iter()
+                    .map(|(k, v)| (k, v.replace("{{REDIS_PORT}}", &webdis_port))),
+            );
+            let mut child = spawn(&mut cmd, &out);
             let port = self.webdis_port;
             let w = wait_until(&mut child, WEBDIS_READY_TIMEOUT, || webdis_ping(port));
             *lock(&self.webdis) = Some(child);
@@ -756,7 +796,7 @@ impl Stack {
     fn spawn_envoy(&self, i: usize) {
         let s = &self.envoy_slots[i];
         let child = spawn(
-            &mut envoy_command(&s.config, &s.log, self.concurrency),
+            envoy_command(&s.config, &s.log, self.concurrency).envs(self.envoy_env.iter().cloned()),
             &s.stderr,
         );
         lock(&self.envoys)[i] = Some(child);
