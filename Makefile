@@ -79,10 +79,12 @@ oci-push: oci
 		oci:$(OCI_LAYOUT):$(OCI_TAG) docker://$(REGISTRY)/fleet-cache:$(OCI_TAG)
 	@echo "pushed oci://$(REGISTRY)/fleet-cache:$(OCI_TAG) (pin: oci://$(REGISTRY)/fleet-cache@$$(cat target/oci/pushed.digest))"
 
-# Every manifest in istio/ against its schema, without a cluster: Kubernetes objects with
-# kubernetes-validate (strict: unknown fields fail), the WasmPlugins with Istio's CRD schema
-# from @kubernetes-models/istio (plus an unknown-field check). Each checker also proves it
-# rejects a misspelt field. Tools: .venv and scripts/manifests/node_modules (scripts/setup.sh).
+# Every manifest in istio/ against its schema, without a cluster: the Kubernetes objects each
+# kustomization renders (istio/, istio/cluster/; kustomize build) with kubernetes-validate
+# (strict: unknown fields fail), the WasmPlugins with Istio's CRD schema from
+# @kubernetes-models/istio (plus an unknown-field check). Each checker also proves it rejects a
+# misspelt field. Tools: .venv (kustomize in it) and scripts/manifests/node_modules
+# (scripts/setup.sh).
 manifests-check: setup
 	.venv/bin/python scripts/manifests/check_k8s.py istio
 	node scripts/manifests/check_istio.mjs istio
