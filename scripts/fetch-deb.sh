@@ -20,16 +20,22 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 curl -fsS -m 60 -o "$work/InRelease" "$MIRROR/dists/$suite/InRelease"
-gpgv --keyring /usr/share/keyrings/debian-archive-keyring.gpg "$work/InRelease" 2>"$work/gpgv" || {
+# Only what the signature covers is read (--output): text around the signed part is not.
+gpgv --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$work/Release" \
+  "$work/InRelease" 2>"$work/gpgv" || {
   cat "$work/gpgv" >&2
   echo "fetch-deb: $suite's InRelease is not signed by the Debian archive keyring" >&2
   exit 1
 }
-index=main/binary-amd64/Packages.xz
-want=$(awk -v f="$index" '/^SHA256:/{s=1; next} /^[A-Za-z]/{s=0} s && $3==f {print $1}' "$work/InRelease")
-[ -n "$want" ] || { echo "fetch-deb: $index not in $suite's InRelease" >&2; exit 1; }
+arch=$(dpkg --print-architecture)
+index=main/binary-$arch/Packages.xz
+want=$(awk -v f="$index" '/^SHA256:/{s=1; next} /^[A-Za-z]/{s=0} s && $3==f {print $1}' "$work/Release")
+[ "$(printf '%s\n' "$want" | grep -c .)" = 1 ] || {
+  echo "fetch-deb: not exactly one SHA-256 of $index in $suite's Release" >&2
+  exit 1
+}
 curl -fsS -m 120 -o "$work/Packages.xz" "$MIRROR/dists/$suite/$index"
-echo "$want  $work/Packages.xz" | sha256sum -c --quiet -
+echo "$want  $work/Packages.xz" | sha256sum -c --strict --quiet -
 xz -d "$work/Packages.xz"
 
 mkdir -p "$dest"
@@ -44,7 +50,7 @@ for spec in "$@"; do
     exit 1
   fi
   curl -fsS -m 300 -o "$work/p.deb" "$MIRROR/$file"
-  echo "$sum  $work/p.deb" | sha256sum -c --quiet -
+  echo "$sum  $work/p.deb" | sha256sum -c --strict --quiet -
   dpkg-deb -x "$work/p.deb" "$dest"
   echo "fetch-deb: $pkg $version from $suite into $dest"
 done

@@ -459,38 +459,36 @@ fn webdis_template(config_map: &Value) -> String {
 /// seed nodes become the harness' placeholders.
 fn redis_proxy_template(config_map: &Value) -> String {
     let mut text = str_of(&config_map["data"]["envoy.yaml"], "envoy.yaml").to_string();
-    let node = |i: usize| {
-        format!(
-            "{{ address: redis-cluster-{i}.redis-cluster.fleet-cache.svc.cluster.local, port_value: 6379 }}"
-        )
-    };
-    for (from, to) in [
+    let loopback = |port: &str| format!("{{ address: 127.0.0.1, port_value: {port} }}");
+    let mut swaps = vec![
         (
             "{ address: 0.0.0.0, port_value: 6380 }".to_string(),
-            "{ address: 127.0.0.1, port_value: {{PROXY_PORT}} }",
+            loopback("{{PROXY_PORT}}"),
         ),
         (
             "{ address: 127.0.0.1, port_value: 9901 }".to_string(),
-            "{ address: 127.0.0.1, port_value: {{ADMIN_PORT}} }",
+            loopback("{{ADMIN_PORT}}"),
         ),
-        (
-            node(0),
-            "{ address: 127.0.0.1, port_value: {{REDIS_PORT}} }",
-        ),
-        (
-            node(1),
-            "{ address: 127.0.0.1, port_value: {{REDIS_PORT_2}} }",
-        ),
-        (
-            node(2),
-            "{ address: 127.0.0.1, port_value: {{REDIS_PORT_3}} }",
-        ),
-    ] {
+    ];
+    // Node i of the StatefulSet is the harness' node i.
+    for i in 0..6 {
+        let placeholder = match i {
+            0 => "{{REDIS_PORT}}".to_string(),
+            _ => format!("{{{{REDIS_PORT_{}}}}}", i + 1),
+        };
+        swaps.push((
+            format!(
+                "{{ address: redis-cluster-{i}.redis-cluster.fleet-cache.svc.cluster.local, port_value: 6379 }}"
+            ),
+            loopback(&placeholder),
+        ));
+    }
+    for (from, to) in swaps {
         assert!(
             text.contains(&from),
             "the redis_proxy config no longer has {from}"
         );
-        text = text.replace(&from, to);
+        text = text.replace(&from, &to);
     }
     assert!(
         !text.contains("svc.cluster.local"),
@@ -812,6 +810,51 @@ fn plugin_works_verbatim(docs: &[Value], plugin_namespace: &str) {
                 "{what}'s log shows the Secret's {key}"
             );
         }
+    }
+    // The Redis container's probes, as the kubelet runs them (in the container, with its
+    // environment), against the node: they pass, and fail with a wrong password.
+    let redis = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "StatefulSet"
+                || (d["kind"] == "Deployment" && d["metadata"]["name"] == "redis")
+        })
+        .expect("a Redis workload");
+    let node = container(redis, "redis");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let command = &node[probe]["exec"]["command"];
+        assert_eq!(command[0], "sh", "{probe}: an exec probe");
+        let script = str_of(&command[2], "probe script").replace(
+            "-h 127.0.0.1",
+            &format!("-h 127.0.0.1 -p {}", s.redis_port()),
+        );
+        assert!(
+            script.contains(" -p "),
+            "{probe} does not name 127.0.0.1: {script}"
+        );
+        let run = |env: Vec<(String, String)>| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .envs(env)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("sh")
+                .status
+                .success()
+        };
+        assert!(run(container_env(node)), "{probe} fails: {script}");
+        let wrong = container_env(node)
+            .into_iter()
+            .map(|(k, v)| {
+                if k.ends_with("PASSWORD") {
+                    (k, "wrong".into())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        assert!(!run(wrong), "{probe} passes without the password: {script}");
     }
     // `save ""`: no snapshots (redis-cli prints the name, then the empty value).
     assert_eq!(s.redis_cli(&["CONFIG", "GET", "save"]).trim_end(), "save");

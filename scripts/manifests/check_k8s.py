@@ -2,7 +2,7 @@
 """Checks the Kubernetes objects under a directory without a cluster:
 `.venv/bin/python scripts/manifests/check_k8s.py istio`.
 
-- Every kustomization that no other one includes (istio/, istio/store-cluster/) is rendered
+- Every kustomization that no other one includes (istio/, istio/cluster/) is rendered
   with kustomize (`.venv/kustomize build`, as `kubectl apply -k` would), and every object it
   renders (all but Istio's kinds, which check_istio.mjs checks) is checked against the
   Kubernetes OpenAPI schemas carried by kubernetes-validate, in strict mode: unknown fields

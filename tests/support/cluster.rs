@@ -107,12 +107,8 @@ impl RedisCluster {
             // The node's own directory: its pod's volumes (nodes.conf, the rendered config).
             let dir = self.dir.join(format!("node-{port}"));
             std::fs::create_dir_all(&dir).expect("node dir");
-            let mut cmd = script.command(
-                &self.conf,
-                port,
-                &dir,
-                "cluster-enabled yes\nrepl-diskless-sync-delay 0",
-            );
+            // Nothing of the cluster's settings added: the script must set them itself.
+            let mut cmd = script.command(&self.conf, port, &dir, "");
             let child = spawn(&mut cmd, &self.dir.join(format!("redis-{port}.log")));
             lock(&self.nodes)[i] = Some(child);
             return;

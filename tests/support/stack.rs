@@ -83,8 +83,8 @@ pub struct StackOptions {
     /// The redis_proxy Envoy's environment (envoy/redis-proxy.yaml reads its secrets there).
     pub redis_proxy_env: Vec<(String, String)>,
     /// A Redis Cluster (six nodes, `support::cluster`) instead of one Redis; it needs a
-    /// `redis_proxy` whose template seeds it from `{{REDIS_PORT}}`, `{{REDIS_PORT_2}}` and
-    /// `{{REDIS_PORT_3}}`.
+    /// `redis_proxy` whose template seeds it from `{{REDIS_PORT}}`, `{{REDIS_PORT_2}}`, ...
+    /// (up to `{{REDIS_PORT_6}}`, one per node).
     pub redis_cluster: bool,
     /// Start Redis (or each Cluster node) as a manifest's container does (istio/).
     pub redis_script: Option<RedisScript>,
@@ -708,12 +708,13 @@ impl Stack {
                 Some(c) => c.ports()[i].to_string(),
                 None => self.redis_port.to_string(),
             };
-            let text = template
+            let mut text = template
                 .replace("{{PROXY_PORT}}", &port.to_string())
                 .replace("{{ADMIN_PORT}}", &admin.to_string())
-                .replace("{{REDIS_PORT}}", &seed(0))
-                .replace("{{REDIS_PORT_2}}", &seed(1))
-                .replace("{{REDIS_PORT_3}}", &seed(2));
+                .replace("{{REDIS_PORT}}", &seed(0));
+            for i in 1..super::cluster::NODES {
+                text = text.replace(&format!("{{{{REDIS_PORT_{}}}}}", i + 1), &seed(i));
+            }
             fs::write(&config, text).expect("write redis-proxy.yaml");
             let mut cmd = envoy_command(&config, &log, 1);
             cmd.envs(self.redis_proxy_env.iter().map(|(k, v)| (k, v)));
@@ -937,8 +938,18 @@ impl Stack {
         read_lossy(&self.path.join("webdis.log")) + &read_lossy(&self.path.join("webdis.out"))
     }
 
+    /// Every Redis log (each Cluster node's) and the redis_proxy's.
     pub fn redis_log(&self) -> String {
-        read_lossy(&self.path.join("redis.log"))
+        let mut names: Vec<PathBuf> = fs::read_dir(&self.path)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        names.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("redis") && n.ends_with(".log"))
+        });
+        names.sort();
+        names.iter().map(|p| read_lossy(p)).collect()
     }
 
     // -----------------------------------------------------------------------------------------
