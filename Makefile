@@ -91,6 +91,16 @@ manifests-check: setup
 
 test: manifests-check
 
+# monitoring/'s alert rules: valid (promtool check), and each alert firing on its condition and
+# silent where it must be (promtool test, monitoring/alerts_test.yaml). tests/monitoring.rs
+# then runs them, and the dashboard's queries, on a real Prometheus scraping a real Envoy.
+.PHONY: monitoring-check
+monitoring-check: setup
+	promtool check rules monitoring/alerts.yaml
+	promtool test rules monitoring/alerts_test.yaml
+
+test: monitoring-check
+
 # Benchmark (bench/README.md): starts nginx, a slow origin, Redis, Webdis and one Envoy per case
 # on 127.0.0.1:23000-23999, measures with wrk (about 8 minutes), stops them by PID, and writes
 # bench/results/<timestamp>.md, latest.md and latest.png. bench/setup.sh installs nginx-light,

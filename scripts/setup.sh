@@ -14,6 +14,9 @@ command -v curl >/dev/null || need_apt+=(curl)
 # binaryen's wasm-metadce and wasm-opt: `make build` shrinks the release .wasm with them
 # (scripts/shrink-wasm.sh).
 { command -v wasm-opt && command -v wasm-metadce; } >/dev/null || need_apt+=(binaryen)
+# Prometheus and promtool: monitoring/'s alert rules are checked and unit-tested with promtool,
+# and tests/monitoring.rs runs a real Prometheus scraping a real Envoy.
+{ command -v promtool && command -v prometheus; } >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -22,7 +25,7 @@ if ((${#need_apt[@]})); then
 fi
 # Debian's packages start system services on install; we run our own instances on our own
 # ports, so the system ones are only in the way (and would hold 6379).
-for svc in redis-server webdis; do
+for svc in redis-server webdis prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi
@@ -112,7 +115,7 @@ fi
 root=$(pwd)
 cat >"$VENV/webdis-upstream" <<WRAPPER
 #!/bin/sh
-LD_LIBRARY_PATH="$root/$TRIXIE/usr/lib/x86_64-linux-gnu" exec "$root/$TRIXIE/usr/bin/webdis" "\$@"
+LD_LIBRARY_PATH="$root/$TRIXIE/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)" exec "$root/$TRIXIE/usr/bin/webdis" "\$@"
 WRAPPER
 chmod +x "$VENV/webdis-upstream"
 ln -sf "$root/$TRIXIE/usr/bin/kustomize" "$VENV/kustomize"
