@@ -111,3 +111,10 @@ bench: build
 	.venv/bin/python bench/bench.py
 	.venv/bin/python bench/protect.py
 	.venv/bin/python bench/capacity.py
+
+# Two builds side by side in one run (bench/ab.py): `make bench-ab B=<other.wasm>` (A defaults
+# to the build `make build` makes; A=<path> for another). About 2 minutes per case.
+.PHONY: bench-ab
+bench-ab: build
+	@bench/setup.sh
+	A="$(A)" B="$(B)" .venv/bin/python bench/ab.py

@@ -420,13 +420,13 @@ FLOOR_STORE_CLUSTER = f"""  - name: fleet_cache_store
 """
 
 
-def ours_yaml(name, plugin):
+def ours_yaml(name, plugin, wasm=WASM):
     """envoy/envoy.yaml, the project's own template, rendered as scripts/run.sh does."""
     listen, admin = ENVOY_PORTS[name]
     t = open(os.path.join(ROOT, "envoy", "envoy.yaml")).read()
     for k, v in {"LISTEN_PORT": str(listen), "ADMIN_PORT": str(admin),
                  "ORIGIN_PORT": str(NGINX_PORT), "WEBDIS_PORT": str(WEBDIS_PORT),
-                 "WASM_PATH": WASM, "PLUGIN_CONFIG": json.dumps(json.dumps(plugin))}.items():
+                 "WASM_PATH": wasm, "PLUGIN_CONFIG": json.dumps(json.dumps(plugin))}.items():
         t = t.replace("{{" + k + "}}", v)
     left = re.findall(r"\{\{[A-Z_]+\}\}", t)
     if left:
