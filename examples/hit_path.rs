@@ -128,7 +128,11 @@ fn main() {
         )
         .expect("bench config"),
     );
-    let worker = Worker::new(&cfg, 0x5eed);
+    let worker = Worker::new(
+        &cfg,
+        0x5eed,
+        std::rc::Rc::new(fleet_cache::packing::NoCodec),
+    );
     let mut stored = None;
     // A miss records it, a store hit fills the tier: from then on every hit is in memory.
     one(&cfg, &worker, T0, &mut stored);

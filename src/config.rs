@@ -76,8 +76,27 @@ pub struct Config {
     pub tag_header: Option<String>,
     pub purge: PurgeConfig,
     pub memory: MemoryConfig,
+    pub compression: CompressionConfig,
     /// Which requests the cache handles at all (hosts, paths).
     pub rules: RulesConfig,
+}
+
+/// Compressed entries (`packing.rs`): bodies that compress well are stored packed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    /// Bodies shorter than this are stored as they are (zlib's framing eats what small ones
+    /// would save).
+    pub min_bytes: u64,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            min_bytes: 4096,
+        }
+    }
 }
 
 /// The in-proxy tier (per worker): a small LRU in front of Redis.
@@ -239,6 +258,7 @@ struct RawConfig {
     tag_header: String,
     purge: RawPurge,
     memory: RawMemory,
+    compression: CompressionConfig,
     rules: RulesConfig,
 }
 
@@ -298,6 +318,7 @@ impl Default for RawConfig {
             tag_header: "surrogate-key".into(),
             purge: RawPurge::default(),
             memory: RawMemory::default(),
+            compression: CompressionConfig::default(),
             rules: RulesConfig::default(),
         }
     }
@@ -608,6 +629,7 @@ impl RawConfig {
                 max_bytes: self.memory.max_bytes as usize,
                 max_age_ms: self.memory.max_age_ms,
             },
+            compression: self.compression,
             rules: self.rules,
         })
     }

@@ -9,22 +9,29 @@
 //! read: magic, version, lengths, both checksums, and what a response would replay (status,
 //! header names and values); anything that fails is a miss.
 //!
+//! A body that compresses well is stored packed (`ResponseMeta::packed`: zlib blocks,
+//! `packing.rs`) in the body's place; the metadata describes the body as served (its length,
+//! chunks, checksum), checked once it is unpacked ([`unpack_value`]). A hit on a packed entry
+//! serves an unpacked copy, which the in-proxy tier keeps.
+//!
 //! A checksum only shows that a value is whole, not who wrote it: anyone with access to the
 //! store can write a well-formed entry. So a stored value is input like any other, and an entry
 //! is refused unless replaying it is safe: a status of 200-599, header names that are
 //! lower-case tokens and never one the cache drops when storing, header values without CR, LF,
 //! NUL or other control characters (no response splitting, no header smuggling).
 
+use crate::packing::{self, Codec};
 use crate::policy::Freshness;
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 use xxhash_rust::xxh64::{Xxh64, xxh64};
 
 pub const MAGIC: [u8; 4] = *b"FLCE";
 /// 2: `no_cache` and `must_revalidate` in the metadata. 3: the key's SHA-256 digest instead of
 /// its material (which held the request values `Vary` names: cookies, tokens). 4: XXH64
 /// checksums instead of crc32 (5x faster under V8, and 16 KB less .wasm), and the stale
-/// windows (RFC 5861) in the freshness.
-pub const FORMAT_VERSION: u16 = 4;
+/// windows (RFC 5861) in the freshness. 5: packed (compressed) bodies.
+pub const FORMAT_VERSION: u16 = 5;
 const HEADER_LEN: usize = 6;
 /// Where the body starts in a stored value.
 pub const BODY_START: usize = HEADER_LEN;
@@ -58,6 +65,9 @@ pub struct ResponseMeta {
     pub body_len: u64,
     /// XXH64 of the body.
     pub body_hash: u64,
+    /// The body is stored packed (zlib blocks, `packing.rs`): `body_len`, `chunks` and
+    /// `body_hash` describe it unpacked.
+    pub packed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +122,35 @@ pub struct EntryWriter {
     buf: Vec<u8>,
     hash: Xxh64,
     chunks: Vec<u32>,
+    /// Packing the body as it comes, while it is worth it.
+    pack: Option<Packing>,
+}
+
+/// A body being packed block by block beside the raw one (which a stale copy or a failed
+/// trial still needs).
+struct Packing {
+    codec: Rc<dyn Codec>,
+    /// The packed blocks so far.
+    out: Vec<u8>,
+    /// Raw body bytes packed so far.
+    used: usize,
+    /// Bodies shorter than this are stored as they are.
+    min_bytes: usize,
+}
+
+impl Packing {
+    /// Packs what is complete of the raw body (everything, with `last`); gives up (`false`)
+    /// when the codec fails or the first block is not worth it.
+    fn advance(&mut self, body: &[u8], last: bool) -> bool {
+        let trial = self.used == 0;
+        match packing::pack_blocks(&*self.codec, &body[self.used..], last, trial, &mut self.out) {
+            Some(n) => {
+                self.used += n;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for EntryWriter {
@@ -139,7 +178,20 @@ impl EntryWriter {
             buf,
             hash: Xxh64::new(0),
             chunks: Vec::new(),
+            pack: None,
         }
+    }
+
+    /// Packs the body with `codec` if it is at least `min_bytes` long and its first block
+    /// compresses well enough (`packing::WORTH_PERCENT`).
+    pub fn packing(mut self, codec: Rc<dyn Codec>, min_bytes: usize) -> EntryWriter {
+        self.pack = Some(Packing {
+            codec,
+            out: Vec::new(),
+            used: 0,
+            min_bytes,
+        });
+        self
     }
 
     pub fn push_chunk(&mut self, chunk: &[u8]) {
@@ -149,6 +201,12 @@ impl EntryWriter {
         self.buf.extend_from_slice(chunk);
         self.hash.update(chunk);
         self.chunks.push(chunk.len() as u32);
+        if let Some(p) = &mut self.pack
+            && self.buf.len() - HEADER_LEN - p.used >= packing::BLOCK
+            && !p.advance(&self.buf[HEADER_LEN..], false)
+        {
+            self.pack = None;
+        }
     }
 
     pub fn body_len(&self) -> usize {
@@ -158,10 +216,26 @@ impl EntryWriter {
     /// Finishes a response entry; `meta`'s chunk list, body length and checksum are filled in
     /// from what was recorded.
     pub fn finish_response(mut self, mut meta: ResponseMeta) -> Vec<u8> {
-        meta.body_len = self.body_len() as u64;
+        let body_len = self.body_len();
+        meta.body_len = body_len as u64;
         meta.body_hash = self.hash.digest();
         meta.chunks = std::mem::take(&mut self.chunks);
+        meta.packed = false;
+        if let Some(mut p) = self.pack.take()
+            && body_len >= p.min_bytes
+            && p.advance(&self.buf[HEADER_LEN..], true)
+            && p.out.len() < body_len
+        {
+            meta.packed = true;
+            self.buf.truncate(HEADER_LEN);
+            self.buf.extend_from_slice(&p.out);
+        }
         self.finish(&Meta::Response(meta))
+    }
+
+    /// Whether the body is being packed (so far worth it).
+    pub fn is_packing(&self) -> bool {
+        self.pack.is_some()
     }
 
     fn finish(mut self, meta: &Meta) -> Vec<u8> {
@@ -231,10 +305,13 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
     let body = &bytes[HEADER_LEN..meta_start];
     match meta {
         Meta::Response(meta) => {
-            if meta.body_len != body.len() as u64
-                || meta.chunks.iter().map(|c| *c as u64).sum::<u64>() != meta.body_len
-                || xxh64(body, 0) != meta.body_hash
-            {
+            let whole = if meta.packed {
+                // Checked whole once unpacked (`unpack_value`); the framing now.
+                packing::framing_ok(body, meta.body_len)
+            } else {
+                meta.body_len == body.len() as u64 && xxh64(body, 0) == meta.body_hash
+            };
+            if !whole || meta.chunks.iter().map(|c| *c as u64).sum::<u64>() != meta.body_len {
                 return Err(EntryError::BadBody);
             }
             if !safe_to_replay(&meta) {
@@ -252,6 +329,37 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
             Ok(Decoded::Variants(v))
         }
     }
+}
+
+/// A packed entry (`bytes`, which [`decode`] accepted with `meta`) as an unpacked one: the
+/// header, the body inflated and checked against the metadata, the same metadata tail (so the
+/// metadata still says `packed`: whoever holds the copy has `meta` already).
+pub fn unpack_value(
+    bytes: &[u8],
+    meta: &ResponseMeta,
+    codec: &dyn Codec,
+) -> Result<Rc<[u8]>, EntryError> {
+    let tail = tail_len(bytes).ok_or(EntryError::Truncated)?;
+    let region = &bytes[HEADER_LEN..bytes.len() - tail];
+    let body_end = HEADER_LEN + meta.body_len as usize;
+    // Filled in place: the blocks land where the copy's body is, no second copy of it.
+    let mut out: Rc<[u8]> = std::iter::repeat_n(0, body_end + tail).collect();
+    let buf = Rc::get_mut(&mut out).ok_or(EntryError::BadBody)?;
+    buf[..HEADER_LEN].copy_from_slice(&bytes[..HEADER_LEN]);
+    packing::unpack(codec, region, &mut buf[HEADER_LEN..body_end]).ok_or(EntryError::BadBody)?;
+    if xxh64(&buf[HEADER_LEN..body_end], 0) != meta.body_hash {
+        return Err(EntryError::BadBody);
+    }
+    buf[body_end..].copy_from_slice(&bytes[bytes.len() - tail..]);
+    Ok(out)
+}
+
+/// The length of a value's metadata tail (metadata, its length and check), read from its
+/// trailer; `None` if the value is shorter than that.
+pub fn tail_len(bytes: &[u8]) -> Option<usize> {
+    let t = bytes.len().checked_sub(TRAILER_LEN)?;
+    let meta_len = u32::from_le_bytes(bytes[t..t + 4].try_into().ok()?) as usize;
+    (meta_len <= t.checked_sub(HEADER_LEN)?).then_some(meta_len + TRAILER_LEN)
 }
 
 /// Response headers that are never stored or replayed: hop-by-hop ones (RFC 9110 §7.6.1) and
@@ -356,7 +464,113 @@ mod tests {
             key_digest: [7; 32],
             body_len: 0,
             body_hash: 0,
+            packed: false,
         }
+    }
+
+    fn json_body(n: usize) -> Vec<u8> {
+        (0..)
+            .flat_map(|i: u32| format!("{{\"id\":{i},\"v\":\"x{}\"}},", i % 17).into_bytes())
+            .take(n)
+            .collect()
+    }
+
+    fn packed_entry(body: &[u8], chunk: usize) -> Vec<u8> {
+        let mut w = EntryWriter::new().packing(Rc::new(packing::tests::TestZlib), 1024);
+        for c in body.chunks(chunk) {
+            w.push_chunk(c);
+        }
+        w.finish_response(meta())
+    }
+
+    #[test]
+    fn a_body_that_compresses_is_stored_packed_and_unpacks_to_itself() {
+        let body = json_body(200_000);
+        let bytes = packed_entry(&body, 7_000);
+        assert!(bytes.len() < body.len() / 4, "{} bytes", bytes.len());
+        let Ok(Decoded::Response { meta: m, .. }) = decode(&bytes) else {
+            panic!("{:?}", decode(&bytes))
+        };
+        assert!(m.packed);
+        assert_eq!(m.body_len, body.len() as u64);
+        assert_eq!(
+            m.chunks.iter().map(|c| *c as usize).sum::<usize>(),
+            body.len()
+        );
+        let plain = unpack_value(&bytes, &m, &packing::tests::TestZlib).unwrap();
+        assert_eq!(&plain[BODY_START..BODY_START + body.len()], &body[..]);
+        // The same tail: a refresh keeps what precedes it in the stored value.
+        let tail = tail_len(&bytes).unwrap();
+        assert_eq!(tail, tail_len(&plain).unwrap());
+        assert_eq!(&plain[plain.len() - tail..], &bytes[bytes.len() - tail..]);
+        let mut refreshed = bytes[..bytes.len() - tail].to_vec();
+        refreshed.extend_from_slice(&encode_tail(&Meta::Response(ResponseMeta {
+            status: 203,
+            ..m.clone()
+        })));
+        let Ok(Decoded::Response { meta: r, .. }) = decode(&refreshed) else {
+            panic!("the refreshed packed entry no longer decodes")
+        };
+        assert_eq!(r.status, 203);
+        assert!(unpack_value(&refreshed, &r, &packing::tests::TestZlib).is_ok());
+        // Without a codec (a native build), it is refused, never served raw.
+        assert_eq!(
+            unpack_value(&bytes, &m, &packing::NoCodec),
+            Err(EntryError::BadBody)
+        );
+    }
+
+    #[test]
+    fn short_or_incompressible_bodies_are_stored_as_they_are() {
+        let mut x = 1u32;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 16) as u8
+            })
+            .collect();
+        for body in [json_body(1000), noise] {
+            let bytes = packed_entry(&body, 4096);
+            let Ok(Decoded::Response { meta: m, body: b }) = decode(&bytes) else {
+                panic!()
+            };
+            assert!(!m.packed);
+            assert_eq!(b, &body[..]);
+        }
+    }
+
+    #[test]
+    fn a_damaged_packed_body_is_refused() {
+        let body = json_body(100_000);
+        let bytes = packed_entry(&body, 10_000);
+        let Ok(Decoded::Response { meta: m, .. }) = decode(&bytes) else {
+            panic!()
+        };
+        // A flipped byte inside a block: the framing holds, the block does not.
+        let mut bad = bytes.clone();
+        bad[BODY_START + 40] ^= 0x55;
+        assert!(matches!(decode(&bad), Ok(Decoded::Response { .. })));
+        assert_eq!(
+            unpack_value(&bad, &m, &packing::tests::TestZlib),
+            Err(EntryError::BadBody)
+        );
+        // A body of other bytes that inflate fine: the checksum catches it.
+        let other = packed_entry(&json_body(100_001)[1..], 10_000);
+        let Ok(Decoded::Response { meta: o, .. }) = decode(&other) else {
+            panic!()
+        };
+        let mut swapped = other[..other.len() - tail_len(&other).unwrap()].to_vec();
+        swapped.extend_from_slice(&encode_tail(&Meta::Response(ResponseMeta {
+            body_hash: m.body_hash,
+            ..o
+        })));
+        let Ok(Decoded::Response { meta: s, .. }) = decode(&swapped) else {
+            panic!()
+        };
+        assert_eq!(
+            unpack_value(&swapped, &s, &packing::tests::TestZlib),
+            Err(EntryError::BadBody)
+        );
     }
 
     fn entry(chunks: &[&[u8]]) -> Vec<u8> {

@@ -17,6 +17,7 @@ pub mod marks;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;
+pub mod packing;
 pub mod policy;
 pub mod purge;
 pub mod range;

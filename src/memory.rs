@@ -29,6 +29,9 @@ pub enum Remembered {
         /// Shared with the flows that serve it: a hit clones only the headers it replies with.
         meta: Rc<ResponseMeta>,
         value: Rc<[u8]>,
+        /// The length of the value as stored (packed, it is shorter than `value`): what a
+        /// metadata refresh must find in the store.
+        stored_len: u64,
     },
     Variants(VariantsMeta),
 }

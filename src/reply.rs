@@ -158,6 +158,7 @@ mod tests {
             key_digest: [0; 32],
             body_len: 0,
             body_hash: 0,
+            packed: false,
         })
     }
 

@@ -26,6 +26,7 @@ use fleet_cache::key;
 use fleet_cache::outbox::ANSWER_BYTES;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::origin::noise_body;
 use support::stack::merge_patch;
 use support::{Resp, Stack, StackOptions, binary_body, poll};
 
@@ -210,9 +211,9 @@ fn big_entries_at_once(n: usize, timeout_ms: u64, all_hit: bool) {
     let paths: Vec<String> = (0..n).map(|i| format!("/big{i}")).collect();
     let targets: Vec<String> = paths
         .iter()
-        .map(|p| format!("{p}?size={BIG}&cc=max-age%3D600&ctype=application%2Foctet-stream"))
+        .map(|p| format!("{p}?noise={BIG}&cc=max-age%3D600&ctype=application%2Foctet-stream"))
         .collect();
-    let expected: Vec<Vec<u8>> = paths.iter().map(|p| binary_body(p, BIG)).collect();
+    let expected: Vec<Vec<u8>> = paths.iter().map(|p| noise_body(p, BIG)).collect();
 
     // Store them: a miss each (at once), then wait until every write landed.
     for (i, got) in get_all(&st, &targets).iter().enumerate() {
@@ -352,8 +353,8 @@ fn a_20_mib_entry_is_read_in_more_pieces_than_go_out_at_once() {
         "max_body_bytes": 32 * MIB,
         "store": {"timeout_ms": 2000}
     })));
-    let target = format!("/huge?size={size}&cc=max-age%3D600");
-    let expected = binary_body("/huge", size);
+    let target = format!("/huge?noise={size}&cc=max-age%3D600");
+    let expected = noise_body("/huge", size);
     let miss = get_timed(&st, &target).resp;
     if let Some(why) = wrong_response(&miss, &expected) {
         panic!("the miss: {why}\n{}", st.diag());
@@ -406,8 +407,8 @@ fn a_20_mib_entry_is_read_in_more_pieces_than_go_out_at_once() {
 fn foreign_value_at_the_entry_key(path: &str, plant: &[&str]) {
     let st = Stack::start(options(json!({})));
     let size = 3000;
-    let target = format!("{path}?size={size}&cc=max-age%3D600");
-    let expected = binary_body(path, size);
+    let target = format!("{path}?noise={size}&cc=max-age%3D600");
+    let expected = noise_body(path, size);
     let key = st.primary_key(&target).redis_key;
     let mut cmd = vec![plant[0], &key];
     cmd.extend_from_slice(&plant[1..]);
@@ -587,8 +588,8 @@ fn an_abandoned_read_does_not_spoil_the_next_read_of_the_entry() {
         "max_body_bytes": 32 * MIB,
         "store": {"timeout_ms": 2000}
     })));
-    let target = format!("/abandoned?size={size}&cc=max-age%3D600");
-    let expected = binary_body("/abandoned", size);
+    let target = format!("/abandoned?noise={size}&cc=max-age%3D600");
+    let expected = noise_body("/abandoned", size);
     assert!(cache_status(&get_timed(&st, &target).resp).contains("stored"));
     wait_stat(&st, "fleet_cache_published", 1, Duration::from_secs(20));
     let mut seen = Vec::new();

@@ -53,6 +53,7 @@ fn crafted(key: &CacheKey, tamper: impl FnOnce(&mut ResponseMeta)) -> Vec<u8> {
         key_digest: key.digest,
         body_len: 0,
         body_hash: 0,
+        packed: false,
     };
     tamper(&mut meta);
     let mut w = EntryWriter::new();

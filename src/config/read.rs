@@ -53,6 +53,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "tag_header",
             "purge",
             "memory",
+            "compression",
             "rules",
         ],
     ),
@@ -75,6 +76,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("key", &["query_ignore", "query_sort", "headers"]),
     ("purge", &["token", "header"]),
     ("memory", &["max_bytes", "max_age_ms"]),
+    ("compression", &["enabled", "min_bytes"]),
     ("stale", &["while_revalidate_s", "if_error_s"]),
     (
         "collapse",
@@ -99,7 +101,9 @@ fn target<'r>(raw: &'r mut RawConfig, path: &str) -> Option<Target<'r>> {
         &mut raw.memory,
     );
     Some(match path {
-        "store" | "key" | "purge" | "memory" | "stale" | "collapse" | "rules" => Section,
+        "store" | "key" | "purge" | "memory" | "compression" | "stale" | "collapse" | "rules" => {
+            Section
+        }
         "namespace" => Str(&mut raw.namespace),
         "default_ttl_s" => U64(&mut raw.default_ttl_s),
         "max_ttl_s" => U64(&mut raw.max_ttl_s),
@@ -135,6 +139,8 @@ fn target<'r>(raw: &'r mut RawConfig, path: &str) -> Option<Target<'r>> {
         "purge.header" => Str(&mut p.header),
         "memory.max_bytes" => U64(&mut m.max_bytes),
         "memory.max_age_ms" => U64(&mut m.max_age_ms),
+        "compression.enabled" => Bool(&mut raw.compression.enabled),
+        "compression.min_bytes" => U64(&mut raw.compression.min_bytes),
         "stale.while_revalidate_s" => U64(&mut raw.stale.while_revalidate_s),
         "stale.if_error_s" => U64(&mut raw.stale.if_error_s),
         "collapse.max_wait_ms" => U64(&mut raw.collapse.max_wait_ms),

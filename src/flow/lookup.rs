@@ -8,14 +8,17 @@ pub(super) enum Found<'b> {
     Response {
         meta: Rc<ResponseMeta>,
         value: Value<'b>,
+        /// The value's length as stored (shorter than `value` when stored packed).
+        stored_len: u64,
     },
     Variants(VariantsMeta),
 }
 
-/// A whole stored value (already validated): borrowed from the store's answer, or shared with
-/// the in-proxy tier.
+/// A whole stored value (already validated, its body unpacked): borrowed from the store's
+/// answer, unpacked from it, or shared with the in-proxy tier.
 pub(super) enum Value<'b> {
     Borrowed(&'b [u8]),
+    Unpacked(Rc<[u8]>),
     Shared(Rc<[u8]>),
 }
 
@@ -23,7 +26,7 @@ impl<'b> Value<'b> {
     pub(super) fn len(&self) -> usize {
         match self {
             Value::Borrowed(v) => v.len(),
-            Value::Shared(v) => v.len(),
+            Value::Unpacked(v) | Value::Shared(v) => v.len(),
         }
     }
 
@@ -36,7 +39,7 @@ impl<'b> Value<'b> {
         let (start, end) = (entry::BODY_START, entry::BODY_START + body_len);
         match self {
             Value::Borrowed(v) => Body::Borrowed(&v[start..end]),
-            Value::Shared(v) => Body::Shared(v.clone(), start, end),
+            Value::Unpacked(v) | Value::Shared(v) => Body::Shared(v.clone(), start, end),
         }
     }
 }
@@ -131,13 +134,27 @@ impl Flow {
         } else {
             Fwd::UriMiss
         };
-        let found = match entry::decode(value) {
+        let stored_len = value.len() as u64;
+        let decoded = entry::decode(value).and_then(|d| match d {
+            // A packed body is served (and kept in memory) unpacked.
+            Decoded::Response { meta, .. } if meta.packed => {
+                let plain = entry::unpack_value(value, &meta, &*self.worker.codec)?;
+                Ok(Found::Response {
+                    meta: Rc::new(meta),
+                    value: Value::Unpacked(plain),
+                    stored_len,
+                })
+            }
             // The body is found again from the metadata: decode checked where it lies.
-            Ok(Decoded::Response { meta, body: _ }) => Found::Response {
+            Decoded::Response { meta, body: _ } => Ok(Found::Response {
                 meta: Rc::new(meta),
                 value: Value::Borrowed(value),
-            },
-            Ok(Decoded::Variants(v)) => Found::Variants(v),
+                stored_len,
+            }),
+            Decoded::Variants(v) => Ok(Found::Variants(v)),
+        });
+        let found = match decoded {
+            Ok(found) => found,
             Err(e) => {
                 self.events.push(Event::CorruptEntry(e));
                 self.events.push(Event::Miss);
@@ -184,16 +201,23 @@ impl Flow {
                 self.state = State::AwaitVariant(lookup, vkey);
                 LookupStep::Lookup(key)
             }
-            Found::Response { meta, value } if meta.key_digest == expected.digest => {
+            Found::Response {
+                meta,
+                value,
+                stored_len,
+            } if meta.key_digest == expected.digest => {
                 let from_memory = value.is_in_memory();
                 if !from_memory {
-                    self.remember_response(&expected.redis_key, &meta, &value, now_ms);
+                    self.remember_response(&expected.redis_key, &meta, &value, stored_len, now_ms);
                 }
-                let value_len = value.len() as u64;
+                // What precedes the metadata tail in the stored value (the tail is the same
+                // in an unpacked copy): what a refresh keeps.
+                let tail = value.len() - entry::BODY_START - meta.body_len as usize;
                 let body = value.body(meta.body_len as usize);
                 let found = FoundAt {
                     variant,
-                    value_len,
+                    value_len: stored_len,
+                    keep: stored_len.saturating_sub(tail as u64),
                     from_memory,
                 };
                 self.serve(now_ms, lookup, found, meta, body)
@@ -221,9 +245,14 @@ impl Flow {
         };
         Some(match item {
             Remembered::Variants(v) => Found::Variants(v),
-            Remembered::Response { meta, value } => Found::Response {
+            Remembered::Response {
+                meta,
+                value,
+                stored_len,
+            } => Found::Response {
                 meta,
                 value: Value::Shared(value),
+                stored_len,
             },
         })
     }
@@ -242,6 +271,7 @@ impl Flow {
         key: &str,
         meta: &Rc<ResponseMeta>,
         value: &Value<'_>,
+        stored_len: u64,
         now_ms: u64,
     ) {
         if !self.worker.memory.borrow().enabled() || meta.freshness.no_cache {
@@ -257,8 +287,9 @@ impl Flow {
             meta: Rc::clone(meta),
             value: match value {
                 Value::Borrowed(v) => Rc::from(*v),
-                Value::Shared(v) => v.clone(),
+                Value::Unpacked(v) | Value::Shared(v) => v.clone(),
             },
+            stored_len,
         };
         let mut memory = self.worker.memory.borrow_mut();
         memory.insert_with_grace(key, item, now_ms, fresh_until_ms, usable_until_ms);

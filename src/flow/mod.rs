@@ -12,6 +12,7 @@ use crate::entry::{self, Decoded, EntryError, EntryWriter, ResponseMeta, Variant
 use crate::http::{self, RequestHead, ResponseHead};
 use crate::key::{CacheKey, Vary};
 use crate::memory::{MemoryTier, Remembered};
+use crate::packing::Codec;
 use crate::policy::{
     self, BypassReason, CacheControl, Exchange, NotStored, RequestPolicy, Reuse, Storable,
 };
@@ -215,6 +216,8 @@ struct StoredAt {
     record_key: Option<String>,
     /// The whole stored value's length: a refresh applies only to that same value.
     value_len: u64,
+    /// Its bytes before the metadata tail: what a refresh keeps.
+    keep: u64,
 }
 
 /// How an entry about to be served was found (the keys are only copied if it must be
@@ -224,6 +227,8 @@ struct FoundAt {
     variant: Option<CacheKey>,
     /// The whole stored value's length.
     value_len: u64,
+    /// Its bytes before the metadata tail.
+    keep: u64,
     /// Found in the in-proxy tier.
     from_memory: bool,
 }
@@ -235,8 +240,6 @@ struct StaleCopy {
     meta: ResponseMeta,
     /// The stored body (empty for a background revalidation, which answers no one).
     body: Vec<u8>,
-    /// The stored body's length.
-    body_len: usize,
     /// The request went out with the entry's validators: a 304 confirms this copy.
     revalidating: bool,
     /// Inside its `stale-if-error` window (RFC 5861 §4): an error answers with this copy.
@@ -291,12 +294,15 @@ pub struct Worker {
     pub revalidating: RefCell<Marks>,
     /// The store is failing (its circuit breaker is open): the in-proxy tier serves in grace.
     pub store_failing: std::cell::Cell<bool>,
+    /// zlib, for packed bodies: the host's.
+    pub codec: Rc<dyn Codec>,
 }
 
 impl Worker {
-    /// `seed`: random, per VM (the in-proxy tier's hash).
-    pub fn new(cfg: &Config, seed: u64) -> Rc<Worker> {
+    /// `seed`: random, per VM (the in-proxy tier's hash). `codec`: the host's zlib.
+    pub fn new(cfg: &Config, seed: u64, codec: Rc<dyn Codec>) -> Rc<Worker> {
         Rc::new(Worker {
+            codec,
             budget: MemoryBudget::new(cfg.max_recording_bytes),
             memory: RefCell::new(
                 MemoryTier::new(cfg.memory.max_bytes, cfg.memory.max_age_ms)

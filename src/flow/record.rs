@@ -225,7 +225,7 @@ impl Flow {
                     ttl_ms: s.freshness.store_ttl_ms(self.cfg.keep_stale_s),
                     entry: entry::encode_tail(&entry::Meta::Response(meta.clone())),
                     refresh: Some(Refresh {
-                        keep: entry::prefix_len(reval.body_len) as u64,
+                        keep: at.keep,
                         expected_len: at.value_len,
                     }),
                     tags: Vec::new(),
@@ -328,14 +328,33 @@ impl Flow {
                 key_digest,
                 body_len: 0,
                 body_hash: 0,
+                packed: false,
             },
             primary,
             variant,
-            writer: EntryWriter::new(),
+            writer: self.writer_for(resp),
             reservation: Reservation::new(self.worker.budget.clone()),
             tags,
             lead: None,
             marks_uncacheable: false,
+        }
+    }
+
+    /// The recording's writer: packing the body if compression is on and the response is
+    /// worth trying (not encoded already, not a compressed format).
+    fn writer_for(&self, resp: &ResponseHead) -> EntryWriter {
+        let c = &self.cfg.compression;
+        let w = EntryWriter::new();
+        if c.enabled
+            && crate::packing::worth_trying(
+                resp.header("content-type"),
+                resp.header("content-encoding"),
+            )
+        {
+            let min = usize::try_from(c.min_bytes).unwrap_or(usize::MAX);
+            w.packing(self.worker.codec.clone(), min)
+        } else {
+            w
         }
     }
 

@@ -30,6 +30,7 @@ impl Flow {
                     .is_some()
                     .then(|| lookup.primary.redis_key.clone()),
                 value_len: found.value_len,
+                keep: found.keep,
             };
             return self.forward_stale(now_ms, lookup, stored_at, meta, body.bytes(), age_s);
         }
@@ -51,8 +52,7 @@ impl Flow {
         let revalidating = reuse == Reuse::StaleWhileRevalidate;
         if revalidating {
             self.events.push(Event::StaleWhileRevalidate);
-            self.background =
-                self.background_revalidation(now_ms, &lookup, &found, &meta, body.len());
+            self.background = self.background_revalidation(now_ms, &lookup, &found, &meta);
         }
         let stored = &meta.headers;
         let detail = match (revalidating, from_memory, self.in_grace) {
@@ -157,7 +157,6 @@ impl Flow {
                 stored_at,
                 meta,
                 body: body.to_vec(),
-                body_len: body.len(),
                 revalidating,
                 if_error,
                 _reservation: reservation,
@@ -178,7 +177,6 @@ impl Flow {
         lookup: &Lookup,
         found: &FoundAt,
         meta: &ResponseMeta,
-        body_len: usize,
     ) -> Option<Box<Background>> {
         let entry = found.variant.as_ref().unwrap_or(&lookup.primary);
         let until = now_ms + BACKGROUND_TIMEOUT_MS;
@@ -204,10 +202,10 @@ impl Flow {
                         .is_some()
                         .then(|| lookup.primary.redis_key.clone()),
                     value_len: found.value_len,
+                    keep: found.keep,
                 },
                 meta: meta.clone(),
                 body: Vec::new(),
-                body_len,
                 revalidating: true,
                 if_error: false,
                 _reservation: Reservation::new(self.worker.budget.clone()),

@@ -96,6 +96,7 @@ pub(super) fn worker(budget: usize, memory_bytes: usize) -> Rc<Worker> {
         uncacheable: RefCell::default(),
         revalidating: RefCell::default(),
         store_failing: Default::default(),
+        codec: Rc::new(crate::packing::tests::TestZlib),
     })
 }
 
@@ -1120,6 +1121,60 @@ fn rfc9111_4_3_stale_entries_are_revalidated_and_304s_refresh_them() {
         hit.hit_header("cache-status"),
         Some("fleet-cache; hit; ttl=50")
     );
+}
+
+#[test]
+fn a_compressed_entry_is_served_whole_and_a_304_refreshes_it_in_place() {
+    let mut h = Harness::new(Config::default());
+    let json: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("{{\"id\":{i},\"name\":\"item {}\"}},", i % 37).into_bytes())
+        .collect();
+    let chunks: Vec<&[u8]> = json.chunks(10_000).collect();
+    let v1 = [
+        ("cache-control", "max-age=10"),
+        ("etag", "\"v1\""),
+        ("content-type", "application/json"),
+    ];
+    h.run(req("GET", "/j", &[]), &ok(&v1, &chunks));
+    let (key, (stored, _)) = h.store.values.iter().next().expect("stored");
+    let key = key.clone();
+    let stored_len = stored.len();
+    let Ok(Decoded::Response { meta, .. }) = entry::decode(stored) else {
+        panic!("a response entry")
+    };
+    assert!(meta.packed, "JSON is stored compressed");
+    assert!(
+        stored_len * 4 < json.len(),
+        "{stored_len} bytes for {}",
+        json.len()
+    );
+    assert_eq!(
+        h.run(req("GET", "/j", &[]), &ok(&v1, &[])).body(),
+        &json[..]
+    );
+    // Stale: a 304 rewrites only the metadata tail behind the compressed body.
+    h.now += 20_000;
+    let not_modified = Origin {
+        status: 304,
+        headers: &[("cache-control", "max-age=100"), ("x-version", "2")],
+        chunks: &[],
+        end: End::Complete,
+    };
+    let s = h.run(req("GET", "/j", &[]), &not_modified);
+    assert_eq!(
+        s.hit.clone().expect("answered from the stored body").2,
+        json
+    );
+    let (refreshed, _) = &h.store.values[&key];
+    assert_ne!(refreshed.len(), stored_len, "the tail was rewritten");
+    let Ok(Decoded::Response { meta, .. }) = entry::decode(refreshed) else {
+        panic!("the refreshed entry no longer decodes")
+    };
+    assert!(meta.packed);
+    h.now += 50_000;
+    let hit = h.run(req("GET", "/j", &[]), &ok(&v1, &[b"unused"]));
+    assert_eq!(hit.body(), &json[..]);
+    assert_eq!(hit.hit_header("x-version"), Some("2"));
 }
 
 #[test]

@@ -89,7 +89,7 @@ impl Shared {
         Shared {
             metrics: Metrics::define(),
             outbox: RefCell::new(Outbox::new(settings, seed)),
-            worker: Worker::new(&config, seed),
+            worker: Worker::new(&config, seed, Rc::new(abi::HostZlib)),
             waiting: RefCell::default(),
             jobs: background::Jobs::default(),
             peers: Peers::new(&wake),

@@ -85,13 +85,20 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
+/// `a` is `b` in any case. Not inlined: the searches of the day and month names below are
+/// unrolled, and a comparison inlined in each of their 26 steps cost 3 KB of .wasm.
+#[inline(never)]
+fn same_letters(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
 /// Monday 1 .. Sunday 7, from its first `len` letters, or its whole name when `len` is 0.
 fn weekday(name: &str, len: usize) -> Option<u64> {
     let i = WEEKDAYS.iter().position(|full| {
         if len == 0 {
-            name.eq_ignore_ascii_case(full)
+            same_letters(name, full)
         } else {
-            name.len() == len && name.eq_ignore_ascii_case(&full[..len])
+            name.len() == len && same_letters(name, &full[..len])
         }
     })?;
     Some(i as u64 + 1)
@@ -99,11 +106,13 @@ fn weekday(name: &str, len: usize) -> Option<u64> {
 
 /// January 1 .. December 12, from its three letters in any case.
 fn month(name: &str) -> Option<u64> {
-    let i = MONTHS.iter().position(|m| name.eq_ignore_ascii_case(m))?;
+    let i = MONTHS.iter().position(|m| same_letters(name, m))?;
     Some(i as u64 + 1)
 }
 
-/// A decimal number of `min..=max` digits, nothing else.
+/// A decimal number of `min..=max` digits, nothing else. (Not inlined: its nine uses here
+/// would each carry a copy.)
+#[inline(never)]
 fn digits(s: &str, min: usize, max: usize) -> Option<u64> {
     if s.len() < min || s.len() > max || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

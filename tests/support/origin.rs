@@ -469,6 +469,43 @@ fn fnv1a(s: &[u8]) -> u64 {
 /// The body `size=N` produces for `path` (without query): deterministic, different per path,
 /// each aligned block of 256 bytes holds every byte value once (so any body of 256 bytes or
 /// more contains all values), and there is a NUL within the first `min(N, 256)` bytes.
+/// `n` bytes of JSON-like text, as an API returns (records with ids, names, prices: it
+/// compresses about as well as real JSON), different per path.
+pub fn json_body(path: &str, n: usize) -> Vec<u8> {
+    let seed = fnv1a(path.as_bytes());
+    let mut out = String::with_capacity(n + 128);
+    out.push('[');
+    let mut i = 0u64;
+    while out.len() < n {
+        let x = seed.wrapping_add(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        out.push_str(&format!(
+            "{{\"id\":{},\"sku\":\"SKU-{:05}\",\"name\":\"item {}\",\"price\":{}.{:02},\"stock\":{}}},",
+            i,
+            x % 100_000,
+            (x >> 20) % 997,
+            (x >> 30) % 500,
+            (x >> 40) % 100,
+            (x >> 50) % 40
+        ));
+        i += 1;
+    }
+    out.truncate(n);
+    out.into_bytes()
+}
+
+/// `n` bytes that do not compress (xorshift), different per path.
+pub fn noise_body(path: &str, n: usize) -> Vec<u8> {
+    let mut x = fnv1a(path.as_bytes()) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 pub fn binary_body(path: &str, n: usize) -> Vec<u8> {
     let seed = fnv1a(path.as_bytes());
     let mul = ((seed >> 8) as u8) | 1; // odd: x -> x*mul is a bijection mod 256
@@ -645,6 +682,14 @@ fn plan(req: &Request) -> Plan {
             "size" => {
                 p.body = binary_body(&req.path, num(v) as usize);
                 ctype = "application/octet-stream".into();
+            }
+            "noise" => {
+                p.body = noise_body(&req.path, num(v) as usize);
+                ctype = "application/octet-stream".into();
+            }
+            "json" => {
+                p.body = json_body(&req.path, num(v) as usize);
+                ctype = "application/json".into();
             }
             "echo" => p.body = req.header(v).unwrap_or("").as_bytes().to_vec(),
             "unique" if v == "1" => unique = true,
