@@ -28,7 +28,8 @@ import bench as B  # noqa: E402
 AB_DIR = os.path.join(B.RUN, "ab")
 B.ENVOY_PORTS.update({"ab-redis-a": (23510, 23511), "ab-redis-b": (23520, 23521),
                       "ab-memory-a": (23530, 23531), "ab-memory-b": (23540, 23541)})
-# id, label, Envoy (without the build's suffix), size tag, kind (as bench.py's rows)
+# id, label, Envoy (without the build's suffix), size tag, kind (as bench.py's rows; json: a
+# JSON body, which a build with compressed entries stores packed)
 CASES = [
     ("4", "Redis hit", "ab-redis", "1k", "get"),
     ("4", "Redis hit", "ab-redis", "64k", "get"),
@@ -36,8 +37,11 @@ CASES = [
     ("5", "in-proxy hit", "ab-memory", "1k", "get"),
     ("5", "in-proxy hit", "ab-memory", "64k", "get"),
     ("5", "in-proxy hit", "ab-memory", "1m", "get"),
+    ("4j", "Redis hit, JSON body", "ab-redis", "64k", "json"),
+    ("4j", "Redis hit, JSON body", "ab-redis", "1m", "json"),
     ("4k", f"Redis hit, {B.KEYS_PER_THREAD * B.THREADS:,} keys", "ab-redis", "1k", "keys"),
     ("6", "miss (cache-busting)", "ab-memory", "1k", "miss"),
+    ("6j", "miss (cache-busting), JSON body", "ab-memory", "64k", "miss-json"),
 ]
 ONLY = {s.strip() for s in os.environ.get("AB_CASES", "").split(",") if s.strip()}
 
@@ -74,9 +78,9 @@ def measure(case, build, rep, run_id):
     cid, _, envoy, tag, kind = case
     name = f"{envoy}-{build}"
     url = f"http://127.0.0.1:{B.ENVOY_PORTS[name][0]}"
-    path = f"/f/{tag}"
+    path = f"/j/{tag}" if kind in ("json", "miss-json") else f"/f/{tag}"
     args = None
-    if kind == "get":
+    if kind in ("get", "json"):
         url += path
         ok, status = B.warm_ours(url)
         if not ok:
@@ -87,7 +91,7 @@ def measure(case, build, rep, run_id):
     else:
         args = [f"{run_id}r{rep}{build}w", path]
     B.wrk(url, B.WARMUP, False, args)
-    if kind == "miss":
+    if kind.startswith("miss"):
         args[0] = args[0][:-1] + "m"
     r = B.parse_wrk(B.wrk(url, B.DURATION, True, args))
     if r["rps"] is None or r["non2xx"] or r["sock_errors"]:
@@ -128,10 +132,11 @@ def main():
     cases = [c for c in CASES if not ONLY or c[0] in ONLY]
     results = {}
     for rep in range(B.REPS):
-        for order in (("a", "b"), ("b", "a")):
+        for half, order in enumerate((("a", "b"), ("b", "a"))):
             for case in cases:
                 for build in order:
-                    rps = measure(case, build, rep, run_id)
+                    # Each round its own miss URLs (a round must not hit the last one's).
+                    rps = measure(case, build, 2 * rep + half, run_id)
                     results.setdefault((case[0], case[3]), {"a": [], "b": []})[build].append(rps)
                     B.log(f"ab {case[0]} {case[3]} {build}: {rps:,.0f} req/s")
     B.save_part("ab", report(results, wasm, info, load, 2 * B.REPS))

@@ -15,6 +15,7 @@ e.g. "1,4" to run a subset; context rows are then skipped unless "ctx" is listed
 import datetime
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -65,6 +66,8 @@ ENVOY_PORTS = {  # name: (listener, admin)
 }
 
 SIZES = [("1k", 1024), ("64k", 64 * 1024), ("1m", 1024 * 1024)]
+# JSON bodies (an API's records), which the filter stores compressed: cases 1j and 4j.
+JSON_SIZES = ["64k", "1m"]
 SIZE_LABEL = {"1k": "1 KiB", "64k": "64 KiB", "1m": "1 MiB"}
 SLOW_DELAY_MS = 20
 # The slow origin's resource: 1 KiB, cacheable, after 20 ms (through nginx's /slow/ proxy).
@@ -301,6 +304,10 @@ http {{
     location / {{
       add_header Cache-Control "public, max-age=3600";
     }}
+    location /j/ {{
+      default_type application/json;
+      add_header Cache-Control "public, max-age=3600";
+    }}
     # The same files, not storable: a miss through fleet-cache then costs only the lookup.
     location /nostore/ {{
       alias {WWW}/f/;
@@ -493,10 +500,13 @@ def webdis_json(with_set):
 def start_backends(webdis_set=False):
     os.makedirs(os.path.join(WWW, "f"), exist_ok=True)
     os.makedirs(os.path.join(RUN, "nginx-tmp"), exist_ok=True)
+    os.makedirs(os.path.join(WWW, "j"), exist_ok=True)
     for tag, n in SIZES:
-        # Deterministic, incompressible-looking bytes.
-        data = bytes((i * 7 + (i >> 8) * 13 + 0x5A) & 0xFF for i in range(n))
-        write_bytes(os.path.join(WWW, "f", tag), data)
+        # Deterministic bytes that do not compress (zlib keeps them as they are), so these
+        # cases measure entries stored as they are.
+        write_bytes(os.path.join(WWW, "f", tag), random.Random(n).randbytes(n))
+        if tag in JSON_SIZES:
+            write_bytes(os.path.join(WWW, "j", tag), json_records(n))
 
     PROCS.start("redis", ["redis-server", os.path.join(ROOT, "envoy", "redis.conf"),
                           "--port", str(REDIS_PORT), "--dir", RUN])
@@ -529,6 +539,25 @@ def start_backends(webdis_set=False):
         with open(os.path.join(WWW, "f", tag), "rb") as f:
             subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "-x", "SET", f"benchprobe:{tag}"],
                            stdin=f, check=True, capture_output=True)
+
+
+def json_records(n):
+    """`n` bytes of JSON records as an API returns them (ids, SKUs, names, prices, stock):
+    zlib takes it to about a sixth, like real JSON."""
+    rnd = random.Random(n)
+    words = ["blue", "steel", "oak", "large", "compact", "pro", "kit", "set", "lamp", "chair",
+             "table", "shelf", "mug", "cable", "hub", "desk"]
+    out, i = ["["], 0
+    size = 1
+    while size < n:
+        rec = json.dumps({"id": i, "sku": f"SKU-{rnd.randrange(100000):05d}",
+                          "name": " ".join(rnd.choice(words) for _ in range(3)),
+                          "price": round(rnd.uniform(1, 500), 2), "stock": rnd.randrange(40),
+                          "tags": rnd.sample(words, 2)}, separators=(",", ":")) + ","
+        out.append(rec)
+        size += len(rec)
+        i += 1
+    return "".join(out).encode()[:n - 1] + b"]"
 
 
 def write_bytes(path, data):
@@ -717,6 +746,11 @@ def case_rows(memory_ok):
         add("4", "fleet-cache, Redis hit", "fast", tag, "redis", f"/f/{tag}")
         if memory_ok:
             add("5", "fleet-cache, in-proxy hit", "fast", tag, "memory", f"/f/{tag}")
+    # JSON bodies, stored compressed: a Redis hit reads and unpacks a sixth of the bytes.
+    for tag in JSON_SIZES:
+        add("1j", "Envoy, no cache, JSON body (reference of 4j)", "fast", tag, "noop", f"/j/{tag}")
+        add("4j", "fleet-cache, Redis hit, JSON body (stored compressed)", "fast", tag, "redis",
+            f"/j/{tag}")
     # Hits spread over many entries: no two connections want one key at once, so lookups can
     # be batched but not shared (cases 4 and 5 hammer one key).
     add("4k", f"fleet-cache, Redis hit, {KEYS_PER_THREAD * THREADS:,} keys", "fast", "1k", "redis",
@@ -802,6 +836,26 @@ def run_one(row, rep, run_id):
         r["fc_store_errors"] = d("wasmcustom.fleet_cache_store_errors")
         r["downstream_rq"] = d("http.ingress.downstream_rq_total")
     return r
+
+
+def stored_ratios(run_id):
+    """The bytes one JSON entry takes in Redis over its body's, per size: a URL of its own
+    stored through case 4's Envoy, the bytes its write sent (`fleet_cache_bytes_stored`)."""
+    out = {}
+    for tag in JSON_SIZES:
+        if ONLY and "4j" not in ONLY:
+            continue
+        counter = "wasmcustom.fleet_cache_bytes_stored"
+        before = envoy_stats("redis")
+        url = f"http://127.0.0.1:{ENVOY_PORTS['redis'][0]}/j/{tag}?stored={run_id}"
+        st, _, body = http_get(url, 10)
+        published = lambda: envoy_stats("redis").get("wasmcustom.fleet_cache_published", 0)  # noqa: E731
+        if st != 200 or not wait_until(
+                lambda: published() > before.get("wasmcustom.fleet_cache_published", 0), 10):
+            log(f"stored ratio {tag}: nothing stored")
+            continue
+        out[tag] = (envoy_stats("redis").get(counter, 0) - before.get(counter, 0)) / len(body)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1175,6 +1229,13 @@ def target_checks(rows, ttfb, info):
     ratio_check("in-proxy hit within a few percent of direct_response, 1 KiB", c5, c3, 0.95,
                 "case 5 / case 3")
     ratio_check("Redis hit ≥ 1.0× plain proxying, 1 KiB", c4, c1, 1.0, "case 4 / case 1")
+    for tag in JSON_SIZES:
+        ratio_check(f"Redis hit ≥ 1.0× plain proxying, JSON {SIZE_LABEL[tag]}",
+                    rps_of(rows, "4j", "fast", tag), rps_of(rows, "1j", "fast", tag), 1.0,
+                    "case 4j / case 1j")
+    for tag, ratio in sorted(info.get("stored_ratio", {}).items()):
+        out.append((f"stored bytes per JSON entry ≤ 0.3× the body, {SIZE_LABEL[tag]}", ratio <= 0.3,
+                    f"{ratio:.3f}× (the entry's bytes in Redis over the body's)"))
 
     def info_ratio(name, a, b, what):
         # Not a target: where the proxy-wasm floor (case 3w) lies, the best any Wasm filter can do.
@@ -1330,7 +1391,7 @@ def main():
             continue
         if row["kind"] != "get":
             continue
-        if row["id"] in ("4", "5"):
+        if row["id"] in ("4", "5", "4j"):
             ok, detail = warm_ours(row["url"])
             warm_notes.append(f"case {row['id']} {row['profile']} {SIZE_LABEL[row['size']]}: cache-status `{detail}`")
             if not ok:
@@ -1372,6 +1433,7 @@ def main():
                 + (f"  (errors {r['non2xx'] + r['sock_errors']})" if r.get("non2xx") or r.get("sock_errors") else "")
                 + (f"  WRK FAILED: {r['error'][:200]}" if r.get("error") else ""))
 
+    info["stored_ratio"] = stored_ratios(run_id)
     ttfb, ttfb_statuses = ({}, [])
     if not ONLY or "7" in ONLY:
         log(f"case 7: time to first byte, {TTFB_N} streamed requests per target")
