@@ -50,6 +50,17 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Gives back `n` of the bytes held (at most all of them).
+    pub fn shrink(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        self.budget
+            .used
+            .set(self.budget.used.get().saturating_sub(n));
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget

@@ -227,15 +227,26 @@ impl EntryWriter {
             && p.out.len() < body_len
         {
             meta.packed = true;
-            self.buf.truncate(HEADER_LEN);
-            self.buf.extend_from_slice(&p.out);
+            // A new buffer of the packed size (and room for the metadata): the raw one's
+            // capacity would stay with the write, whose queue bounds bytes by length.
+            let mut value = Vec::with_capacity(HEADER_LEN + p.out.len() + 256);
+            value.extend_from_slice(&self.buf[..HEADER_LEN]);
+            value.extend_from_slice(&p.out);
+            self.buf = value;
         }
         self.finish(&Meta::Response(meta))
     }
 
-    /// Whether the body is being packed (so far worth it).
-    pub fn is_packing(&self) -> bool {
-        self.pack.is_some()
+    /// Bytes of the body packed so far (held beside the raw body: a recording's budget
+    /// counts them too).
+    pub fn packed_len(&self) -> usize {
+        self.pack.as_ref().map_or(0, |p| p.out.len())
+    }
+
+    /// Stops packing (the recording's budget has no room for the packed copy): the body is
+    /// stored as it is.
+    pub fn stop_packing(&mut self) {
+        self.pack = None;
     }
 
     fn finish(mut self, meta: &Meta) -> Vec<u8> {
@@ -334,14 +345,23 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
 /// A packed entry (`bytes`, which [`decode`] accepted with `meta`) as an unpacked one: the
 /// header, the body inflated and checked against the metadata, the same metadata tail (so the
 /// metadata still says `packed`: whoever holds the copy has `meta` already).
+///
+/// `max_body`: the largest body this cache records. A packed entry says how long its body
+/// is before anything is inflated, and the copy is allocated from that: a longer claim is
+/// refused first (a forged one could ask for gigabytes).
 pub fn unpack_value(
     bytes: &[u8],
     meta: &ResponseMeta,
     codec: &dyn Codec,
+    max_body: usize,
 ) -> Result<Rc<[u8]>, EntryError> {
+    let body_len = usize::try_from(meta.body_len)
+        .ok()
+        .filter(|n| *n <= max_body)
+        .ok_or(EntryError::BadBody)?;
     let tail = tail_len(bytes).ok_or(EntryError::Truncated)?;
     let region = &bytes[HEADER_LEN..bytes.len() - tail];
-    let body_end = HEADER_LEN + meta.body_len as usize;
+    let body_end = HEADER_LEN + body_len;
     // Filled in place: the blocks land where the copy's body is, no second copy of it.
     let mut out: Rc<[u8]> = std::iter::repeat_n(0, body_end + tail).collect();
     let buf = Rc::get_mut(&mut out).ok_or(EntryError::BadBody)?;
@@ -388,7 +408,17 @@ const NOT_REPLAYED: [&str; 13] = [
 /// refused: the [`NOT_REPLAYED`] names, pseudo-headers and Envoy's own `x-envoy-*` headers.
 /// (`policy::stored_headers` drops these when storing; this is the one list.)
 pub(crate) fn never_replayed(name: &str) -> bool {
-    NOT_REPLAYED.contains(&name) || name.starts_with(':') || name.starts_with("x-envoy-")
+    NOT_REPLAYED.iter().any(|n| same(n, name))
+        || name.starts_with(':')
+        || name.starts_with("x-envoy-")
+}
+
+/// String equality, not inlined: searches of short constant lists (such as
+/// [`NOT_REPLAYED`]) are unrolled, and a comparison inlined in each step costs most of a KB of
+/// .wasm per list.
+#[inline(never)]
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    a == b
 }
 
 /// `NAME_BYTE[b]`: `b` may appear in a stored header name: an RFC 9110 §5.6.2 `tchar`, letters
@@ -497,7 +527,7 @@ mod tests {
             m.chunks.iter().map(|c| *c as usize).sum::<usize>(),
             body.len()
         );
-        let plain = unpack_value(&bytes, &m, &packing::tests::TestZlib).unwrap();
+        let plain = unpack_value(&bytes, &m, &packing::tests::TestZlib, usize::MAX).unwrap();
         assert_eq!(&plain[BODY_START..BODY_START + body.len()], &body[..]);
         // The same tail: a refresh keeps what precedes it in the stored value.
         let tail = tail_len(&bytes).unwrap();
@@ -512,10 +542,33 @@ mod tests {
             panic!("the refreshed packed entry no longer decodes")
         };
         assert_eq!(r.status, 203);
-        assert!(unpack_value(&refreshed, &r, &packing::tests::TestZlib).is_ok());
+        assert!(unpack_value(&refreshed, &r, &packing::tests::TestZlib, usize::MAX).is_ok());
         // Without a codec (a native build), it is refused, never served raw.
         assert_eq!(
-            unpack_value(&bytes, &m, &packing::NoCodec),
+            unpack_value(&bytes, &m, &packing::NoCodec, usize::MAX),
+            Err(EntryError::BadBody)
+        );
+    }
+
+    #[test]
+    fn a_packed_entry_claiming_more_than_the_cache_records_is_refused_before_any_allocation() {
+        let body = json_body(100_000);
+        let bytes = packed_entry(&body, 10_000);
+        let Ok(Decoded::Response { meta: m, .. }) = decode(&bytes) else {
+            panic!()
+        };
+        assert_eq!(
+            unpack_value(&bytes, &m, &packing::tests::TestZlib, body.len() - 1),
+            Err(EntryError::BadBody)
+        );
+        // A forged claim of 2^40 bytes over a region of as many 5-byte "blocks" as framing
+        // wants would allocate a terabyte; it is refused by the claim alone.
+        let huge = ResponseMeta {
+            body_len: 1 << 40,
+            ..m
+        };
+        assert_eq!(
+            unpack_value(&bytes, &huge, &packing::tests::TestZlib, 16 << 20),
             Err(EntryError::BadBody)
         );
     }
@@ -551,7 +604,7 @@ mod tests {
         bad[BODY_START + 40] ^= 0x55;
         assert!(matches!(decode(&bad), Ok(Decoded::Response { .. })));
         assert_eq!(
-            unpack_value(&bad, &m, &packing::tests::TestZlib),
+            unpack_value(&bad, &m, &packing::tests::TestZlib, usize::MAX),
             Err(EntryError::BadBody)
         );
         // A body of other bytes that inflate fine: the checksum catches it.
@@ -568,7 +621,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            unpack_value(&swapped, &s, &packing::tests::TestZlib),
+            unpack_value(&swapped, &s, &packing::tests::TestZlib, usize::MAX),
             Err(EntryError::BadBody)
         );
     }

@@ -8,8 +8,9 @@
 //!   end of a long response is not held up compressing all of it at once;
 //! - the host's `uncompress` has no output bound (Envoy's grows its buffer until the stream
 //!   ends): one block in is at most [`MAX_PACKED_BLOCK`] bytes, so even a forged value
-//!   ("garbage in Redis") inflates to at most ~1032 times that (deflate's limit) before the
-//!   length check throws it away, instead of exhausting the proxy's memory.
+//!   ("garbage in Redis") inflates to at most ~1032 times that (deflate's limit, ~33 MB, in
+//!   Envoy and then in the VM) before the length check throws it away, instead of exhausting
+//!   the proxy's memory.
 //!
 //! The codec itself is the host's ([`Codec`]): Envoy registers zlib `compress`/`uncompress` as
 //! Wasm foreign functions, native code that adds nothing to the .wasm.
@@ -51,22 +52,17 @@ impl Codec for NoCodec {
 /// type is a compressed format (images but SVG, audio, video, zip, gzip, zstd, PDF, WOFF2).
 /// Everything else goes to the trial (the first block).
 pub fn worth_trying(content_type: Option<&str>, content_encoding: Option<&str>) -> bool {
-    let encoding = first_word(content_encoding);
-    if !encoding.is_empty() && !encoding.eq_ignore_ascii_case(b"identity") {
+    if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
         return false;
     }
-    let media = first_word(content_type);
+    let media = content_type
+        .and_then(|ct| ct.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .as_bytes();
     // The compressed formats; anything else goes to the trial, which catches what this misses
     // (other archives, encrypted bytes) after one block.
     media.eq_ignore_ascii_case(b"image/svg+xml") || !COMPRESSED.iter().any(|t| is_media(media, t))
-}
-
-/// A header value up to its first `;`, without spaces around. Bytes, not `str`: its `split`
-/// and Unicode `trim` cost a KB of .wasm here.
-fn first_word(v: Option<&str>) -> &[u8] {
-    let v = v.unwrap_or("").as_bytes();
-    let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
-    v[..end].trim_ascii()
 }
 
 /// Media types of compressed formats: a type ending in `/` names its whole family.

@@ -54,7 +54,10 @@ pub fn background_request(
         "x-request-id",
     ];
     let prefixes = ["if-", "x-envoy-", "proxy-"];
-    let own = |n: &str| !NOT_FORWARDED.contains(&n) && !prefixes.iter().any(|p| n.starts_with(p));
+    let own = |n: &str| {
+        !NOT_FORWARDED.iter().any(|f| crate::entry::same(f, n))
+            && !prefixes.iter().any(|p| n.starts_with(p))
+    };
     out.extend(req.headers.iter().filter(|(n, _)| own(n)).cloned());
     out.extend(conditions.iter().cloned());
     out

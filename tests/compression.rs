@@ -138,6 +138,18 @@ fn plant(s: &Stack, block: &[u8]) {
     s.redis_set(&key, &value);
 }
 
+/// As [`plant`], with the metadata changed by `tamper` and `region` as the packed body.
+fn plant_region(s: &Stack, region: &[u8], tamper: impl FnOnce(&mut entry::ResponseMeta)) {
+    let key = s.keys()[0].clone();
+    let mut meta = decoded_meta(&s.redis_get(&key));
+    tamper(&mut meta);
+    let mut value = entry::MAGIC.to_vec();
+    value.extend_from_slice(&entry::FORMAT_VERSION.to_le_bytes());
+    value.extend_from_slice(region);
+    value.extend_from_slice(&entry::encode_tail(&entry::Meta::Response(meta)));
+    s.redis_set(&key, &value);
+}
+
 fn served_by_origin_after_refusing(s: &Stack, path: &str, miss: &Resp) {
     let r = s.get_via(1, path, &[]);
     assert_eq!(r.status, 200);
@@ -184,5 +196,28 @@ fn a_forged_block_that_inflates_past_its_size_is_refused() {
     let mut other = miss.body.clone();
     other[10] ^= 1;
     plant(&s, &zlib(&other));
+    served_by_origin_after_refusing(&s, path, &miss);
+}
+
+#[test]
+fn a_forged_claim_of_a_huge_body_is_refused_before_anything_is_allocated() {
+    let s = stack(json!({}));
+    let path = "/c/claim?json=100000&cc=max-age%3D60";
+    let (miss, _) = store(&s, path);
+    // Almost 4 GiB claimed, framed as the 131,072 blocks (of one byte each) such a body would
+    // have: well-formed as far as decode sees. The claim is refused (over max_body_bytes)
+    // before it sizes anything: a copy sized from it would wrap the VM's 32-bit lengths.
+    let claim: u64 = (1 << 32) - 3;
+    let blocks = claim.div_ceil(fleet_cache::packing::BLOCK as u64);
+    let mut region = Vec::new();
+    for _ in 0..blocks {
+        region.extend_from_slice(&1u32.to_le_bytes());
+        region.push(0x78);
+    }
+    plant_region(&s, &region, |m| {
+        m.body_len = claim;
+        m.chunks = vec![claim as u32];
+    });
+    assert!(decoded_meta(&s.redis_get(&s.keys()[0])).packed);
     served_by_origin_after_refusing(&s, path, &miss);
 }

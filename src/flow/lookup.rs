@@ -135,10 +135,13 @@ impl Flow {
             Fwd::UriMiss
         };
         let stored_len = value.len() as u64;
+        let digest = variant.as_ref().unwrap_or(&lookup.primary).digest;
         let decoded = entry::decode(value).and_then(|d| match d {
-            // A packed body is served (and kept in memory) unpacked.
-            Decoded::Response { meta, .. } if meta.packed => {
-                let plain = entry::unpack_value(value, &meta, &*self.worker.codec)?;
+            // A packed body is served (and kept in memory) unpacked: only a value of this
+            // key's (`handle_found` refuses the others without inflating anything).
+            Decoded::Response { meta, .. } if meta.packed && meta.key_digest == digest => {
+                let max = self.cfg.max_body_bytes;
+                let plain = entry::unpack_value(value, &meta, &*self.worker.codec, max)?;
                 Ok(Found::Response {
                     meta: Rc::new(meta),
                     value: Value::Unpacked(plain),

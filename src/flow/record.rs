@@ -369,12 +369,29 @@ impl Flow {
             self.drop_recording(Some(NotStored::TooLarge));
             return None;
         }
-        if !rec.reservation.grow(chunk.len()) {
+        let mut room = rec.reservation.grow(chunk.len());
+        if !room && rec.writer.packed_len() > 0 {
+            // The packed copy is optional, the recording is not: the copy goes first.
+            rec.reservation.shrink(rec.writer.packed_len());
+            rec.writer.stop_packing();
+            room = rec.reservation.grow(chunk.len());
+        }
+        if !room {
             self.events.push(Event::RecordingOverBudget);
             self.drop_recording(None);
             return None;
         }
+        let packed = rec.writer.packed_len();
         rec.writer.push_chunk(chunk);
+        // The packed copy grows beside the raw body: it needs room in the budget too, or the
+        // body is stored as it is (and the room the copy held is given back).
+        let now_packed = rec.writer.packed_len();
+        if now_packed > packed && !rec.reservation.grow(now_packed - packed) {
+            rec.writer.stop_packing();
+        }
+        if rec.writer.packed_len() < packed {
+            rec.reservation.shrink(packed);
+        }
         // With Content-Length, the client has the whole response with its last byte, before
         // the end of the stream: the recording is complete there, so that its end can wait for
         // the store (read your writes) while the last bytes do.

@@ -1178,6 +1178,34 @@ fn a_compressed_entry_is_served_whole_and_a_304_refreshes_it_in_place() {
 }
 
 #[test]
+fn a_packed_copy_without_room_in_the_recording_budget_is_given_up_not_the_recording() {
+    let json: Vec<u8> = (0..6000)
+        .flat_map(|i| format!("{{\"id\":{i},\"name\":\"item {}\"}},", i % 37).into_bytes())
+        .collect();
+    let chunks: Vec<&[u8]> = json.chunks(40_000).collect();
+    let headers = [
+        ("cache-control", "max-age=60"),
+        ("content-type", "application/json"),
+    ];
+    let packed = |budget: usize| {
+        let mut h = Harness::new(Config::default());
+        h.worker = worker(budget, 0);
+        let s = h.run(req("GET", "/j", &[]), &ok(&headers, &chunks));
+        assert!(s.published, "stored either way ({budget}): {:?}", s.events);
+        let (_, (stored, _)) = h.store.values.iter().next().expect("stored");
+        let Ok(Decoded::Response { meta, .. }) = entry::decode(stored) else {
+            panic!("a response entry")
+        };
+        assert_eq!(meta.body_len as usize, json.len());
+        meta.packed
+    };
+    // Room for the raw body and its packed copy: packed.
+    assert!(packed(2 * json.len()));
+    // Room for the raw body only: stored as it is, within the budget.
+    assert!(!packed(json.len() + 1_000));
+}
+
+#[test]
 fn rfc9111_4_3_3_a_full_response_to_revalidation_replaces_the_entry() {
     let mut h = Harness::new(Config::default());
     let v = |etag: &'static str| [("cache-control", "max-age=10"), ("etag", etag)];

@@ -466,9 +466,6 @@ fn fnv1a(s: &[u8]) -> u64 {
     h
 }
 
-/// The body `size=N` produces for `path` (without query): deterministic, different per path,
-/// each aligned block of 256 bytes holds every byte value once (so any body of 256 bytes or
-/// more contains all values), and there is a NUL within the first `min(N, 256)` bytes.
 /// `n` bytes of JSON-like text, as an API returns (records with ids, names, prices: it
 /// compresses about as well as real JSON), different per path.
 pub fn json_body(path: &str, n: usize) -> Vec<u8> {
@@ -506,6 +503,9 @@ pub fn noise_body(path: &str, n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The body `size=N` produces for `path` (without query): deterministic, different per path,
+/// each aligned block of 256 bytes holds every byte value once (so any body of 256 bytes or
+/// more contains all values), and there is a NUL within the first `min(N, 256)` bytes.
 pub fn binary_body(path: &str, n: usize) -> Vec<u8> {
     let seed = fnv1a(path.as_bytes());
     let mul = ((seed >> 8) as u8) | 1; // odd: x -> x*mul is a bijection mod 256
