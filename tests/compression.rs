@@ -123,30 +123,25 @@ fn zlib(data: &[u8]) -> Vec<u8> {
 /// The stored entry of `s` replaced by one with the same metadata and a packed body whose
 /// (only) block is `block`, well framed: what someone with store access could write.
 fn plant(s: &Stack, block: &[u8]) {
-    let key = s.keys()[0].clone();
-    let meta = decoded_meta(&s.redis_get(&key));
-    assert!(meta.packed);
-    let mut value = entry::MAGIC.to_vec();
-    value.extend_from_slice(&entry::FORMAT_VERSION.to_le_bytes());
-    value.extend_from_slice(&(block.len() as u32).to_le_bytes());
-    value.extend_from_slice(block);
-    value.extend_from_slice(&entry::encode_tail(&entry::Meta::Response(meta)));
-    assert!(
-        decoded_meta(&value).packed,
-        "well-formed as far as decode sees"
-    );
-    s.redis_set(&key, &value);
+    let mut region = (block.len() as u32).to_le_bytes().to_vec();
+    region.extend_from_slice(block);
+    plant_region(s, &region, |_| {});
 }
 
 /// As [`plant`], with the metadata changed by `tamper` and `region` as the packed body.
 fn plant_region(s: &Stack, region: &[u8], tamper: impl FnOnce(&mut entry::ResponseMeta)) {
     let key = s.keys()[0].clone();
     let mut meta = decoded_meta(&s.redis_get(&key));
+    assert!(meta.packed);
     tamper(&mut meta);
     let mut value = entry::MAGIC.to_vec();
     value.extend_from_slice(&entry::FORMAT_VERSION.to_le_bytes());
     value.extend_from_slice(region);
     value.extend_from_slice(&entry::encode_tail(&entry::Meta::Response(meta)));
+    assert!(
+        decoded_meta(&value).packed,
+        "well-formed as far as decode sees"
+    );
     s.redis_set(&key, &value);
 }
 

@@ -1152,6 +1152,17 @@ fn a_compressed_entry_is_served_whole_and_a_304_refreshes_it_in_place() {
         h.run(req("GET", "/j", &[]), &ok(&v1, &[])).body(),
         &json[..]
     );
+    // A range of the unpacked body, and HEAD (no body, the body's length).
+    let ranged = h.run(
+        req("GET", "/j", &[("range", "bytes=100-199")]),
+        &ok(&v1, &[]),
+    );
+    let (status, _, part) = ranged.hit.expect("a range from the stored body");
+    assert_eq!((status, &part[..]), (206, &json[100..200]));
+    let head = h.run(req("HEAD", "/j", &[]), &ok(&v1, &[]));
+    let (status, headers, _) = head.hit.expect("HEAD from the stored body");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
     // Stale: a 304 rewrites only the metadata tail behind the compressed body.
     h.now += 20_000;
     let not_modified = Origin {
