@@ -48,9 +48,7 @@ impl Reservation {
             _ => false,
         }
     }
-}
 
-impl Reservation {
     /// Gives back `n` of the bytes held (at most all of them).
     pub fn shrink(&mut self, n: usize) {
         let n = n.min(self.bytes);

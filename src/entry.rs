@@ -274,11 +274,6 @@ fn meta_check(meta: &[u8]) -> u32 {
     xxh64(meta, 0) as u32
 }
 
-/// Bytes before the metadata of a value whose body has `body_len` bytes.
-pub fn prefix_len(body_len: usize) -> usize {
-    HEADER_LEN + body_len
-}
-
 /// Encodes a variants record (no body).
 pub fn encode_variants(meta: VariantsMeta) -> Vec<u8> {
     EntryWriter::new().finish(&Meta::Variants(meta))
@@ -676,7 +671,7 @@ mod tests {
         };
         meta.freshness.lifetime_s = 999;
         meta.headers.push(("etag".into(), "\"v2\"".into()));
-        let mut refreshed = bytes[..prefix_len(4)].to_vec();
+        let mut refreshed = bytes[..bytes.len() - tail_len(&bytes).unwrap()].to_vec();
         refreshed.extend_from_slice(&encode_tail(&Meta::Response(meta.clone())));
         assert_eq!(
             decode(&refreshed),
@@ -965,7 +960,7 @@ mod tests {
                     ],
                 );
                 let merged = merge_not_modified(&headers, &nm, targeted);
-                let mut refreshed = bytes[..prefix_len(4)].to_vec();
+                let mut refreshed = bytes[..bytes.len() - tail_len(&bytes).unwrap()].to_vec();
                 refreshed.extend_from_slice(&encode_tail(&Meta::Response(ResponseMeta {
                     headers: merged,
                     ..m
