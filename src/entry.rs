@@ -23,6 +23,7 @@
 use crate::packing::{self, Codec};
 use crate::policy::Freshness;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::rc::Rc;
 use xxhash_rust::xxh64::{Xxh64, xxh64};
 
@@ -281,6 +282,15 @@ pub fn encode_variants(meta: VariantsMeta) -> Vec<u8> {
 
 /// Decodes and validates a stored value.
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
+    decode_shared(bytes, &Cell::new(false))
+}
+
+/// [`decode`] for bytes several requests share: `body_whole` says their body's checksum
+/// already matched (everything else is still checked), and is set once it does.
+pub fn decode_shared<'b>(
+    bytes: &'b [u8],
+    body_whole: &Cell<bool>,
+) -> Result<Decoded<'b>, EntryError> {
     if bytes.len() < 4 || bytes[..4] != MAGIC {
         return Err(EntryError::BadMagic);
     }
@@ -315,7 +325,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
                 // Checked whole once unpacked (`unpack_value`); the framing now.
                 packing::framing_ok(body, meta.body_len)
             } else {
-                meta.body_len == body.len() as u64 && xxh64(body, 0) == meta.body_hash
+                let whole = meta.body_len == body.len() as u64
+                    && (body_whole.get() || xxh64(body, 0) == meta.body_hash);
+                body_whole.set(whole);
+                whole
             };
             if !whole || meta.chunks.iter().map(|c| *c as u64).sum::<u64>() != meta.body_len {
                 return Err(EntryError::BadBody);

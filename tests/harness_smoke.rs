@@ -248,7 +248,13 @@ fn webdis_acl_and_binary_values() {
     assert_eq!(st.keys(), vec![key.clone()]);
 
     assert_eq!(st.webdis_request("GET", "/PING", &[]).status, 200);
-    // The ACL allows only what the filter sends (GET, EVAL) and PING.
+    // The ACL allows only what the filter sends (GET, GETRANGE, EVAL) and PING.
+    let piece = st.webdis_request(
+        "GET",
+        &format!("/GETRANGE/{}/1/4.raw", percent_encode(key.as_bytes())),
+        &[],
+    );
+    assert_eq!(piece.body, b"$4\r\n\0b\r\n\r\n");
     for refused in [
         "/MGET/x.raw",
         "/DEL/x",

@@ -111,6 +111,14 @@ fn entries_spread_over_the_masters_and_hit_through_the_other_proxy() {
         masters_with_keys >= 2,
         "{masters_with_keys} master(s) hold entries"
     );
+    // An entry over the lookup's inline bound is read by a plain GETRANGE, which the proxy
+    // routes to the key's slot as it does the scripts.
+    let big = "/c/big?noise=300000&cc=max-age%3D60";
+    let miss = st.get_via(0, big, &[]);
+    assert_eq!(miss.body.len(), 300_000);
+    let hit = hit_via(&st, 1, big, &[]);
+    assert_eq!(hit.body, miss.body, "the large entry, byte for byte");
+    assert!(st.stat(1, "fleet_cache_large_entry_reads").unwrap_or(0) >= 1);
     assert_no_store_errors(&st);
 }
 

@@ -78,11 +78,16 @@ fn serve_replies(shared: &Shared, now_ms: u64) {
 fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
     match reply {
         Reply::Lookup(value) => {
-            let value = match &value {
-                Ok(looked) => Ok(borrowed(looked)),
-                Err(e) => Err(*e),
+            let unshared = Cell::new(false);
+            let (value, body_whole) = match &value {
+                Ok(looked @ Looked::Value(bytes)) => (Ok(borrowed(looked)), bytes.checked()),
+                Ok(looked) => (Ok(borrowed(looked)), &unshared),
+                Err(e) => (Err(*e), &unshared),
             };
-            let step = waiter.flow.borrow_mut().handle_store_reply(now_ms, value);
+            let step = waiter
+                .flow
+                .borrow_mut()
+                .handle_store_answer(now_ms, value, body_whole);
             let paused = pursue(shared, id, waiter, step, now_ms);
             stream::count_events(shared, &waiter.flow);
             if !paused {

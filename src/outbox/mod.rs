@@ -49,10 +49,11 @@ pub mod writes;
 use crate::store::layout::slot;
 use crate::store::{
     self, Answer, Command, Expect, Locking, Looked, PurgeCommand, Request, Slot, StoreError,
-    StoreWrite, Unlock,
+    StoreWrite, TAIL_LEN, Unlock,
 };
 use breaker::{Admit, Breaker, BreakerSettings, Change};
 use collapse::Followers;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::{Deref, Range};
 use std::rc::Rc;
@@ -118,16 +119,30 @@ pub struct Settings {
 pub struct Bytes {
     buf: Rc<Vec<u8>>,
     range: Range<usize>,
+    /// Set by the first reply that found these bytes a whole entry (their checksum matched):
+    /// the others sharing them skip hashing the body again (a herd of hits on one large
+    /// entry otherwise hashes it once per request).
+    checked: Rc<Cell<bool>>,
 }
 
 impl Bytes {
+    fn new(buf: Rc<Vec<u8>>, range: Range<usize>) -> Bytes {
+        Bytes {
+            buf,
+            range,
+            checked: Rc::default(),
+        }
+    }
+
     /// A value of another Redis type: no bytes, which the entry decoder refuses as a foreign
     /// value (counted, a miss, overwritten by the next write).
     fn foreign() -> Bytes {
-        Bytes {
-            buf: Rc::new(Vec::new()),
-            range: 0..0,
-        }
+        Bytes::new(Rc::default(), 0..0)
+    }
+
+    /// Whether a reply sharing these bytes already found the body whole.
+    pub fn checked(&self) -> &Cell<bool> {
+        &self.checked
     }
 }
 
@@ -256,7 +271,6 @@ enum Carries {
     Piece {
         id: u64,
         key: String,
-        total: u64,
         start: u64,
         end: u64,
     },
@@ -333,14 +347,9 @@ impl Carries {
                 ttl_ms: *ttl_ms,
             },
             Carries::Piece {
-                key,
-                total,
-                start,
-                end,
-                ..
+                key, start, end, ..
             } => Command::Piece {
                 key,
-                total: *total,
                 start: *start,
                 end: *end,
             },
@@ -412,6 +421,11 @@ struct Assembly {
     id: u64,
     key: String,
     total: u64,
+    /// The value's last bytes as the lookup found them: a value read whole with another tail
+    /// is another version (pieces carry no nonce; see [`Command::Piece`]).
+    tail: [u8; TAIL_LEN],
+    /// The pieces so far; empty until a piece arrives that is not the whole value (a value
+    /// read in one piece is served from that piece's answer, never copied).
     buf: Vec<u8>,
     /// Where the next piece to request starts.
     next: u64,
@@ -1023,7 +1037,6 @@ impl Outbox {
         let carries = Carries::Piece {
             id: a.id,
             key: a.key.clone(),
-            total: a.total,
             start,
             end,
         };
@@ -1080,7 +1093,7 @@ impl Outbox {
                     .push_back((job, Reply::Locked((n == 1).then_some(nonce))));
             }
             (Carries::Piece { id, start, end, .. }, Answer::Piece(range)) => {
-                self.piece_arrived(id, start, end, range.map(|r| &body[r]))
+                self.piece_arrived(id, start..end, &body, range)
             }
             // `decode` checked the shape against `expect`, computed from these very carries.
             (carries, _) => {
@@ -1333,10 +1346,7 @@ impl Outbox {
         if w.refresh.is_some() || self.followers.is_empty() {
             return Vec::new();
         }
-        let shared = |bytes: &[u8]| Bytes {
-            range: 0..bytes.len(),
-            buf: Rc::new(bytes.to_vec()),
-        };
+        let shared = |bytes: &[u8]| Bytes::new(Rc::new(bytes.to_vec()), 0..bytes.len());
         let mut out = Vec::new();
         match &w.variant {
             None if self.followers.has(&w.key) => out.push((w.key.clone(), shared(&w.entry))),
@@ -1410,7 +1420,7 @@ impl Outbox {
                     }
                     self.reply_all(&want.streams, Ok(Looked::NoWait(marker)));
                 }
-                Slot::Foreign | Slot::Value(_) | Slot::Large(_) => {
+                Slot::Foreign | Slot::Value(_) | Slot::Large { .. } => {
                     // The followers' wait is over: they read what the others read.
                     let read_by = now_ms.saturating_add(self.settings.lookup_timeout_ms);
                     for (s, _) in self.followers.take(&want.key) {
@@ -1419,13 +1429,10 @@ impl Outbox {
                     }
                     match slot {
                         Slot::Value(range) => {
-                            let bytes = Bytes {
-                                buf: body.clone(),
-                                range,
-                            };
+                            let bytes = Bytes::new(body.clone(), range);
                             self.reply_all(&want.streams, Ok(Looked::Value(bytes)))
                         }
-                        Slot::Large(total) => self.assemble(want, total),
+                        Slot::Large { len, tail } => self.assemble(want, len, tail),
                         _ => self.reply_all(&want.streams, Ok(Looked::Value(Bytes::foreign()))),
                     }
                 }
@@ -1455,7 +1462,7 @@ impl Outbox {
     }
 
     /// A value too large for the answer: read it in pieces for the streams still waiting.
-    fn assemble(&mut self, want: Want, total: u64) {
+    fn assemble(&mut self, want: Want, total: u64, tail: [u8; TAIL_LEN]) {
         let streams: Vec<StreamId> = want
             .streams
             .into_iter()
@@ -1490,44 +1497,52 @@ impl Outbox {
             id: self.next_assembly,
             key: want.key,
             total,
-            buf: vec![0; total as usize],
+            tail,
+            buf: Vec::new(),
             next: 0,
             received: 0,
             streams,
         });
     }
 
-    fn piece_arrived(&mut self, id: u64, start: u64, end: u64, bytes: Option<&[u8]>) {
+    /// A piece of assembly `id` arrived: bytes `range` of `body` should be the value's bytes
+    /// `want`. Shorter means the value changed (or went away) since the lookup; whole, the value
+    /// must end with the tail the lookup saw (then the entry's checksums still decide).
+    fn piece_arrived(
+        &mut self,
+        id: u64,
+        want: Range<u64>,
+        body: &Rc<Vec<u8>>,
+        range: Range<usize>,
+    ) {
         let Some(i) = self.assemblies.iter().position(|a| a.id == id) else {
             return;
         };
         let a = &mut self.assemblies[i];
-        let slot = a.buf.get_mut(start as usize..end as usize);
-        let result = match (bytes, slot) {
-            (Some(b), Some(slot)) if b.len() == slot.len() => {
-                slot.copy_from_slice(b);
-                a.received += b.len() as u64;
-                if a.received < a.total {
-                    return;
-                }
-                Ok(())
+        if range.len() as u64 != want.end - want.start {
+            let a = self.assemblies.remove(i);
+            return self.reply_all(&a.streams, Err(StoreError::Changed));
+        }
+        let value = if want.start == 0 && want.end == a.total {
+            Bytes::new(body.clone(), range)
+        } else {
+            if a.buf.is_empty() {
+                a.buf = vec![0; a.total as usize];
             }
-            // The value changed or went away while being read: another writer's entry.
-            (None, _) => Err(StoreError::Changed),
-            _ => Err(StoreError::Garbage),
+            a.buf[want.start as usize..want.end as usize].copy_from_slice(&body[range]);
+            a.received += want.end - want.start;
+            if a.received < a.total {
+                return;
+            }
+            let buf = std::mem::take(&mut a.buf);
+            Bytes::new(Rc::new(buf), 0..a.total as usize)
         };
         let a = self.assemblies.remove(i);
-        match result {
-            Ok(()) => {
-                self.notes.push_back(Note::LargeRead);
-                let bytes = Bytes {
-                    range: 0..a.buf.len(),
-                    buf: Rc::new(a.buf),
-                };
-                self.reply_all(&a.streams, Ok(Looked::Value(bytes)));
-            }
-            Err(e) => self.reply_all(&a.streams, Err(e)),
+        if !value.ends_with(&a.tail) {
+            return self.reply_all(&a.streams, Err(StoreError::Changed));
         }
+        self.notes.push_back(Note::LargeRead);
+        self.reply_all(&a.streams, Ok(Looked::Value(value)));
     }
 
     /// Replies to each of `streams` still waiting (each exactly once).

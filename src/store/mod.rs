@@ -171,11 +171,15 @@ pub enum Unlock {
     Exempt { ttl_ms: u64 },
 }
 
+/// How many bytes of a large value's end a lookup brings with its length ([`Slot::Large`]).
+pub const TAIL_LEN: usize = 8;
+
 /// A command for the store, borrowing what it sends.
 #[derive(Debug)]
 pub enum Command<'a> {
-    /// Read these keys. Values up to `inline_bytes` in all come back in the answer; larger ones
-    /// come back as their length ([`Slot::Large`]), to be read in [`Command::Piece`]s.
+    /// Read these keys. Values up to `inline_bytes` in all (and each at most the store's own
+    /// inline bound) come back in the answer; larger ones come back as their length and tail
+    /// ([`Slot::Large`]), to be read in [`Command::Piece`]s.
     Lookup {
         keys: Vec<&'a str>,
         inline_bytes: usize,
@@ -212,13 +216,10 @@ pub enum Command<'a> {
     /// Read the members of the tag set at `key` and remove it (a purge by tag: its resources
     /// are removed apart, in their own slots on a Cluster).
     TakeTagSet { key: &'a str },
-    /// Bytes `start..end` of the value at `key`, if it still has `total` bytes.
-    Piece {
-        key: &'a str,
-        total: u64,
-        start: u64,
-        end: u64,
-    },
+    /// Bytes `start..end` of the value at `key`: a plain read, without the nonce (no script
+    /// copies the bytes). Whatever it brings is checked against the lookup's [`Slot::Large`]
+    /// once the value is whole: its length and tail, then the entry's own checksums.
+    Piece { key: &'a str, start: u64, end: u64 },
 }
 
 impl Command<'_> {
@@ -275,8 +276,10 @@ pub enum Slot {
     NoWait(Marker),
     /// A value of another Redis type (a hash, a set): not ours, overwritten by the next write.
     Foreign,
-    /// A string too large for the answer: its length.
-    Large(u64),
+    /// A string too large for the answer: its length, and its last [`TAIL_LEN`] bytes (an
+    /// entry's trailer: its metadata's length and checksum, so another version of the entry
+    /// has another tail).
+    Large { len: u64, tail: [u8; TAIL_LEN] },
     /// The value: where it lies in the answer's body.
     Value(Range<usize>),
 }
@@ -326,8 +329,8 @@ pub enum Answer {
     ValuesAndWrites(Vec<Slot>, Result<(), StoreError>),
     Done,
     Count(u64),
-    /// The piece's bytes, or `None` if the value changed (another length) or is gone.
-    Piece(Option<Range<usize>>),
+    /// The piece's bytes (none if the value is gone or shorter).
+    Piece(Range<usize>),
     /// A set's members (keys, so text).
     Members(Vec<String>),
 }

@@ -163,17 +163,14 @@ fn refresh_invalidate_purge_piece_paths() {
     );
     let (p, _) = path(encode(N, &Command::TakeTagSet { key: "ns:tag:x" }));
     assert!(p.ends_with(&format!("/1/ns%3Atag%3Ax/{NONCE}.raw")), "{p}");
+    // A piece is a plain read (no script copies a large value): no nonce.
     let piece = Command::Piece {
-        key: "ns:a",
-        total: 100,
+        key: "ns:{a}",
         start: 50,
         end: 100,
     };
     let (p, _) = path(encode(N, &piece));
-    assert!(
-        p.ends_with(&format!("/1/ns%3Aa/{NONCE}/100/50/99.raw")),
-        "{p}"
-    );
+    assert_eq!(p, "/GETRANGE/ns%3A%7Ba%7D/50/99.raw");
 }
 
 fn ok(expect: Expect, body: &[u8]) -> Result<Answer, StoreError> {
@@ -192,28 +189,46 @@ fn frame(parts: &[&[u8]]) -> Vec<u8> {
 #[test]
 fn lookup_answers() {
     // As Webdis frames them: every element a bulk string.
+    // A large value's slot: its length, ':', its last 8 bytes (any bytes, ':' among them).
     let body = frame(&[
-        b"$5\r\nvmflm\r\n",
+        b"$7\r\nvmflmll\r\n",
         b"$3\r\na\0b\r\n",
         b"$0\r\n\r\n",
         b"$0\r\n\r\n",
-        b"$7\r\n5000000\r\n",
+        b"$16\r\n5000000:\x01:\r\n\0\0:9\r\n",
         b"$0\r\n\r\n",
+        b"$16\r\n2000000:\x01:\r\n\0\0:9\r\n",
+        // Over the bound but shorter than any entry's trailer: not ours.
+        b"$4\r\n3:ab\r\n",
     ]);
-    let Ok(Answer::Values(slots)) = ok(Expect::Values(5), &body) else {
-        panic!("{:?}", ok(Expect::Values(5), &body))
+    let Ok(Answer::Values(slots)) = ok(Expect::Values(7), &body) else {
+        panic!("{:?}", ok(Expect::Values(7), &body))
     };
+    let tail = *b"\x01:\r\n\0\0:9";
     assert_eq!(
         slots,
         [
-            Slot::Value(42..45),
+            Slot::Value(44..47),
             Slot::Missing,
             Slot::Foreign,
-            Slot::Large(5_000_000),
-            Slot::Missing
+            Slot::Large {
+                len: 5_000_000,
+                tail
+            },
+            Slot::Missing,
+            Slot::Large {
+                len: 2_000_000,
+                tail
+            },
+            Slot::Foreign,
         ]
     );
-    assert_eq!(&body[42..45], b"a\0b");
+    // A large slot without its length or its separator is garbage.
+    for bad in [&b"$9\r\n:12345678\r\n"[..], b"$8\r\n12345678\r\n"] {
+        let body = frame(&[b"$1\r\nl\r\n", bad]);
+        assert_eq!(ok(Expect::Values(1), &body), Err(StoreError::Garbage));
+    }
+    assert_eq!(&body[44..47], b"a\0b");
     // Collapsed misses: what a missing key's lock said.
     let body = frame(&[
         b"$4\r\nLwhx\r\n",
@@ -272,12 +287,18 @@ fn done_count_and_piece_answers() {
         ok(Expect::Count, &frame(&[b"$2\r\n12\r\n"])),
         Ok(Answer::Count(12))
     );
-    let piece = frame(&[b"$3\r\nxyz\r\n"]);
-    assert_eq!(ok(Expect::Piece, &piece), Ok(Answer::Piece(Some(31..34))));
+    // A piece is a bare string (a plain GETRANGE); empty when the value is gone.
+    assert_eq!(ok(Expect::Piece, b"$3\r\nxyz\r\n"), Ok(Answer::Piece(4..7)));
+    assert_eq!(ok(Expect::Piece, b"$0\r\n\r\n"), Ok(Answer::Piece(4..4)));
+    // A script's answer delivered to a piece's callout is another command's.
+    let piece_as_script = frame(&[b"$3\r\nxyz\r\n"]);
     assert_eq!(
-        ok(Expect::Piece, &frame(&[b"$0\r\n\r\n"])),
-        Ok(Answer::Piece(None))
+        ok(Expect::Piece, &piece_as_script),
+        Err(StoreError::Mismatch)
     );
+    for bad in [&b"$3\r\nxy"[..], b"$3\r\nxyz\r\nmore", b"+OK\r\n", b""] {
+        assert!(ok(Expect::Piece, bad).is_err(), "{bad:?}");
+    }
 }
 
 #[test]
