@@ -112,6 +112,14 @@ bench: build
 	.venv/bin/python bench/protect.py
 	.venv/bin/python bench/capacity.py
 
+# Where a Redis hit's CPU goes (bench/profile.py): CPU per request by process, and Envoy's and
+# Webdis' by what code ran (perf's cpu-clock samples), against plain proxying and an in-proxy
+# hit. `make profile PROFILE_SIZE=64k` for another size (1k, 64k, 1m). About a minute.
+.PHONY: profile
+profile: build
+	@bench/setup.sh
+	PROFILE_SIZE="$(PROFILE_SIZE)" .venv/bin/python bench/profile.py
+
 # Two builds side by side in one run (bench/ab.py): `make bench-ab B=<other.wasm>` (A defaults
 # to the build `make build` makes; A=<path> for another). About 2 minutes per case.
 .PHONY: bench-ab
