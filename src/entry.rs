@@ -23,7 +23,7 @@
 use crate::packing::{self, Codec};
 use crate::policy::Freshness;
 use serde::{Deserialize, Serialize};
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 use xxhash_rust::xxh64::{Xxh64, xxh64};
 
@@ -282,14 +282,25 @@ pub fn encode_variants(meta: VariantsMeta) -> Vec<u8> {
 
 /// Decodes and validates a stored value.
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, EntryError> {
-    decode_shared(bytes, &Cell::new(false))
+    decode_shared(bytes, &SharedDecoding::default())
 }
 
-/// [`decode`] for bytes several requests share: `body_whole` says their body's checksum
-/// already matched (everything else is still checked), and is set once it does.
+/// What the requests sharing one stored value (the same bytes of one store answer) learn of
+/// it once, not once each: a herd of hits on one large entry would otherwise hash its body,
+/// or inflate a packed one, once per request.
+#[derive(Debug, Default)]
+pub struct SharedDecoding {
+    /// The body's checksum matched.
+    body_whole: Cell<bool>,
+    /// A packed value, unpacked ([`unpack_value`]).
+    unpacked: OnceCell<Rc<[u8]>>,
+}
+
+/// [`decode`] for bytes several requests share: the body's checksum is computed by the first
+/// (everything else is still checked by each).
 pub fn decode_shared<'b>(
     bytes: &'b [u8],
-    body_whole: &Cell<bool>,
+    shared: &SharedDecoding,
 ) -> Result<Decoded<'b>, EntryError> {
     if bytes.len() < 4 || bytes[..4] != MAGIC {
         return Err(EntryError::BadMagic);
@@ -326,8 +337,8 @@ pub fn decode_shared<'b>(
                 packing::framing_ok(body, meta.body_len)
             } else {
                 let whole = meta.body_len == body.len() as u64
-                    && (body_whole.get() || xxh64(body, 0) == meta.body_hash);
-                body_whole.set(whole);
+                    && (shared.body_whole.get() || xxh64(body, 0) == meta.body_hash);
+                shared.body_whole.set(whole);
                 whole
             };
             if !whole || meta.chunks.iter().map(|c| *c as u64).sum::<u64>() != meta.body_len {
@@ -348,6 +359,21 @@ pub fn decode_shared<'b>(
             Ok(Decoded::Variants(v))
         }
     }
+}
+
+/// [`unpack_value`] for bytes several requests share: unpacked by the first, shared after.
+pub fn unpack_shared(
+    bytes: &[u8],
+    meta: &ResponseMeta,
+    codec: &dyn Codec,
+    max_body: usize,
+    shared: &SharedDecoding,
+) -> Result<Rc<[u8]>, EntryError> {
+    if let Some(plain) = shared.unpacked.get() {
+        return Ok(plain.clone());
+    }
+    let plain = unpack_value(bytes, meta, codec, max_body)?;
+    Ok(shared.unpacked.get_or_init(|| plain).clone())
 }
 
 /// A packed entry (`bytes`, which [`decode`] accepted with `meta`) as an unpacked one: the
@@ -519,6 +545,59 @@ mod tests {
             w.push_chunk(c);
         }
         w.finish_response(meta())
+    }
+
+    #[test]
+    fn requests_sharing_a_value_hash_its_body_once() {
+        let mut w = EntryWriter::new();
+        w.push_chunk(b"hello");
+        let good = w.finish_response(meta());
+        let shared = SharedDecoding::default();
+        assert!(decode_shared(&good, &shared).is_ok());
+        assert!(shared.body_whole.get(), "the first to decode it marks the body whole");
+        // The mark is trusted for these bytes (whoever shares them): not hashed again.
+        let mut same_len = good.clone();
+        same_len[BODY_START] = b'j';
+        assert!(decode_shared(&same_len, &shared).is_ok());
+        // A body that does not match is never marked: each request finds it broken.
+        let fresh = SharedDecoding::default();
+        assert_eq!(
+            decode_shared(&same_len, &fresh).err(),
+            Some(EntryError::BadBody)
+        );
+        assert!(!fresh.body_whole.get());
+    }
+
+    #[test]
+    fn requests_sharing_a_packed_value_unpack_it_once() {
+        #[derive(Debug, Default)]
+        struct Counting(Cell<usize>);
+        impl Codec for Counting {
+            fn compress(&self, data: &[u8]) -> Option<Vec<u8>> {
+                packing::tests::TestZlib.compress(data)
+            }
+            fn uncompress(&self, data: &[u8], expected: usize) -> Option<Vec<u8>> {
+                self.0.set(self.0.get() + 1);
+                packing::tests::TestZlib.uncompress(data, expected)
+            }
+        }
+        let body = json_body(100_000);
+        let bytes = packed_entry(&body, 7_000);
+        let Ok(Decoded::Response { meta: m, .. }) = decode(&bytes) else {
+            panic!()
+        };
+        let (codec, shared) = (Counting::default(), SharedDecoding::default());
+        let first = unpack_shared(&bytes, &m, &codec, usize::MAX, &shared).unwrap();
+        let inflated = codec.0.get();
+        assert!(inflated >= 1);
+        let second = unpack_shared(&bytes, &m, &codec, usize::MAX, &shared).unwrap();
+        assert!(Rc::ptr_eq(&first, &second), "one unpacked copy, shared");
+        assert_eq!(codec.0.get(), inflated, "inflated once");
+        assert_eq!(&second[BODY_START..BODY_START + body.len()], &body[..]);
+        // A value that fails to unpack leaves nothing to share: the next one tries again.
+        let shared = SharedDecoding::default();
+        assert!(unpack_shared(&bytes, &m, &packing::NoCodec, usize::MAX, &shared).is_err());
+        assert!(unpack_shared(&bytes, &m, &codec, usize::MAX, &shared).is_ok());
     }
 
     #[test]

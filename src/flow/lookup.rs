@@ -2,7 +2,7 @@
 //! key, follow a variants record, and keep what was read in the in-proxy tier.
 
 use super::*;
-use std::cell::Cell;
+use crate::entry::SharedDecoding;
 
 /// A value found for a key, decoded.
 pub(super) enum Found<'b> {
@@ -53,16 +53,16 @@ impl Flow {
         now_ms: u64,
         reply: Result<Looked<&'b [u8]>, StoreError>,
     ) -> LookupStep<'b> {
-        self.handle_store_answer(now_ms, reply, &Cell::new(false))
+        self.handle_store_answer(now_ms, reply, &SharedDecoding::default())
     }
 
-    /// [`Flow::handle_store_reply`] for a value other requests share: `body_whole` as in
-    /// [`entry::decode_shared`].
+    /// [`Flow::handle_store_reply`] for a value other requests share: what one of them
+    /// learns decoding it, the others use ([`SharedDecoding`]).
     pub fn handle_store_answer<'b>(
         &mut self,
         now_ms: u64,
         reply: Result<Looked<&'b [u8]>, StoreError>,
-        body_whole: &Cell<bool>,
+        shared: &SharedDecoding,
     ) -> LookupStep<'b> {
         let (mut lookup, variant) = match std::mem::replace(&mut self.state, State::Done) {
             State::AwaitPrimary(l) => (l, None),
@@ -106,7 +106,7 @@ impl Flow {
             .clone();
         let (detail, lead, known_uncacheable) = match value {
             Looked::Value(value) => {
-                return self.handle_value(now_ms, lookup, variant, value, body_whole);
+                return self.handle_value(now_ms, lookup, variant, value, shared);
             }
             Looked::Missing => (None, None, false),
             Looked::Lead(owner) => (None, Some(Lead { key, owner }), false),
@@ -142,7 +142,7 @@ impl Flow {
         lookup: Lookup,
         variant: Option<CacheKey>,
         value: &'b [u8],
-        body_whole: &Cell<bool>,
+        shared: &SharedDecoding,
     ) -> LookupStep<'b> {
         let miss = if variant.is_some() {
             Fwd::VaryMiss
@@ -151,12 +151,12 @@ impl Flow {
         };
         let stored_len = value.len() as u64;
         let digest = variant.as_ref().unwrap_or(&lookup.primary).digest;
-        let decoded = entry::decode_shared(value, body_whole).and_then(|d| match d {
+        let decoded = entry::decode_shared(value, shared).and_then(|d| match d {
             // A packed body is served (and kept in memory) unpacked: only a value of this
             // key's (`handle_found` refuses the others without inflating anything).
             Decoded::Response { meta, .. } if meta.packed && meta.key_digest == digest => {
                 let max = self.cfg.max_body_bytes;
-                let plain = entry::unpack_value(value, &meta, &*self.worker.codec, max)?;
+                let plain = entry::unpack_shared(value, &meta, &*self.worker.codec, max, shared)?;
                 Ok(Found::Response {
                     meta: Rc::new(meta),
                     value: Value::Unpacked(plain),

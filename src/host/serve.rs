@@ -8,6 +8,7 @@
 //! (`set_effective_context`); a stream that ended meanwhile is skipped.
 
 use super::{Shared, Waiter, abi, background, dispatch, peers, stream};
+use crate::entry::SharedDecoding;
 use crate::flow::LookupStep;
 use crate::metrics::Counter;
 use crate::outbox::{Bytes, Note, Reply};
@@ -78,16 +79,16 @@ fn serve_replies(shared: &Shared, now_ms: u64) {
 fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
     match reply {
         Reply::Lookup(value) => {
-            let unshared = Cell::new(false);
-            let (value, body_whole) = match &value {
-                Ok(looked @ Looked::Value(bytes)) => (Ok(borrowed(looked)), bytes.checked()),
+            let unshared = SharedDecoding::default();
+            let (value, decoding) = match &value {
+                Ok(looked @ Looked::Value(bytes)) => (Ok(borrowed(looked)), bytes.decoding()),
                 Ok(looked) => (Ok(borrowed(looked)), &unshared),
                 Err(e) => (Err(*e), &unshared),
             };
             let step = waiter
                 .flow
                 .borrow_mut()
-                .handle_store_answer(now_ms, value, body_whole);
+                .handle_store_answer(now_ms, value, decoding);
             let paused = pursue(shared, id, waiter, step, now_ms);
             stream::count_events(shared, &waiter.flow);
             if !paused {

@@ -46,6 +46,7 @@ pub mod stream_map;
 pub mod tag_purge;
 pub mod writes;
 
+use crate::entry::SharedDecoding;
 use crate::store::layout::slot;
 use crate::store::{
     self, Answer, Command, Expect, Locking, Looked, PurgeCommand, Request, Slot, StoreError,
@@ -53,7 +54,6 @@ use crate::store::{
 };
 use breaker::{Admit, Breaker, BreakerSettings, Change};
 use collapse::Followers;
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::{Deref, Range};
 use std::rc::Rc;
@@ -119,10 +119,9 @@ pub struct Settings {
 pub struct Bytes {
     buf: Rc<Vec<u8>>,
     range: Range<usize>,
-    /// Set by the first reply that found these bytes a whole entry (their checksum matched):
-    /// the others sharing them skip hashing the body again (a herd of hits on one large
-    /// entry otherwise hashes it once per request).
-    checked: Rc<Cell<bool>>,
+    /// What the first reply to decode these bytes learned of them, for the others sharing
+    /// them (the body's checksum, a packed body unpacked).
+    decoding: Rc<SharedDecoding>,
 }
 
 impl Bytes {
@@ -130,7 +129,7 @@ impl Bytes {
         Bytes {
             buf,
             range,
-            checked: Rc::default(),
+            decoding: Rc::default(),
         }
     }
 
@@ -140,9 +139,9 @@ impl Bytes {
         Bytes::new(Rc::default(), 0..0)
     }
 
-    /// Whether a reply sharing these bytes already found the body whole.
-    pub fn checked(&self) -> &Cell<bool> {
-        &self.checked
+    /// What the replies sharing these bytes learn of them once.
+    pub fn decoding(&self) -> &SharedDecoding {
+        &self.decoding
     }
 }
 
