@@ -554,7 +554,10 @@ mod tests {
         let good = w.finish_response(meta());
         let shared = SharedDecoding::default();
         assert!(decode_shared(&good, &shared).is_ok());
-        assert!(shared.body_whole.get(), "the first to decode it marks the body whole");
+        assert!(
+            shared.body_whole.get(),
+            "the first to decode it marks the body whole"
+        );
         // The mark is trusted for these bytes (whoever shares them): not hashed again.
         let mut same_len = good.clone();
         same_len[BODY_START] = b'j';
