@@ -79,10 +79,12 @@ pub const ANSWER_BYTES: usize = 4 << 20;
 /// their transfer: only a few small ones ride.
 pub const MAX_RIDER_BYTES: usize = 64 << 10;
 
-/// Pieces out at once, for all the large values a worker reads. Values are read one after the
-/// other (oldest first), not all at once: N values read together would all finish at about N
-/// times one transfer, and all miss a deadline that one of them alone would meet.
-const MAX_PIECES_OUT: usize = 4;
+/// Bytes of pieces out at once, for all the large values a worker reads (four full pieces; more
+/// smaller ones: a 1 MiB value is one piece). Values are read one after the other (oldest
+/// first), not all at once: N values read together would all finish at about N times one
+/// transfer, and all miss a deadline that one of them alone would meet. Also what bounds the
+/// memory of single-piece reads (served from their answer: no buffer while queued).
+const PIECE_BYTES_OUT: u64 = 4 * ANSWER_BYTES as u64;
 
 /// A write the host refused to dispatch waits this long before it is tried again.
 const RETRY_DELAY_MS: u64 = 10;
@@ -1014,17 +1016,20 @@ impl Outbox {
     /// The next piece of a large value, if one may go: the oldest value's first.
     fn next_piece(&mut self, now_ms: u64) -> Option<(Carries, u64)> {
         // Pieces of abandoned reads still out count too: their answers still come into the VM.
-        let out = self
+        let out: u64 = self
             .flights
             .values()
-            .filter(|f| matches!(f.carries, Carries::Piece { .. }))
-            .count();
-        if out >= MAX_PIECES_OUT {
-            return None;
-        }
+            .map(|f| match f.carries {
+                Carries::Piece { start, end, .. } => end - start,
+                _ => 0,
+            })
+            .sum();
         let a = self.assemblies.iter_mut().find(|a| a.next < a.total)?;
         let start = a.next;
         let end = (start + ANSWER_BYTES as u64).min(a.total);
+        if out > 0 && out + (end - start) > PIECE_BYTES_OUT {
+            return None;
+        }
         a.next = end;
         let last = a
             .streams
@@ -1116,13 +1121,15 @@ impl Outbox {
         let probe = matches!(flight.carries, Carries::Lookup { probe: true, .. });
         // A piece's deadline is its readers' transfer allowance, not the store's health: a
         // large read that runs late says nothing that should skip the store for small ones.
-        let late_piece =
-            matches!(flight.carries, Carries::Piece { .. }) && e == StoreError::Timeout;
+        // Nor is a Webdis that refuses the plain read (its ACL not yet updated for GETRANGE:
+        // values over 128 KiB go to the origin, every smaller one is still served).
+        let piece_aside = matches!(flight.carries, Carries::Piece { .. })
+            && matches!(e, StoreError::Timeout | StoreError::Forbidden);
         // Freeing a lock is bookkeeping a failing store makes moot (the lock expires): it must
         // not add to the failures that open the breaker, on top of the lookup that failed.
         let unlock = matches!(&flight.carries, Carries::Writes(jobs)
             if jobs.iter().all(|j| matches!(j.write, StoreWrite::Unlock { .. })));
-        if late_piece || unlock {
+        if piece_aside || unlock {
             // Neither a failure nor a success of the store.
         } else if e == StoreError::Refused {
             // Redis answered: it is up, it just refused (out of memory, read-only).
@@ -1485,8 +1492,17 @@ impl Outbox {
             a.streams.extend(streams);
             return;
         }
-        let assembling: u64 = self.assemblies.iter().map(|a| a.total).sum();
-        if assembling + total > self.settings.max_queue_bytes as u64 {
+        // Values of several pieces are assembled in a buffer of their size; one piece is served
+        // from its answer (bounded by PIECE_BYTES_OUT instead).
+        let buffered = |total: u64| {
+            if total > ANSWER_BYTES as u64 {
+                total
+            } else {
+                0
+            }
+        };
+        let assembling: u64 = self.assemblies.iter().map(|a| buffered(a.total)).sum();
+        if assembling + buffered(total) > self.settings.max_queue_bytes as u64 {
             // Memory is bounded: this worker is reading enough large values already.
             self.reply_all(&streams, Err(StoreError::Busy));
             return;

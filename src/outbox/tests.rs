@@ -839,7 +839,7 @@ fn a_value_over_the_inline_bound_is_read_by_one_plain_read() {
     s.want(1, "big");
     s.answer();
     // Not through the lookup script (which would copy it three more times in Redis): one
-    // GETRANGE, whose answer is served as it is.
+    // GETRANGE for the whole value.
     assert_eq!(s.out.len(), 1);
     let Request::Http { path, .. } = &s.out[0].request;
     assert_eq!(path.as_str(), "/GETRANGE/big/0/199999.raw");
@@ -851,7 +851,8 @@ fn a_value_over_the_inline_bound_is_read_by_one_plain_read() {
 #[test]
 fn a_large_value_replaced_by_one_of_its_length_says_so() {
     // In one piece and in several: the lookup saw the value's tail; bytes of another version
-    // (a replaced value, or a late answer to an abandoned read) end otherwise.
+    // end otherwise (a replaced value here; a late answer to an abandoned read of an older
+    // version would bring such bytes too).
     for len in [200_000, 9 << 20] {
         let mut s = Sim::new();
         let mut old = vec![1; len];
@@ -875,6 +876,78 @@ fn a_large_value_gone_while_read_says_so() {
     s.redis.strings.remove("big");
     s.answer_all();
     assert_eq!(s.error(1), Some(StoreError::Changed));
+}
+
+#[test]
+fn a_webdis_refusing_plain_reads_costs_large_hits_only() {
+    // Webdis' ACL not yet updated for GETRANGE (403): the large values go to the origin, the
+    // breaker stays closed, and every other value is still read.
+    // Many refused in a row, as under load: lookups batched, then one piece each.
+    let mut s = Sim::new();
+    for i in 0..16u32 {
+        let key = format!("big{i}");
+        s.redis.strings.insert(key.clone(), vec![1; 200_000]);
+        s.want(i, &key);
+    }
+    let is_piece = |c: &Call| {
+        let Request::Http { path, .. } = &c.request;
+        path.starts_with("/GETRANGE/")
+    };
+    while let Some(i) = s.out.iter().position(|c| !is_piece(c)) {
+        let call = s.out.remove(i);
+        let body = s.redis.run(&call.request);
+        s.outbox.answered(s.now, call.token, Some(200), Some(body));
+        s.pump();
+    }
+    while !s.out.is_empty() {
+        s.answer_with(Some(403), Some(Vec::new()));
+    }
+    for i in 0..16u32 {
+        assert_eq!(s.error(i), Some(StoreError::Forbidden), "{i}");
+    }
+    assert!(!s.outbox.breaker_open());
+    s.redis.strings.insert("small".into(), b"s".to_vec());
+    s.want(100, "small");
+    s.answer();
+    assert_eq!(s.value(100).unwrap(), b"s");
+}
+
+#[test]
+fn many_values_of_one_piece_are_read_together() {
+    // Bytes out bound the reads, not a count: sixteen 1 MiB values at once (four 4 MiB pieces
+    // would be the same bytes), and none is refused for memory (none needs a buffer).
+    let mut s = Sim::with(Settings {
+        max_queue_bytes: 8 << 20,
+        ..settings()
+    });
+    for i in 0..20u32 {
+        s.redis
+            .strings
+            .insert(format!("m{i}"), vec![i as u8; 1 << 20]);
+    }
+    for i in 0..16u32 {
+        s.want(i, &format!("m{i}"));
+    }
+    let is_piece = |c: &Call| {
+        let Request::Http { path, .. } = &c.request;
+        path.starts_with("/GETRANGE/")
+    };
+    // The lookups answered, the pieces left unanswered.
+    while let Some(i) = s.out.iter().position(|c| !is_piece(c)) {
+        let call = s.out.remove(i);
+        let body = s.redis.run(&call.request);
+        s.outbox.answered(s.now, call.token, Some(200), Some(body));
+        s.pump();
+    }
+    assert_eq!(s.out.len(), 16, "all sixteen read at once");
+    assert!(s.out.iter().all(is_piece));
+    for i in 16..20u32 {
+        s.want(i, &format!("m{i}"));
+    }
+    s.answer_all();
+    for i in 0..20u32 {
+        assert_eq!(s.value(i).unwrap(), vec![i as u8; 1 << 20], "{i}");
+    }
 }
 
 #[test]
@@ -1224,11 +1297,11 @@ fn pieces_of_an_abandoned_read_count_against_the_cap() {
     s.redis.strings.insert("big2".into(), vec![8; 30 << 20]);
     s.want(1, "big");
     s.answer();
-    assert_eq!(s.out.len(), MAX_PIECES_OUT);
+    assert_eq!(s.out.len(), 4, "four full pieces");
     s.outbox.stream_gone(1);
     s.want(2, "big2");
     s.answer_with_last();
-    assert!(s.out.len() <= MAX_PIECES_OUT, "pieces out: {}", s.out.len());
+    assert!(s.out.len() <= 4, "pieces out: {}", s.out.len());
 }
 
 #[test]
