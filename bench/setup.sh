@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs on top of scripts/setup.sh (which `make build` already ran):
-# Debian's nginx-light (the fast origin), wrk (the load generator), curl, and matplotlib in
-# .venv (the chart). Kept out of scripts/setup.sh so `make test` stays lean.
+# Debian's nginx-light (the fast origin), wrk (the load generator), curl, linux-perf (`make
+# profile`), and matplotlib in .venv (the chart). Kept out of scripts/setup.sh so `make test`
+# stays lean.
 # Idempotent: each step checks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ need_apt=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
+# perf (cpu-clock samples) for `make profile`; without it the profile reports CPU per process only.
+command -v perf >/dev/null || need_apt+=(linux-perf)
 if ((${#need_apt[@]})); then
   echo "bench setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
