@@ -207,6 +207,16 @@ pub(super) fn ok<'a>(headers: &'a [(&'a str, &'a str)], chunks: &'a [&'a [u8]]) 
     }
 }
 
+/// A 304 with these headers (a revalidation's answer).
+fn not_modified<'a>(headers: &'a [(&'a str, &'a str)]) -> Origin<'a> {
+    Origin {
+        status: 304,
+        headers,
+        chunks: &[],
+        end: End::Complete,
+    }
+}
+
 fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
     RequestHead::for_test(method, path, headers)
 }
@@ -1086,13 +1096,10 @@ fn rfc9111_4_3_stale_entries_are_revalidated_and_304s_refresh_them() {
     ];
     h.run(req("GET", "/a", &[]), &ok(&v1, &[b"stored ", b"body"]));
     h.now += 20_000;
-    let not_modified = Origin {
-        status: 304,
-        headers: &[("cache-control", "max-age=100"), ("x-version", "2")],
-        chunks: &[],
-        end: End::Complete,
-    };
-    let s = h.run(req("GET", "/a", &[]), &not_modified);
+    let s = h.run(
+        req("GET", "/a", &[]),
+        &not_modified(&[("cache-control", "max-age=100"), ("x-version", "2")]),
+    );
     assert_eq!(
         s.conditions,
         vec![("if-none-match".to_string(), "\"v1\"".to_string())]
@@ -1165,13 +1172,10 @@ fn a_compressed_entry_is_served_whole_and_a_304_refreshes_it_in_place() {
     assert_eq!(header(&headers, "content-type"), Some("application/json"));
     // Stale: a 304 rewrites only the metadata tail behind the compressed body.
     h.now += 20_000;
-    let not_modified = Origin {
-        status: 304,
-        headers: &[("cache-control", "max-age=100"), ("x-version", "2")],
-        chunks: &[],
-        end: End::Complete,
-    };
-    let s = h.run(req("GET", "/j", &[]), &not_modified);
+    let s = h.run(
+        req("GET", "/j", &[]),
+        &not_modified(&[("cache-control", "max-age=100"), ("x-version", "2")]),
+    );
     assert_eq!(
         s.hit.clone().expect("answered from the stored body").2,
         json
@@ -1668,13 +1672,7 @@ fn a_revalidation_that_meets_an_origin_error_answers_from_the_stale_copy() {
     let s = h.run(req("GET", "/a", &[]), &failing(500));
     assert!(!s.conditions.is_empty(), "revalidated with the ETag");
     assert_eq!(s.body(), b"v1");
-    let not_modified = Origin {
-        status: 304,
-        headers: &[("etag", "\"v1\"")],
-        chunks: &[],
-        end: End::Complete,
-    };
-    let s = h.run(req("GET", "/a", &[]), &not_modified);
+    let s = h.run(req("GET", "/a", &[]), &not_modified(&[("etag", "\"v1\"")]));
     assert_eq!(s.body(), b"v1");
     assert!(s.events.contains(&Event::Revalidated));
     assert!(!s.events.contains(&Event::StaleIfError));

@@ -80,10 +80,13 @@ fn serve(shared: &Shared, id: u32, waiter: &Waiter, reply: Reply, now_ms: u64) {
     match reply {
         Reply::Lookup(value) => {
             let unshared = SharedDecoding::default();
-            let (value, decoding) = match &value {
-                Ok(looked @ Looked::Value(bytes)) => (Ok(borrowed(looked)), bytes.decoding()),
-                Ok(looked) => (Ok(borrowed(looked)), &unshared),
-                Err(e) => (Err(*e), &unshared),
+            let decoding = match &value {
+                Ok(Looked::Value(bytes)) => bytes.decoding(),
+                _ => &unshared,
+            };
+            let value = match &value {
+                Ok(looked) => Ok(borrowed(looked)),
+                Err(e) => Err(*e),
             };
             let step = waiter
                 .flow

@@ -297,6 +297,12 @@ impl Redis {
     }
 }
 
+/// Whether a callout reads a piece of a large value (a plain `GETRANGE`).
+fn is_piece(c: &Call) -> bool {
+    let Request::Http { path, .. } = &c.request;
+    path.starts_with("/GETRANGE/")
+}
+
 /// A callout out, as the simulated Envoy holds it.
 struct Call {
     token: u32,
@@ -409,6 +415,17 @@ impl Sim {
     fn answer_all(&mut self) {
         while !self.out.is_empty() {
             self.answer();
+        }
+    }
+
+    /// Every callout out but the pieces of large values gets its answer (pieces stay out).
+    fn answer_lookups(&mut self) {
+        while let Some(i) = self.out.iter().position(|c| !is_piece(c)) {
+            let call = self.out.remove(i);
+            let body = self.redis.run(&call.request);
+            self.outbox
+                .answered(self.now, call.token, Some(200), Some(body));
+            self.pump();
         }
     }
 
@@ -889,16 +906,7 @@ fn a_webdis_refusing_plain_reads_costs_large_hits_only() {
         s.redis.strings.insert(key.clone(), vec![1; 200_000]);
         s.want(i, &key);
     }
-    let is_piece = |c: &Call| {
-        let Request::Http { path, .. } = &c.request;
-        path.starts_with("/GETRANGE/")
-    };
-    while let Some(i) = s.out.iter().position(|c| !is_piece(c)) {
-        let call = s.out.remove(i);
-        let body = s.redis.run(&call.request);
-        s.outbox.answered(s.now, call.token, Some(200), Some(body));
-        s.pump();
-    }
+    s.answer_lookups();
     while !s.out.is_empty() {
         s.answer_with(Some(403), Some(Vec::new()));
     }
@@ -928,17 +936,8 @@ fn many_values_of_one_piece_are_read_together() {
     for i in 0..16u32 {
         s.want(i, &format!("m{i}"));
     }
-    let is_piece = |c: &Call| {
-        let Request::Http { path, .. } = &c.request;
-        path.starts_with("/GETRANGE/")
-    };
     // The lookups answered, the pieces left unanswered.
-    while let Some(i) = s.out.iter().position(|c| !is_piece(c)) {
-        let call = s.out.remove(i);
-        let body = s.redis.run(&call.request);
-        s.outbox.answered(s.now, call.token, Some(200), Some(body));
-        s.pump();
-    }
+    s.answer_lookups();
     assert_eq!(s.out.len(), 16, "all sixteen read at once");
     assert!(s.out.iter().all(is_piece));
     for i in 16..20u32 {
