@@ -726,6 +726,20 @@ fn plugin_works_verbatim(docs: &[Value], plugin_namespace: &str) {
     });
 
     let authorized = [("x-authorized", "yes")];
+    // The store answers keyed commands: a redis_proxy that is ready (and answers Webdis' PING
+    // itself) may still be finding the Cluster's nodes for its first ones, and a lookup it
+    // answers late is (rightly) a store timeout. Uncacheable paths, so nothing is stored.
+    let mut warmup = 0;
+    let answered = support::stack::poll(Duration::from_secs(10), || {
+        warmup += 1;
+        let r = s.get(&format!("/istio-warmup-{warmup}?cc=no-store"), &authorized);
+        !r.header("cache-status").unwrap_or("").contains("store-")
+    });
+    assert!(
+        answered,
+        "the store never answered a lookup:\n{}",
+        s.envoy_log(0)
+    );
     let path = format!("/istio-{plugin_namespace}?cc=max-age%3D60&size=2000");
     let miss = s.get(&path, &authorized);
     assert_eq!(miss.status, 200, "{:?}\n{}", miss.headers, s.envoy_log(0));
